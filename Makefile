@@ -1,0 +1,47 @@
+# Two commands for a fresh machine: `make repro` (set up + run the pipeline), `make test` (set up + run the tests).
+# Inside a container that already has the dependencies, use the system Python: `make repro VENV=`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(if $(VENV),$(VENV)/bin/,)
+STAMP := $(if $(VENV),$(VENV),.)/.cxrstudy-installed
+DEV_STAMP := $(if $(VENV),$(VENV),.)/.cxrstudy-dev-installed
+BASE ?= origin/main
+export PATH := $(if $(VENV),$(abspath $(VENV))/bin:,)$(PATH)
+
+.PHONY: setup dev repro test test-fast lint study metrics-diff clean-checkpoints
+
+setup: $(STAMP)
+$(STAMP): requirements.txt pyproject.toml
+	$(if $(VENV),test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV),true)
+	$(BIN)python -m pip install --quiet --upgrade pip
+	$(BIN)python -m pip install --quiet -r requirements.txt
+	$(BIN)python -m pip install --quiet --no-deps -e .
+	touch $@
+
+dev: $(DEV_STAMP)
+$(DEV_STAMP): $(STAMP) requirements-dev.txt
+	$(BIN)python -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+repro: setup  ## run the whole pipeline on the embedded sample
+	$(BIN)dvc repro
+
+test: dev  ## the whole test suite (end-to-end runs included)
+	$(BIN)python -m pytest
+
+test-fast: dev  ## the unit tests only
+	$(BIN)python -m pytest -m "not slow"
+
+lint: dev
+	$(BIN)ruff check src tests benchmarks
+	$(BIN)mypy src
+
+study: setup  ## switch to the real NIH study profile, then run it
+	cp configs/nih-study.yaml params.yaml
+	$(BIN)dvc repro
+
+metrics-diff: setup  ## DVC metrics against $(BASE), as Markdown
+	$(BIN)dvc metrics diff --md $(BASE)
+
+clean-checkpoints:
+	rm -rf checkpoints

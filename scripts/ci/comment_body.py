@@ -1,0 +1,144 @@
+#!/usr/bin/env python3
+"""Build the markdown body of the CI metrics comment.
+
+The body holds ``dvc metrics diff --md BASE`` (BASE against the workspace) and
+the rendered report, under a hidden marker line that lets
+``github_api.py upsert-comment`` find and update the same comment on later
+pushes. Used by .github/workflows/ci.yml (sample pipeline) and
+gpu-study.yml (real study); tested in tests/test_workflows.py.
+
+Run it with the interpreter that has DVC installed (the project venv, or the
+image's). It never fails because the diff failed: the failure is reported in
+the body (and as a workflow warning) so that the comment still updates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+# GitHub rejects comment bodies above 65536 characters.
+MAX_BODY = 65_000
+
+
+def marker_line(marker: str) -> str:
+    return f"<!-- cxrstudy-ci:{marker} -->"
+
+
+def dvc_command() -> list[str]:
+    """DVC from this interpreter if it has it, else the `dvc` on PATH."""
+    if importlib.util.find_spec("dvc") is not None:
+        return [sys.executable, "-m", "dvc"]
+    exe = shutil.which("dvc")
+    if exe is None:
+        raise SystemExit("error: DVC is neither importable nor on PATH")
+    return [exe]
+
+
+def metrics_diff(base: str, repo_dir: Path) -> tuple[bool, str]:
+    """Return (ok, text): the markdown table, or the error output."""
+    proc = subprocess.run(
+        [*dvc_command(), "metrics", "diff", "--md", base],
+        cwd=repo_dir,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        err = (proc.stderr or proc.stdout).strip()
+        return False, err[-4000:]
+    return True, proc.stdout.strip()
+
+
+def build_body(
+    *,
+    marker: str,
+    title: str,
+    base: str,
+    diff_ok: bool,
+    diff_text: str,
+    report: Path,
+    report_label: str,
+    run_url: str | None,
+    head: str | None,
+) -> str:
+    parts = [marker_line(marker), f"## {title}", ""]
+    meta = [f"metrics diff against `{base}`"]
+    if head:
+        meta.append(f"head `{head[:12]}`")
+    if run_url:
+        meta.append(f"[workflow run]({run_url})")
+    parts += [" · ".join(meta), "", "### `dvc metrics diff --md`", ""]
+    if not diff_ok:
+        parts += ["`dvc metrics diff` failed:", "", "```text", diff_text, "```"]
+    elif diff_text:
+        parts.append(diff_text)
+    else:
+        parts.append(f"No metric changed against `{base}`.")
+    parts.append("")
+    if report.is_file():
+        text = report.read_text(encoding="utf-8").strip()
+        parts += [
+            "<details open>",
+            f"<summary>Rendered report (<code>{report_label}</code>)</summary>",
+            "",
+            text,
+            "",
+            "</details>",
+        ]
+    else:
+        parts.append(f"_No report at `{report_label}`._")
+    body = "\n".join(parts) + "\n"
+    if len(body) > MAX_BODY:
+        note = "\n\n_…truncated: the full report is in the workflow run's artifacts._\n"
+        body = body[: MAX_BODY - len(note)] + note
+    return body
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--base", required=True, help="git revision to diff the workspace metrics against")
+    ap.add_argument("--marker", required=True, help="comment identity, e.g. 'sample' or 'study'")
+    ap.add_argument("--title", default="cxrstudy metrics")
+    ap.add_argument("--report", default="reports/report.md", help="report path, relative to --repo-dir")
+    ap.add_argument("--repo-dir", default=".")
+    ap.add_argument("--run-url", default=None)
+    ap.add_argument("--head", default=None, help="commit the metrics come from")
+    ap.add_argument("--out", required=True, help="where to write the body")
+    args = ap.parse_args(argv)
+
+    repo_dir = Path(args.repo_dir)
+    ok, text = metrics_diff(args.base, repo_dir)
+    if not ok:
+        first = text.splitlines()[-1] if text else "no output"
+        print(f"::warning title=dvc metrics diff failed::{first}", file=sys.stderr)
+    report = Path(args.report)
+    body = build_body(
+        marker=args.marker,
+        title=args.title,
+        base=args.base,
+        diff_ok=ok,
+        diff_text=text,
+        report=report if report.is_absolute() else repo_dir / report,
+        report_label=args.report,
+        run_url=args.run_url or None,
+        head=args.head or None,
+    )
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(body, encoding="utf-8")
+    summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if summary:
+        with open(summary, "a", encoding="utf-8") as fh:
+            fh.write(body)
+    print(f"wrote {out} ({len(body)} characters)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,5 @@
+import sys
+
+from cxrstudy.cli import main
+
+sys.exit(main())

@@ -1,0 +1,133 @@
+"""Command line: one sub-command per DVC stage (`python -m cxrstudy <stage> --help`).
+
+Every stage validates the whole `params.yaml` first. Bad input exits with status 2 and a message that names the
+parameter, file or row at fault; an interrupted training exits 128 + the signal number after its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from cxrstudy.errors import InputError, Interrupted, TrainingError
+from cxrstudy.params import DEFAULT_PARAMS, Params, load_params
+
+RAW = Path("data/raw")
+PROCESSED = Path("data/processed")
+SPLITS = Path("data/splits")
+
+
+def _ingest(p: Params, a: argparse.Namespace) -> None:
+    from cxrstudy import ingest
+
+    ingest.run(p, a.out, workers=a.workers)
+
+
+def _preprocess(p: Params, a: argparse.Namespace) -> None:
+    from cxrstudy import preprocess
+
+    preprocess.run(p, a.raw, a.out)
+
+
+def _split(p: Params, a: argparse.Namespace) -> None:
+    from cxrstudy import split
+
+    split.run(p, a.raw, a.out)
+
+
+def _check_seed(p: Params, seed: int) -> None:
+    if seed not in p.seeds:
+        raise InputError(f"--seed {seed}: not in params.yaml seeds {p.seeds}; add it there first")
+
+
+def _train(p: Params, a: argparse.Namespace) -> None:
+    from cxrstudy import train
+
+    _check_seed(p, a.seed)
+    train.run(p, a.seed, a.raw, a.processed, a.splits, a.out or Path(f"models/seed_{a.seed}"),
+              a.plots or Path(f"plots/train/seed_{a.seed}.csv"),
+              a.checkpoints or Path(f"checkpoints/seed_{a.seed}"))
+
+
+def _evaluate(p: Params, a: argparse.Namespace) -> None:
+    from cxrstudy import evaluate
+
+    _check_seed(p, a.seed)
+    evaluate.run(p, a.seed, a.raw, a.processed, a.splits, a.model or Path(f"models/seed_{a.seed}"),
+                 a.metrics or Path(f"metrics/eval/seed_{a.seed}.json"),
+                 a.predictions or Path(f"predictions/seed_{a.seed}.csv"))
+
+
+def _report(p: Params, a: argparse.Namespace) -> None:
+    from cxrstudy import report
+
+    report.run(p, a.metrics, a.splits, a.out)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cxrstudy", description=__doc__)
+    parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS, help="parameters file (default: %(default)s)")
+    sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
+
+    def stage(name: str, func: Callable[[Params, argparse.Namespace], None], text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=text, description=text)
+        p.set_defaults(func=func)
+        return p
+
+    p = stage("ingest", _ingest, "build data/raw in NIH's layout from the configured source")
+    p.add_argument("--out", type=Path, default=RAW)
+    p.add_argument("--workers", type=int, default=2, help="processes drawing the phantom (default: %(default)s)")
+
+    p = stage("preprocess", _preprocess, "CLAHE and resize every image into one uint8 array")
+    p.add_argument("--raw", type=Path, default=RAW)
+    p.add_argument("--out", type=Path, default=PROCESSED)
+
+    p = stage("split", _split, "patient-wise train/val/test lists, checked for leakage")
+    p.add_argument("--raw", type=Path, default=RAW)
+    p.add_argument("--out", type=Path, default=SPLITS)
+
+    for name, func, text in (("train", _train, "train one seed's DenseNet-121"),
+                             ("evaluate", _evaluate, "test-set metrics and predictions for one seed")):
+        p = stage(name, func, text)
+        p.add_argument("--seed", type=int, required=True, help="a training seed listed in params.yaml")
+        p.add_argument("--raw", type=Path, default=RAW)
+        p.add_argument("--processed", type=Path, default=PROCESSED)
+        p.add_argument("--splits", type=Path, default=SPLITS)
+        if name == "train":
+            p.add_argument("--out", type=Path, help="model folder (default: models/seed_SEED)")
+            p.add_argument("--plots", type=Path, help="per-epoch history CSV (default: plots/train/seed_SEED.csv)")
+            p.add_argument("--checkpoints", type=Path, help="resume folder (default: checkpoints/seed_SEED)")
+        else:
+            p.add_argument("--model", type=Path, help="model folder (default: models/seed_SEED)")
+            p.add_argument("--metrics", type=Path, help="metrics JSON (default: metrics/eval/seed_SEED.json)")
+            p.add_argument("--predictions", type=Path, help="test predictions CSV (default: predictions/seed_SEED.csv)")
+
+    p = stage("report", _report, "render reports/report.md from the metrics")
+    p.add_argument("--metrics", type=Path, default=Path("metrics/eval"))
+    p.add_argument("--splits", type=Path, default=SPLITS)
+    p.add_argument("--out", type=Path, default=Path("reports/report.md"))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        params = load_params(args.params)
+        args.func(params, args)
+    except (InputError, TrainingError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except Interrupted as err:
+        print(f"interrupted: {err}; the last completed epoch is checkpointed, re-run the stage to resume",
+              file=sys.stderr)
+        return 128 + err.signum
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

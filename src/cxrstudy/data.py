@@ -1,0 +1,109 @@
+"""Training and evaluation data: processed images + labels for one split part, as a torch Dataset."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
+
+from cxrstudy.errors import InputError
+from cxrstudy.labels import DATA_ENTRY_FILE, label_matrix, read_data_entry
+from cxrstudy.params import AugmentParams
+from cxrstudy.preprocess import load_processed
+from cxrstudy.split import read_list
+
+
+@dataclass(frozen=True)
+class SplitData:
+    """One split part: rows into the processed array, their labels, names and patients."""
+
+    rows: np.ndarray
+    labels: np.ndarray
+    names: list[str]
+    patients: np.ndarray
+
+
+def load_part(raw_dir: Path, processed_dir: Path, splits_dir: Path, part: str) -> tuple[np.ndarray, SplitData]:
+    """The processed image array (memory-mapped) and the `part` ('train', 'val' or 'test') of the split."""
+    images, names = load_processed(processed_dir)
+    table = read_data_entry(raw_dir / DATA_ENTRY_FILE)
+    wanted = read_list(splits_dir / f"{part}.txt")
+    row_of = {n: i for i, n in enumerate(names)}
+    missing = [n for n in wanted if n not in row_of]
+    if missing:
+        raise InputError(f"{splits_dir / (part + '.txt')}: {len(missing)} image(s) not in {processed_dir}, "
+                         f"e.g. {missing[:5]}; re-run preprocess")
+    table = table.set_index("image").loc[wanted].reset_index()
+    return images, SplitData(
+        rows=np.array([row_of[n] for n in wanted], dtype=np.int64),
+        labels=label_matrix(table).astype(np.float32),
+        names=wanted,
+        patients=table["patient"].to_numpy(),
+    )
+
+
+def train_transform(size: int, cfg: AugmentParams) -> v2.Transform:
+    steps: list[v2.Transform] = [v2.RandomResizedCrop(size, scale=(cfg.crop_scale_min, 1.0), ratio=(0.9, 1.1),
+                                                      antialias=True)]
+    if cfg.hflip:
+        steps.append(v2.RandomHorizontalFlip())
+    if cfg.brightness or cfg.contrast:
+        steps.append(v2.ColorJitter(brightness=cfg.brightness, contrast=cfg.contrast))
+    return v2.Compose(steps)
+
+
+def eval_transform(size: int, stored: int) -> v2.Transform | None:
+    return None if size == stored else v2.Resize(size, antialias=True)
+
+
+class XrayDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
+    """uint8 images (1 × H × W) and float labels (14,), optionally transformed."""
+
+    def __init__(self, images: np.ndarray, part: SplitData, transform: v2.Transform | None,
+                 labels: np.ndarray | None = None) -> None:
+        self.images = images
+        self.part = part
+        self.transform = transform
+        self.labels = torch.from_numpy(part.labels if labels is None else labels)
+
+    def __len__(self) -> int:
+        return len(self.part.rows)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image = torch.from_numpy(np.array(self.images[self.part.rows[i]]))[None]
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, self.labels[i]
+
+
+def _seed_worker(worker_id: int) -> None:
+    # torch seeds each worker from the loader's generator; numpy and random follow from it.
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def make_loader(dataset: XrayDataset, batch_size: int, *, shuffle: bool, generator: torch.Generator | None,
+                num_workers: int, pin_memory: bool) -> DataLoader[tuple[torch.Tensor, torch.Tensor]]:
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        drop_last=shuffle,
+        generator=generator,
+        num_workers=num_workers,
+        worker_init_fn=_seed_worker,
+        persistent_workers=num_workers > 0,
+        pin_memory=pin_memory,
+    )
+
+
+def to_input(images: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    """uint8 batch (B × 1 × H × W) -> float in [0, 1] on `device`, in the chosen memory format."""
+    x = images.to(device, non_blocking=True).float().div_(255.0)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x

@@ -1,0 +1,110 @@
+"""The evaluate stage: test-set loss, per-class AUROC and F1 for one seed, as DVC metrics; test predictions saved.
+
+F1 thresholds are chosen per class on the validation set (never on the test set). The test-tuned F1 that the
+original study reported is computed too, under its own key, labelled optimistic wherever it is shown.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from cxrstudy.atomic import atomic_file, write_json
+from cxrstudy.data import XrayDataset, eval_transform, load_part, make_loader
+from cxrstudy.labels import FINDINGS
+from cxrstudy.losses import make_criterion
+from cxrstudy.metrics import nanmean, per_class_auroc, per_class_f1, per_class_thresholds
+from cxrstudy.params import Params
+from cxrstudy.train import MODEL_FILE, load_trained, pick_device, predict, seed_everything, sigmoid, Dist
+
+THRESHOLD_PROTOCOL = "per-class thresholds maximising F1 on the validation set"
+
+
+def _clean(value: float) -> float | None:
+    """JSON has no NaN: an undefined metric (no positive in the test set) is written as null."""
+    return None if math.isnan(value) else round(float(value), 6)
+
+
+def _by_class(values: list[float]) -> dict[str, float | None]:
+    return {name: _clean(v) for name, v in zip(FINDINGS, values, strict=True)}
+
+
+def compute_metrics(seed: int, loss: float, val: tuple[np.ndarray, np.ndarray],
+                    test: tuple[np.ndarray, np.ndarray]) -> dict[str, object]:
+    """Metrics from (labels, probabilities) of the validation and test sets."""
+    val_labels, val_probs = val
+    test_labels, test_probs = test
+    auroc = per_class_auroc(test_labels, test_probs)
+    thresholds = per_class_thresholds(val_labels, val_probs)
+    f1 = per_class_f1(test_labels, test_probs, thresholds)
+    tuned = per_class_f1(test_labels, test_probs, per_class_thresholds(test_labels, test_probs))
+    return {
+        "seed": seed,
+        "loss": _clean(loss),
+        "auroc_mean": _clean(nanmean(auroc)),
+        "f1_mean": _clean(nanmean(f1)),
+        "f1_test_tuned_mean": _clean(nanmean(tuned)),
+        "f1_protocol": THRESHOLD_PROTOCOL,
+        "auroc": _by_class(auroc),
+        "f1": _by_class(f1),
+        "f1_test_tuned": _by_class(tuned),
+        "threshold": _by_class(thresholds),
+        "n_val": int(len(val_labels)),
+        "n_test": int(len(test_labels)),
+        "test_positives": {n: int(v) for n, v in zip(FINDINGS, test_labels.sum(axis=0), strict=True)},
+    }
+
+
+def run(params: Params, seed: int, raw_dir: Path, processed_dir: Path, splits_dir: Path, model_dir: Path,
+        metrics_file: Path, predictions_file: Path) -> None:
+    """Stage entry point: evaluate `model_dir/model.pt` on the validation and test sets."""
+    cfg = params.train
+    seed_everything(seed, cfg.deterministic)
+    device = pick_device(cfg, Dist())
+    images, train_part = load_part(raw_dir, processed_dir, splits_dir, "train")
+    _, val_part = load_part(raw_dir, processed_dir, splits_dir, "val")
+    _, test_part = load_part(raw_dir, processed_dir, splits_dir, "test")
+    transform = eval_transform(cfg.image_size, images.shape[-1])
+    model = load_trained(model_dir / MODEL_FILE, len(FINDINGS)).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+
+    def infer(part: object) -> tuple[np.ndarray, np.ndarray]:
+        loader = make_loader(XrayDataset(images, part, transform), params.evaluate.batch_size,  # type: ignore[arg-type]
+                             shuffle=False, generator=None, num_workers=0, pin_memory=device.type == "cuda")
+        return predict(model, loader, device, cfg.channels_last, cfg.amp)
+
+    val_logits, val_labels = infer(val_part)
+    test_logits, test_labels = infer(test_part)
+    criterion = make_criterion(cfg.loss, train_part.labels)
+    loss = float(criterion(torch.from_numpy(test_logits), torch.from_numpy(test_labels)))
+    test_probs = sigmoid(test_logits)
+    metrics = compute_metrics(seed, loss, (val_labels, sigmoid(val_logits)), (test_labels, test_probs))
+    write_json(metrics_file, metrics)
+    save_predictions(predictions_file, test_part.names, test_part.patients, test_labels, test_probs)
+    print(f"evaluate seed {seed}: test loss {metrics['loss']}, mean AUROC {metrics['auroc_mean']}, "
+          f"mean F1 {metrics['f1_mean']} -> {metrics_file}")
+
+
+def save_predictions(path: Path, names: list[str], patients: np.ndarray, labels: np.ndarray,
+                     probs: np.ndarray) -> None:
+    """One row per test image: name, patient, the 14 labels and the 14 predicted probabilities."""
+    frame = pd.DataFrame({"image": names, "patient": patients})
+    for k, name in enumerate(FINDINGS):
+        frame[f"label_{name}"] = labels[:, k].astype(np.int8)
+    for k, name in enumerate(FINDINGS):
+        frame[f"prob_{name}"] = np.round(probs[:, k], 7)
+    with atomic_file(path) as handle:
+        frame.to_csv(handle, index=False, lineterminator="\n")
+
+
+def load_predictions(path: Path) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """(table with image and patient, labels N×14, probabilities N×14) from `save_predictions`' file."""
+    frame = pd.read_csv(path)
+    labels = frame[[f"label_{n}" for n in FINDINGS]].to_numpy(dtype=np.float32)
+    probs = frame[[f"prob_{n}" for n in FINDINGS]].to_numpy(dtype=np.float64)
+    return frame[["image", "patient"]], labels, probs

@@ -1,0 +1,84 @@
+"""The ingest stage: a dataset in NIH ChestX-ray14's layout under `data/raw/`.
+
+    data/raw/images/*.png  Data_Entry_2017.csv  train_val_list.txt  test_list.txt  BBox_List_2017.csv
+
+`ingest.source` chooses where it comes from: `phantom` (the embedded, offline sample; the default) or `nih`
+(the real release, downloaded or linked from a local copy; see `cxrstudy.nih`).
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import pandas as pd
+from tqdm import tqdm
+
+from cxrstudy.atomic import atomic_dir
+from cxrstudy.imageio import write_png
+from cxrstudy.labels import DATA_ENTRY_FILE, write_data_entry
+from cxrstudy.params import Params, PhantomParams
+from cxrstudy.phantom import Box, PhantomRenderer, load_bboxes, load_sample, take_patients
+from cxrstudy.split import TEST_LIST, TRAIN_VAL_LIST, patient_split, write_list
+
+BBOX_OUT = "BBox_List_2017.csv"
+
+_renderer: PhantomRenderer | None = None
+
+
+def _init_worker(size: int, seed: int) -> None:
+    global _renderer
+    import cv2
+
+    cv2.setNumThreads(1)
+    _renderer = PhantomRenderer(size, seed, load_bboxes())
+
+
+def _render_to(job: tuple[str, int, int, str, str]) -> list[Box]:
+    name, patient, follow_up, labels, images_dir = job
+    assert _renderer is not None
+    image, boxes = _renderer.render(patient, follow_up, [] if labels == "No Finding" else labels.split("|"))
+    write_png(Path(images_dir) / name, image)
+    return boxes
+
+
+def build_phantom(cfg: PhantomParams, out_dir: Path, workers: int = 2) -> pd.DataFrame:
+    """Write the phantom dataset into `out_dir` (which must exist) and return its label table."""
+    table = take_patients(load_sample(), cfg.n_images)
+    images_dir = out_dir / "images"
+    images_dir.mkdir()
+    jobs = [
+        (row.image, int(row.patient), int(row.follow_up), row.labels, str(images_dir))
+        for row in table.itertuples(index=False)
+    ]
+    scale = 1024.0 / cfg.image_size
+    bbox_rows: list[tuple[str, str, float, float, float, float]] = []
+    with ProcessPoolExecutor(max_workers=max(1, workers), initializer=_init_worker,
+                             initargs=(cfg.image_size, cfg.seed)) as pool:
+        results = pool.map(_render_to, jobs, chunksize=16)
+        for job, boxes in tqdm(zip(jobs, results, strict=True), total=len(jobs), desc="phantom", unit="img"):
+            for b in boxes:
+                name = "Infiltrate" if b.finding == "Infiltration" else b.finding
+                bbox_rows.append((job[0], name, b.x * scale, b.y * scale, b.w * scale, b.h * scale))
+    table = table.assign(width=1024, height=1024)
+    write_data_entry(table, out_dir / DATA_ENTRY_FILE)
+    # The phantom's "official" split: patient-wise, fixed by the phantom's own seed.
+    train_val, test = patient_split(table, cfg.test_fraction, cfg.seed)
+    write_list(out_dir / TRAIN_VAL_LIST, table["image"].iloc[train_val].tolist())
+    write_list(out_dir / TEST_LIST, table["image"].iloc[test].tolist())
+    boxes_df = pd.DataFrame(bbox_rows, columns=["Image Index", "Finding Label", "Bbox [x", "y", "w", "h]"])
+    boxes_df.round(3).to_csv(out_dir / BBOX_OUT, index=False, lineterminator="\n")
+    return table
+
+
+def run(params: Params, out_dir: Path, workers: int = 2) -> None:
+    """Stage entry point: build `out_dir` from the configured source, atomically."""
+    with atomic_dir(out_dir) as tmp:
+        if params.ingest.source == "phantom":
+            table = build_phantom(params.ingest.phantom, tmp, workers=workers)
+        else:
+            from cxrstudy.nih import ingest_nih
+
+            table = ingest_nih(params.ingest.nih, tmp)
+    print(f"ingest ({params.ingest.source}): {len(table)} images of {table['patient'].nunique()} patients "
+          f"-> {out_dir}")

@@ -1,0 +1,314 @@
+"""The embedded, NIH-shaped phantom: real NIH label rows, synthetic low-contrast chests with learnable findings.
+
+Label rows come from a committed subset of NIH's `Data_Entry_2017_v2020.csv` (patients kept whole, with their
+follow-ups; see `resources/README.md` for attribution). Each image is drawn from its own random stream,
+seeded by (phantom seed, patient, follow-up), so images do not depend on the sample size or drawing order.
+
+Each finding has a signature at a plausible place. Eight findings take their position and size from a real box of
+NIH's `BBox_List_2017.csv` for that finding; the others are placed by anatomy. The exposure is deliberately poor
+(narrow grey range, uneven illumination, per-image gain and gamma), so that local contrast enhancement matters.
+"""
+
+from __future__ import annotations
+
+import gzip
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from cxrstudy.labels import FINDINGS, parse_labels, read_data_entry
+
+SAMPLE_FILE = "nih_sample.csv"
+BBOX_FILE = "BBox_List_2017.csv.gz"
+# BBox_List_2017 spells Infiltration "Infiltrate".
+BBOX_NAMES = {"Infiltrate": "Infiltration"}
+MAX_IMAGES_PER_PATIENT = 6
+
+
+def resource_path(name: str) -> Path:
+    return Path(str(resources.files("cxrstudy") / "resources" / name))
+
+
+def load_sample() -> pd.DataFrame:
+    """The committed NIH label rows the phantom draws from, in selection order."""
+    return read_data_entry(resource_path(SAMPLE_FILE))
+
+
+def load_bboxes() -> dict[str, np.ndarray]:
+    """Real NIH boxes per finding, as rows of (x, y, w, h) in 1024-px coordinates."""
+    with gzip.open(resource_path(BBOX_FILE), "rt") as handle:
+        boxes = pd.read_csv(handle)
+    boxes = boxes.iloc[:, :6]
+    boxes.columns = ["image", "finding", "x", "y", "w", "h"]
+    boxes["finding"] = boxes["finding"].replace(BBOX_NAMES)
+    return {
+        name: group[["x", "y", "w", "h"]].to_numpy(dtype=np.float64) for name, group in boxes.groupby("finding")
+    }
+
+
+def select_sample(entries: pd.DataFrame, n_images: int, seed: int, min_positives: int = 40) -> pd.DataFrame:
+    """Choose whole patients from the NIH table: first enough for `min_positives` of every finding, then at random.
+
+    Patients with more than `MAX_IMAGES_PER_PATIENT` images are left out so that no one patient dominates.
+    The returned rows are ordered by selection, so any prefix of whole patients is itself a stratified sample.
+    """
+    rng = np.random.default_rng(seed)
+    counts = entries.groupby("patient")["image"].transform("size")
+    pool = entries[counts <= MAX_IMAGES_PER_PATIENT]
+    patients = pool["patient"].unique()
+    rng.shuffle(patients)
+    by_patient = {pid: rows for pid, rows in pool.groupby("patient", sort=False)}
+    have = dict.fromkeys(FINDINGS, 0)
+    chosen: list[int] = []
+    total = 0
+    # Rarest findings first, so that Hernia (0.2 % of NIH) is represented at all.
+    prevalence = {f: pool["labels"].str.contains(f, regex=False).sum() for f in FINDINGS}
+    for finding in sorted(FINDINGS, key=prevalence.__getitem__):
+        for pid in patients:
+            if have[finding] >= min_positives or total >= n_images:
+                break
+            if pid in chosen:
+                continue
+            rows = by_patient[pid]
+            if not rows["labels"].str.contains(finding, regex=False).any():
+                continue
+            chosen.append(pid)
+            total += len(rows)
+            for cell in rows["labels"]:
+                for name in parse_labels(cell):
+                    have[name] += 1
+    chosen_set = set(chosen)
+    for pid in patients:
+        if total >= n_images:
+            break
+        if pid not in chosen_set:
+            chosen.append(pid)
+            chosen_set.add(pid)
+            total += len(by_patient[pid])
+    return pd.concat([by_patient[pid] for pid in chosen], ignore_index=True)
+
+
+def take_patients(sample: pd.DataFrame, n_images: int) -> pd.DataFrame:
+    """The shortest prefix of whole patients holding at least `n_images` images (all of them if fewer)."""
+    first_row = sample.groupby("patient", sort=False).cumcount() == 0
+    starts = np.flatnonzero(first_row.to_numpy())
+    cut = next((s for s in starts if s >= n_images), len(sample))
+    return sample.iloc[:cut].reset_index(drop=True)
+
+
+@dataclass(frozen=True)
+class Box:
+    """A planted finding's box, in the phantom's pixel coordinates."""
+
+    finding: str
+    x: float
+    y: float
+    w: float
+    h: float
+
+
+def _ellipse(img: np.ndarray, center: tuple[float, float], axes: tuple[float, float], value: float,
+             angle: float = 0.0) -> None:
+    mask = np.zeros(img.shape, np.uint8)
+    c = (round(center[0] * 16), round(center[1] * 16))
+    a = (max(1, round(axes[0] * 16)), max(1, round(axes[1] * 16)))
+    cv2.ellipse(mask, c, a, angle, 0, 360, 1, -1, lineType=cv2.LINE_AA, shift=4)
+    img += value * mask
+
+
+def _blur(img: np.ndarray, sigma: float) -> np.ndarray:
+    return cv2.GaussianBlur(img, (0, 0), sigmaX=max(sigma, 0.3))
+
+
+def _noise_field(rng: np.random.Generator, size: int, sigma: float) -> np.ndarray:
+    """Smooth random field with unit standard deviation."""
+    field = _blur(rng.standard_normal((size, size)).astype(np.float32), sigma)
+    return field / (field.std() + 1e-6)
+
+
+class PhantomRenderer:
+    """Draws one phantom chest radiograph for a given set of findings."""
+
+    def __init__(self, size: int, seed: int, bboxes: dict[str, np.ndarray]) -> None:
+        self.size = size
+        self.seed = seed
+        self.bboxes = bboxes
+
+    def _real_box(self, rng: np.random.Generator, finding: str) -> tuple[float, float, float, float] | None:
+        boxes = self.bboxes.get(finding)
+        if boxes is None or len(boxes) == 0:
+            return None
+        x, y, w, h = boxes[rng.integers(len(boxes))] * (self.size / 1024.0)
+        return float(x), float(y), float(w), float(h)
+
+    def render(self, patient: int, follow_up: int, findings: list[str]) -> tuple[np.ndarray, list[Box]]:
+        s = self.size
+        anatomy = np.random.default_rng([self.seed, patient])  # the same chest at every follow-up
+        rng = np.random.default_rng([self.seed, patient, follow_up])
+        img = np.zeros((s, s), np.float32)
+        boxes: list[Box] = []
+        has = set(findings)
+
+        # Body, lungs (radiolucent, so darker), spine, heart, clavicles.
+        cx = s * (0.5 + anatomy.normal(0, 0.01))
+        _ellipse(img, (cx, s * 0.56), (s * 0.44, s * 0.52), 0.55)
+        emph = "Emphysema" in has
+        lung_h = s * (0.25 + anatomy.normal(0, 0.01)) * (1.12 if emph else 1.0)
+        lung_w = s * (0.13 + anatomy.normal(0, 0.006)) * (1.08 if emph else 1.0)
+        lung_y = s * 0.45 + (lung_h - s * 0.25) * 0.5
+        lungs = np.zeros((s, s), np.float32)
+        left = (cx - s * 0.17, lung_y)
+        right = (cx + s * 0.17, lung_y)
+        _ellipse(lungs, left, (lung_w, lung_h), 1.0)
+        _ellipse(lungs, right, (lung_w * 0.95, lung_h * 0.97), 1.0)
+        lungs = np.clip(_blur(lungs, s * 0.006), 0, 1)
+        depth = 0.42 if emph else 0.32
+        img -= depth * lungs
+        markings = _noise_field(rng, s, s * 0.006) * (0.012 if emph else 0.03)
+        img += markings * lungs
+        _ellipse(img, (cx, s * 0.5), (s * 0.035, s * 0.5), 0.18)
+        heart_w, heart_h = s * (0.11 + anatomy.normal(0, 0.005)), s * 0.095
+        heart_c = (cx + s * 0.05, s * 0.64)
+        if "Cardiomegaly" in has:
+            box = self._real_box(rng, "Cardiomegaly")
+            if box is not None:
+                heart_w = max(box[2] / 2, heart_w * 1.35)
+                heart_h = max(box[3] / 2.4, heart_h * 1.15)
+            else:
+                heart_w, heart_h = heart_w * 1.4, heart_h * 1.15
+        _ellipse(img, heart_c, (heart_w, heart_h), 0.22)
+        if "Cardiomegaly" in has:
+            boxes.append(Box("Cardiomegaly", heart_c[0] - heart_w, heart_c[1] - heart_h, 2 * heart_w, 2 * heart_h))
+        for side in (-1, 1):
+            _ellipse(img, (cx + side * s * 0.16, s * 0.2), (s * 0.14, s * 0.012), 0.12, angle=side * 12)
+        # Ribs: curved bands across the lungs.
+        yy, xx = np.mgrid[0:s, 0:s].astype(np.float32) / s
+        ribs = np.sin(2 * np.pi * (yy * 11 + 2.0 * (xx - cx / s) ** 2) + anatomy.uniform(0, 6.3)) > 0.55
+        img += 0.05 * ribs.astype(np.float32) * lungs
+
+        for finding in findings:
+            self._draw(finding, img, lungs, rng, left, right, lung_w, lung_h, cx, boxes)
+
+        return self._expose(img, rng), boxes
+
+    def _draw(self, finding: str, img: np.ndarray, lungs: np.ndarray, rng: np.random.Generator,
+              left: tuple[float, float], right: tuple[float, float], lung_w: float, lung_h: float, cx: float,
+              boxes: list[Box]) -> None:
+        s = self.size
+        side = left if rng.random() < 0.5 else right
+        box = self._real_box(rng, finding)
+
+        def in_lung(dx: float, dy: float) -> tuple[float, float]:
+            return side[0] + dx * lung_w, side[1] + dy * lung_h
+
+        def planted(bx: tuple[float, float, float, float]) -> None:
+            boxes.append(Box(finding, *bx))
+
+        if finding == "Atelectasis":  # plate-like band in a lower zone
+            x, y, w, h = box or (*in_lung(-0.5, 0.3), lung_w, lung_h * 0.3)
+            layer = np.zeros_like(img)
+            _ellipse(layer, (x + w / 2, y + h / 2), (max(w / 2, s * 0.04), max(h / 4, s * 0.015)), 1.0,
+                     angle=rng.uniform(-20, 20))
+            img += 0.3 * _blur(layer, s * 0.004) * lungs
+            planted((x, y, w, h))
+        elif finding == "Consolidation":  # dense, homogeneous, ill-defined lobar opacity
+            x, y = in_lung(rng.uniform(-0.4, 0.4), rng.uniform(-0.1, 0.5))
+            r = s * rng.uniform(0.06, 0.09)
+            layer = np.zeros_like(img)
+            _ellipse(layer, (x, y), (r, r * 0.8), 1.0)
+            img += 0.3 * np.clip(_blur(layer, r * 0.3), 0, 1) * lungs
+            planted((x - r, y - r, 2 * r, 2 * r))
+        elif finding == "Edema":  # bilateral perihilar haze and basal Kerley lines
+            for hil in (left, right):
+                layer = np.zeros_like(img)
+                _ellipse(layer, (hil[0] + (cx - hil[0]) * 0.3, hil[1] + lung_h * 0.1), (lung_w * 0.7, lung_h * 0.45),
+                         1.0)
+                img += 0.13 * _blur(layer, s * 0.03) * lungs
+                lines = np.zeros_like(img)
+                for k in range(4):
+                    y = hil[1] + lung_h * (0.45 + 0.08 * k)
+                    x0 = hil[0] - lung_w if hil is left else hil[0] + lung_w * 0.6
+                    cv2.line(lines, (int(x0), int(y)), (int(x0 + lung_w * 0.4), int(y)), 1.0, 1)
+                img += 0.1 * lines * lungs
+        elif finding == "Effusion":  # fluid filling a costophrenic angle, meniscus-shaped
+            x, y, w, h = box or (*in_lung(-0.9, 0.4), lung_w * 1.8, lung_h * 0.6)
+            level = min(y + h * 0.3, side[1] + lung_h * 0.75)
+            yy, xx = np.mgrid[0:s, 0:s].astype(np.float32)
+            meniscus = level - 0.25 * np.abs(xx - side[0]) * (lung_h / lung_w) * 0.3
+            fluid = np.clip((yy - meniscus) / (s * 0.015), 0, 1)
+            near = np.clip(1 - np.abs(xx - side[0]) / (lung_w * 1.2), 0, 1) > 0
+            img += 0.28 * fluid * lungs * near
+            planted((x, y, w, h))
+        elif finding == "Emphysema":  # drawn in the anatomy: larger, darker lungs with sparse markings
+            pass
+        elif finding == "Fibrosis":  # reticular lines in the lower, peripheral lungs
+            field = _noise_field(rng, s, s * 0.009)
+            reticular = _blur((np.abs(field) < 0.25).astype(np.float32), s * 0.002)
+            yy = np.mgrid[0:s, 0:s][0].astype(np.float32)
+            lower = np.clip((yy - s * 0.42) / (s * 0.15), 0, 1)
+            img += 0.22 * reticular * lungs * lower
+        elif finding == "Hernia":  # hiatus hernia: round retrocardiac opacity with an air bubble
+            x, y = cx + s * rng.normal(0, 0.01), s * 0.7
+            r = s * rng.uniform(0.055, 0.075)
+            _ellipse(img, (x, y), (r, r * 0.85), 0.3)
+            _ellipse(img, (x, y - r * 0.4), (r * 0.5, r * 0.25), -0.15)
+            planted((x - r, y - r, 2 * r, 2 * r))
+        elif finding == "Infiltration":  # patchy, hazy opacities
+            x, y, w, h = box or (*in_lung(-0.6, -0.3), lung_w * 1.2, lung_h * 0.8)
+            patch = np.clip(_noise_field(rng, s, s * 0.015) - 0.3, 0, None)
+            region = np.zeros_like(img)
+            _ellipse(region, (x + w / 2, y + h / 2), (max(w / 2, s * 0.04), max(h / 2, s * 0.04)), 1.0)
+            img += 0.16 * patch * _blur(region, s * 0.02) * lungs
+            planted((x, y, w, h))
+        elif finding == "Mass":  # well-defined round opacity, > 3 cm
+            x, y, w, h = box or (*in_lung(0, 0), s * 0.12, s * 0.12)
+            r = max(min(w, h) / 2, s * 0.03)
+            _ellipse(img, (x + w / 2, y + h / 2), (r, r * rng.uniform(0.85, 1.0)), 0.28)
+            planted((x, y, w, h))
+        elif finding == "Nodule":  # small round opacity, < 3 cm
+            x, y, w, h = box or (*in_lung(0, 0), s * 0.05, s * 0.05)
+            r = max(min(w, h) / 2, s * 0.016)
+            _ellipse(img, (x + w / 2, y + h / 2), (r, r), 0.3)
+            planted((x, y, w, h))
+        elif finding == "Pleural_Thickening":  # dense band along the lateral chest wall or apex
+            outer = side[0] - lung_w * 0.95 if side is left else side[0] + lung_w * 0.95
+            layer = np.zeros_like(img)
+            _ellipse(layer, (outer, side[1] - lung_h * 0.2), (s * 0.018, lung_h * 0.55), 1.0)
+            _ellipse(layer, (side[0], side[1] - lung_h * 0.93), (lung_w * 0.6, s * 0.015), 1.0)
+            img += 0.28 * np.clip(_blur(layer, s * 0.003), 0, 1)
+        elif finding == "Pneumonia":  # patchy air-space opacity with air bronchograms
+            x, y, w, h = box or (*in_lung(-0.4, 0.1), lung_w * 0.8, lung_h * 0.5)
+            region = np.zeros_like(img)
+            _ellipse(region, (x + w / 2, y + h / 2), (max(w / 2.5, s * 0.03), max(h / 2.5, s * 0.03)), 1.0)
+            patch = np.clip(_noise_field(rng, s, s * 0.008) + 0.8, 0, None)
+            img += 0.09 * patch * _blur(region, s * 0.01) * lungs
+            planted((x, y, w, h))
+        elif finding == "Pneumothorax":  # apical/lateral air without markings, behind a thin pleural line
+            x, y, w, h = box or (*in_lung(-0.8, -0.9), lung_w * 1.2, lung_h)
+            region = np.zeros_like(img)
+            _ellipse(region, (x + w / 2, y + h / 3), (max(w / 2, s * 0.04), max(h / 2.5, s * 0.05)), 1.0)
+            region = _blur(region, s * 0.004) * lungs
+            img -= 0.13 * region
+            edge = cv2.Laplacian(region, cv2.CV_32F)
+            img += 0.6 * np.clip(-edge, 0, None)
+            planted((x, y, w, h))
+
+    def _expose(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Poor exposure: narrow grey range, uneven illumination, gamma, sensor noise, 8-bit quantisation."""
+        s = self.size
+        yy, xx = np.mgrid[0:s, 0:s].astype(np.float32) / s
+        angle = rng.uniform(0, 2 * np.pi)
+        illumination = 0.09 * ((xx - 0.5) * np.cos(angle) + (yy - 0.5) * np.sin(angle))
+        img = img + illumination + 0.004 * rng.standard_normal(img.shape).astype(np.float32)
+        gain = rng.uniform(0.28, 0.4)
+        offset = rng.uniform(0.3, 0.45)
+        out = np.clip(offset + gain * img, 0, 1) ** rng.uniform(0.85, 1.2)
+        return np.clip(np.rint(out * 255), 0, 255).astype(np.uint8)
+
+
+def render_row(renderer: PhantomRenderer, patient: int, follow_up: int, labels: str) -> tuple[np.ndarray, list[Box]]:
+    return renderer.render(patient, follow_up, parse_labels(labels))

@@ -1,0 +1,112 @@
+"""The preprocess stage: CLAHE and resize every image once, into one memory-mappable uint8 array.
+
+Output (`data/processed/`): `images.npy` (N × S × S, uint8, in `Data_Entry` order), `index.txt` (the image names,
+one a line, same order) and `meta.json` (what was done). One large file keeps `dvc status` / `dvc push` fast where a
+directory of 100k small PNGs would not, and lets the training loader read any image without decoding.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from cxrstudy.atomic import atomic_dir
+from cxrstudy.errors import InputError
+from cxrstudy.imageio import ImageError, read_gray
+from cxrstudy.labels import DATA_ENTRY_FILE, read_data_entry
+from cxrstudy.params import Params, PreprocessParams
+
+IMAGES_FILE = "images.npy"
+INDEX_FILE = "index.txt"
+META_FILE = "meta.json"
+
+
+def apply_clahe(image: np.ndarray, clip_limit: float, tile_grid: int) -> np.ndarray:
+    """Contrast-limited adaptive histogram equalisation (OpenCV) of a uint8 image."""
+    return cv2.createCLAHE(clipLimit=clip_limit, tileGridSize=(tile_grid, tile_grid)).apply(image)
+
+
+def process_image(image: np.ndarray, cfg: PreprocessParams) -> np.ndarray:
+    """CLAHE at the source resolution (where the detail is), then an area resize to `cfg.image_size`."""
+    if cfg.clahe:
+        image = apply_clahe(image, cfg.clip_limit, cfg.tile_grid)
+    size = cfg.image_size
+    if image.shape != (size, size):
+        interp = cv2.INTER_AREA if min(image.shape) >= size else cv2.INTER_LINEAR
+        image = cv2.resize(image, (size, size), interpolation=interp)
+    return image
+
+
+_cfg: PreprocessParams | None = None
+
+
+def _init_worker(cfg: PreprocessParams) -> None:
+    global _cfg
+    cv2.setNumThreads(1)  # one process per core; OpenCV's own threads would only oversubscribe
+    _cfg = cfg
+
+
+def _process_path(path: str) -> np.ndarray | str:
+    assert _cfg is not None
+    try:
+        return process_image(read_gray(Path(path)), _cfg)
+    except ImageError as err:
+        return str(err)
+
+
+def process_all(paths: list[Path], cfg: PreprocessParams) -> Iterator[np.ndarray | str]:
+    """Processed images in input order; an unusable image yields its error message instead."""
+    if cfg.workers <= 1:
+        _init_worker(cfg)
+        yield from (_process_path(str(p)) for p in paths)
+        return
+    with ProcessPoolExecutor(max_workers=cfg.workers, initializer=_init_worker, initargs=(cfg,)) as pool:
+        yield from pool.map(_process_path, [str(p) for p in paths], chunksize=32)
+
+
+def run(params: Params, raw_dir: Path, out_dir: Path) -> None:
+    """Stage entry point: `raw_dir` (NIH layout) -> `out_dir` (images.npy, index.txt, meta.json)."""
+    if not raw_dir.is_dir():
+        raise InputError(f"{raw_dir}: raw data folder not found; run the ingest stage first (dvc repro ingest)")
+    cfg = params.preprocess
+    table = read_data_entry(raw_dir / DATA_ENTRY_FILE)
+    names = table["image"].tolist()
+    paths = [raw_dir / "images" / n for n in names]
+    errors: list[str] = []
+    with atomic_dir(out_dir) as tmp:
+        array = np.lib.format.open_memmap(tmp / IMAGES_FILE, mode="w+", dtype=np.uint8,
+                                          shape=(len(names), cfg.image_size, cfg.image_size))
+        results = process_all(paths, cfg)
+        for i, result in enumerate(tqdm(results, total=len(paths), desc="preprocess", unit="img")):
+            if isinstance(result, str):
+                errors.append(result)
+            else:
+                array[i] = result
+        if errors:
+            listed = "\n  ".join(errors[:50])
+            more = f"\n  ... and {len(errors) - 50} more" if len(errors) > 50 else ""
+            raise InputError(f"preprocess: {len(errors)} unusable image(s):\n  {listed}{more}")
+        array.flush()
+        del array
+        (tmp / INDEX_FILE).write_text("".join(f"{n}\n" for n in names))
+        meta = {"images": len(names), **cfg.model_dump()}
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    print(f"preprocess: {len(names)} images, CLAHE {'on' if cfg.clahe else 'off'}, {cfg.image_size} px -> {out_dir}")
+
+
+def load_processed(processed_dir: Path) -> tuple[np.ndarray, list[str]]:
+    """The processed images (memory-mapped, read-only) and their names."""
+    images_path = processed_dir / IMAGES_FILE
+    if not images_path.is_file():
+        raise InputError(f"{images_path}: processed images not found; run the preprocess stage first")
+    images = np.load(images_path, mmap_mode="r")
+    names = (processed_dir / INDEX_FILE).read_text().split()
+    if len(names) != len(images):
+        raise InputError(f"{processed_dir}: {INDEX_FILE} lists {len(names)} names for {len(images)} images")
+    return images, names

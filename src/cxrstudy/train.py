@@ -1,0 +1,390 @@
+"""The train stage: one DenseNet-121 per seed, the best epoch chosen on the validation set.
+
+Runs on one CPU or GPU, or on N processes under `torchrun --nproc_per_node=N` (DDP; NCCL on GPUs, gloo on CPUs).
+Every epoch ends with an atomic checkpoint (model, optimizer, scheduler, RNG states, best-so-far) under
+`checkpoints/seed_<seed>/`; re-running the stage resumes from it when the configuration is unchanged, and reaches the
+same numbers as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import os
+import random
+import signal
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from torch.utils.data.distributed import DistributedSampler
+from tqdm import tqdm
+
+from cxrstudy.atomic import atomic_dir, atomic_file, write_json
+from cxrstudy.data import XrayDataset, eval_transform, load_part, make_loader, to_input, train_transform
+from cxrstudy.errors import Interrupted, TrainingError
+from cxrstudy.losses import Criterion, make_criterion
+from cxrstudy.metrics import nanmean, per_class_auroc
+from cxrstudy.model import build_model
+from cxrstudy.monitoring import open_monitor
+from cxrstudy.params import Params, TrainParams
+
+MODEL_FILE = "model.pt"
+CHECKPOINT_FILE = "last.pt"
+
+
+@dataclass(frozen=True)
+class Dist:
+    """Where this process stands in a (possibly one-process) run."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_kind: str) -> Dist:
+    """Read the variables `torchrun` sets; start the process group when there is more than one process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device_kind == "cuda" else "gloo")
+    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def pick_device(cfg: TrainParams, where: Dist) -> torch.device:
+    if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise TrainingError("train.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
+        torch.cuda.set_device(where.local_rank)
+        return torch.device("cuda", where.local_rank)
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.backends.cudnn.benchmark = True
+
+
+def fingerprint(params: Params, seed: int, processed_dir: Path, world_size: int) -> str:
+    """What a checkpoint must match to be resumed: the training config, the seed, the data, the process count."""
+    meta = (processed_dir / "meta.json").read_text() if (processed_dir / "meta.json").is_file() else ""
+    payload = json.dumps({"train": params.train.model_dump(), "split": params.split.model_dump(), "seed": seed,
+                          "data": meta, "world": world_size}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def make_optimizer(model: nn.Module, cfg: TrainParams) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
+
+
+def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainParams, steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """Stepped once per batch."""
+    if cfg.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps)
+    if cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+
+
+def _rng_state(loader_gen: torch.Generator) -> dict[str, Any]:
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    return {
+        "python": [py_state[0], list(py_state[1]), py_state[2]],
+        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "loader": loader_gen.get_state(),
+    }
+
+
+def _set_rng_state(state: dict[str, Any], loader_gen: torch.Generator) -> None:
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    np_s = state["numpy"]
+    np.random.set_state((np_s[0], np.array(np_s[1], dtype=np.uint32), np_s[2], np_s[3], np_s[4]))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"]:
+        torch.cuda.set_rng_state_all(state["cuda"])
+    loader_gen.set_state(state["loader"])
+
+
+@contextmanager
+def signals_to_exceptions() -> Iterator[None]:
+    """SIGTERM / SIGINT become `Interrupted`, so that the stage exits non-zero after the last checkpoint."""
+    def handler(signum: int, _frame: object) -> None:
+        raise Interrupted(signum, f"training stopped by {signal.Signals(signum).name}")
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, loader: DataLoader[tuple[torch.Tensor, torch.Tensor]], device: torch.device,
+            channels_last: bool, amp: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Sigmoid probabilities and float32 logits for every image the loader yields, in order."""
+    model.eval()
+    logits_all, labels_all = [], []
+    for images, labels in loader:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
+            logits = model(to_input(images, device, channels_last))
+        logits_all.append(logits.float().cpu())
+        labels_all.append(labels)
+    return torch.cat(logits_all).numpy(), torch.cat(labels_all).numpy()
+
+
+def gather_rows(array: np.ndarray, where: Dist) -> np.ndarray:
+    """Concatenate every rank's rows (rank order); the identity on one process."""
+    if where.world_size == 1:
+        return array
+    parts: list[np.ndarray | None] = [None] * where.world_size
+    dist.all_gather_object(parts, array)
+    return np.concatenate([p for p in parts if p is not None])
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    train_loss: float
+    val_loss: float
+    val_auroc: float
+    lr: float
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0
+    best_epoch: int = 0
+    best_auroc: float = -math.inf
+    best_model: dict[str, torch.Tensor] | None = None
+    history: list[EpochRecord] = field(default_factory=list)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def _state_dict_cpu(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in _unwrap(model).state_dict().items()}
+
+
+def save_checkpoint(path: Path, fp: str, state: TrainState, model: nn.Module, opt: torch.optim.Optimizer,
+                    sched: torch.optim.lr_scheduler.LRScheduler, loader_gen: torch.Generator) -> None:
+    payload = {
+        "fingerprint": fp,
+        "epoch": state.epoch,
+        "best_epoch": state.best_epoch,
+        "best_auroc": state.best_auroc,
+        "best_model": state.best_model,
+        "history": [vars(r) for r in state.history],
+        "model": _state_dict_cpu(model),
+        "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(),
+        "rng": _rng_state(loader_gen),
+    }
+    with atomic_file(path, "wb") as handle:
+        torch.save(payload, handle)
+
+
+def load_checkpoint(path: Path, fp: str, model: nn.Module, opt: torch.optim.Optimizer,
+                    sched: torch.optim.lr_scheduler.LRScheduler, loader_gen: torch.Generator) -> TrainState | None:
+    """Restore a matching checkpoint; None when there is none or it belongs to another configuration."""
+    if not path.is_file():
+        return None
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if payload.get("fingerprint") != fp:
+        print(f"{path}: checkpoint is from another configuration; starting afresh")
+        return None
+    _unwrap(model).load_state_dict(payload["model"])
+    opt.load_state_dict(payload["optimizer"])
+    sched.load_state_dict(payload["scheduler"])
+    _set_rng_state(payload["rng"], loader_gen)
+    return TrainState(
+        epoch=payload["epoch"],
+        best_epoch=payload["best_epoch"],
+        best_auroc=payload["best_auroc"],
+        best_model=payload["best_model"],
+        history=[EpochRecord(**r) for r in payload["history"]],
+    )
+
+
+def train_one_epoch(model: nn.Module, loader: DataLoader[tuple[torch.Tensor, torch.Tensor]], criterion: Criterion,
+                    opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LRScheduler, device: torch.device,
+                    cfg: TrainParams, epoch: int, monitor: Any, show: bool) -> float:
+    """One pass over the training data; returns the mean training loss. A non-finite loss stops training."""
+    model.train()
+    total, batches = 0.0, 0
+    steps = len(loader)
+    for step, (images, labels) in enumerate(tqdm(loader, desc=f"epoch {epoch}", unit="batch", disable=None if show else True,
+                                                 leave=False)):
+        start = time.perf_counter()
+        x = to_input(images, device, cfg.channels_last)
+        y = labels.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp and device.type == "cuda"):
+            logits = model(x)
+        loss = criterion(logits, y)
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise TrainingError(f"non-finite training loss ({value}) at epoch {epoch}, step {step + 1}/{steps} "
+                                f"(batch of {len(images)} images); lower train.lr or check the input data")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        total += value
+        batches += 1
+        monitor.step(epoch=epoch, step=(epoch - 1) * steps + step + 1, loss=value, images=len(images),
+                     seconds=time.perf_counter() - start, lr=sched.get_last_lr()[0])
+    return total / max(batches, 1)
+
+
+def run(params: Params, seed: int, raw_dir: Path, processed_dir: Path, splits_dir: Path, out_dir: Path,
+        plots_file: Path, checkpoint_dir: Path) -> None:
+    """Stage entry point: train one seed, write `out_dir/model.pt` and the per-epoch history to `plots_file`."""
+    cfg = params.train
+    device_kind = "cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu"
+    where = init_distributed(device_kind)
+    device = pick_device(cfg, where)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    seed_everything(seed, cfg.deterministic)
+
+    images, train_part = load_part(raw_dir, processed_dir, splits_dir, "train")
+    _, val_part = load_part(raw_dir, processed_dir, splits_dir, "val")
+    stored = images.shape[-1]
+    train_labels = train_part.labels
+    if cfg.shuffle_labels:  # negative control: break the image-label link, keep the label distribution
+        train_labels = train_labels[np.random.default_rng(seed).permutation(len(train_labels))]
+    train_set = XrayDataset(images, train_part, train_transform(cfg.image_size, cfg.augment), train_labels)
+    val_set = XrayDataset(images, val_part, eval_transform(cfg.image_size, stored))
+
+    loader_gen = torch.Generator().manual_seed(seed)
+    pin = device.type == "cuda"
+    per_rank_batch = max(1, cfg.batch_size // where.world_size)
+    if where.world_size > 1:
+        sampler: DistributedSampler[Any] | None = DistributedSampler(train_set, where.world_size, where.rank,
+                                                                     shuffle=True, seed=seed, drop_last=True)
+        train_loader: DataLoader[Any] = DataLoader(train_set, batch_size=per_rank_batch, sampler=sampler,
+                                                   drop_last=True, num_workers=cfg.num_workers, pin_memory=pin,
+                                                   persistent_workers=cfg.num_workers > 0, generator=loader_gen)
+        val_sampler: DistributedSampler[Any] | None = DistributedSampler(val_set, where.world_size, where.rank,
+                                                                         shuffle=False)
+        val_loader: DataLoader[Any] = DataLoader(val_set, batch_size=params.evaluate.batch_size,
+                                                 sampler=val_sampler, num_workers=0)
+    else:
+        sampler = None
+        train_loader = make_loader(train_set, per_rank_batch, shuffle=True, generator=loader_gen,
+                                   num_workers=cfg.num_workers, pin_memory=pin)
+        val_loader = make_loader(val_set, params.evaluate.batch_size, shuffle=False, generator=None,
+                                 num_workers=0, pin_memory=pin)
+    if len(train_loader) == 0:
+        raise TrainingError(f"train: {len(train_set)} training images make no full batch of "
+                            f"{per_rank_batch}; lower train.batch_size")
+
+    model: nn.Module = build_model(len(train_part.labels[0]), cfg.pretrained).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if where.world_size > 1:
+        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    forward_model = torch.compile(model) if cfg.compile else model
+    criterion = make_criterion(cfg.loss, train_labels)
+    opt = make_optimizer(model, cfg)
+    sched = make_scheduler(opt, cfg, cfg.epochs * len(train_loader))
+
+    fp = fingerprint(params, seed, processed_dir, where.world_size)
+    ckpt_path = checkpoint_dir / CHECKPOINT_FILE
+    state = load_checkpoint(ckpt_path, fp, model, opt, sched, loader_gen) or TrainState()
+    if state.epoch and where.is_main:
+        print(f"train seed {seed}: resuming after epoch {state.epoch} from {ckpt_path}")
+
+    monitor = open_monitor(params.monitor, seed=seed, rank=where.rank)
+    started = time.perf_counter()
+    try:
+        with signals_to_exceptions():
+            for epoch in range(state.epoch + 1, cfg.epochs + 1):
+                if sampler is not None:
+                    sampler.set_epoch(epoch)
+                train_loss = train_one_epoch(forward_model, train_loader, criterion, opt, sched, device, cfg,
+                                             epoch, monitor, show=where.is_main)
+                logits, labels = predict(forward_model, val_loader, device, cfg.channels_last, cfg.amp)
+                logits, labels = gather_rows(logits, where), gather_rows(labels, where)
+                val_loss = float(criterion(torch.from_numpy(logits), torch.from_numpy(labels)))
+                val_auroc = nanmean(per_class_auroc(labels, sigmoid(logits)))
+                state.epoch = epoch
+                state.history.append(EpochRecord(epoch, train_loss, val_loss, val_auroc, sched.get_last_lr()[0]))
+                if val_auroc > state.best_auroc:
+                    state.best_epoch, state.best_auroc, state.best_model = epoch, val_auroc, _state_dict_cpu(model)
+                monitor.epoch_end(epoch=epoch, val_loss=val_loss, val_auroc=val_auroc)
+                if where.is_main:
+                    save_checkpoint(ckpt_path, fp, state, model, opt, sched, loader_gen)
+                    print(f"seed {seed} epoch {epoch}/{cfg.epochs}: train loss {train_loss:.4f}, "
+                          f"val loss {val_loss:.4f}, val AUROC {val_auroc:.4f}")
+    finally:
+        monitor.close()
+    seconds = time.perf_counter() - started
+    if where.is_main:
+        _write_outputs(state, seed, fp, out_dir, plots_file)
+        ckpt_path.unlink(missing_ok=True)
+        print(f"train seed {seed}: best epoch {state.best_epoch} (val AUROC {state.best_auroc:.4f}), "
+              f"{seconds:.1f} s -> {out_dir}")
+    if where.world_size > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def _write_outputs(state: TrainState, seed: int, fp: str, out_dir: Path, plots_file: Path) -> None:
+    with atomic_dir(out_dir) as tmp:
+        torch.save({"model": state.best_model, "seed": seed, "epoch": state.best_epoch,
+                    "val_auroc": state.best_auroc, "fingerprint": fp}, tmp / MODEL_FILE)
+        write_json(tmp / "summary.json", {"seed": seed, "best_epoch": state.best_epoch,
+                                          "best_val_auroc": round(state.best_auroc, 6),
+                                          "epochs": state.epoch})
+    with atomic_file(plots_file) as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(["epoch", "train_loss", "val_loss", "val_auroc", "lr"])
+        for r in state.history:
+            writer.writerow([r.epoch, f"{r.train_loss:.6f}", f"{r.val_loss:.6f}", f"{r.val_auroc:.6f}",
+                             f"{r.lr:.8g}"])
+
+
+def load_trained(path: Path, num_classes: int = 14) -> nn.Module:
+    """The best model of a train stage, loaded safely (`weights_only=True`)."""
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    model = build_model(num_classes, pretrained=False)
+    model.load_state_dict(payload["model"])
+    return model

