@@ -10,7 +10,7 @@ export PATH := $(if $(VENV),$(abspath $(VENV))/bin:,)$(PATH)
 
 .PHONY: setup dev repro test test-fast lint study metrics-diff clean-checkpoints
 
-setup: $(STAMP)
+setup: $(if $(VENV),$(STAMP),)
 $(STAMP): requirements.txt pyproject.toml
 	$(if $(VENV),test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV),true)
 	$(BIN)python -m pip install --quiet --upgrade pip

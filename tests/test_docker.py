@@ -495,7 +495,7 @@ def test_install_deps_resolves_against_the_tested_environment(variant):
     proc = run_install_deps(
         variant,
         REQUIREMENTS,
-        {"PYTHON": sys.executable, "PIP_INSTALL_FLAGS": "--dry-run --no-index --quiet", "PIP_CHECK": "0"},
+        {"PYTHON": sys.executable, "PIP_INSTALL_FLAGS": "--dry-run --no-index", "PIP_CHECK": "0"},
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Would install" not in proc.stdout, f"pins not satisfied by the tested venv:\n{proc.stdout}"

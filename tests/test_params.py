@@ -77,3 +77,19 @@ def test_invalid_yaml_is_named(tmp_path: Path) -> None:
     path.write_text("seeds: [1, 2\n")
     with pytest.raises(InputError, match="not valid YAML"):
         load_params(path)
+
+
+def _keys(tree: object, prefix: str = "") -> set[str]:
+    if not isinstance(tree, dict):
+        return {prefix}
+    return set().union(*(_keys(v, f"{prefix}.{k}" if prefix else k) for k, v in tree.items()))
+
+
+def test_the_real_study_profile_is_valid_and_sets_every_key_params_yaml_sets() -> None:
+    import yaml
+
+    study_path = ROOT / "configs/nih-study.yaml"
+    study = load_params(study_path)
+    assert study.ingest.source == "nih" and study.split.method == "official"
+    assert study.train.image_size == 224 and study.seeds == [12, 22, 32, 42]
+    assert _keys(yaml.safe_load(study_path.read_text())) == _keys(project_params())

@@ -1,0 +1,130 @@
+"""End to end: `dvc repro` in a temporary git clone of the project, with tiny parameters."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, tiny_raw, write_params
+
+pytestmark = pytest.mark.slow
+
+
+def sh(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "TQDM_DISABLE": "1"}
+    done = subprocess.run(args, cwd=cwd, env=env, text=True, capture_output=True)
+    if check and done.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} exited {done.returncode}\n{done.stdout}\n{done.stderr}")
+    return done
+
+
+def copy_project(dest: Path) -> Path:
+    """The project's tracked and untracked-but-not-ignored files, committed in a fresh git repository."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, check=True,
+                           capture_output=True).stdout.decode().split("\0")
+    for name in filter(None, files):
+        src = ROOT / name
+        if src.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / name)
+    sh(["git", "init", "-q"], dest)
+    sh(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "init", "--allow-empty"], dest)
+    sh(["git", "add", "-A"], dest)
+    sh(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "project"], dest)
+    return dest
+
+
+def table_rows(markdown: str, heading: str) -> list[list[str]]:
+    """The body rows of the first table after `heading`, as lists of stripped cells."""
+    section = markdown.split(heading, 1)[1]
+    lines = [ln for ln in section.splitlines() if ln.startswith("|")]
+    rows = []
+    for ln in lines[2:]:
+        rows.append([c.strip() for c in ln.strip().strip("|").split("|")])
+        if not section.split(ln, 1)[1].lstrip("\n").startswith("|"):
+            break
+    return rows
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = copy_project(tmp_path_factory.mktemp("project"))
+    for generated in ("dvc.lock", "reports/report.md"):
+        (root / generated).unlink(missing_ok=True)
+    shutil.rmtree(root / "metrics", ignore_errors=True)
+    write_params(root / "params.yaml", tiny_raw())
+    sh(["dvc", "repro"], root)
+    return root
+
+
+def test_repro_writes_metrics_for_every_seed_and_the_report(project: Path) -> None:
+    for seed in (1, 2):
+        metrics = json.loads((project / f"metrics/eval/seed_{seed}.json").read_text())
+        assert metrics["seed"] == seed
+        assert (project / f"models/seed_{seed}/model.pt").is_file()
+        assert (project / f"predictions/seed_{seed}.csv").is_file()
+    assert (project / "reports/report.md").is_file()
+
+
+def test_report_tables_match_the_metrics_files(project: Path) -> None:
+    report = (project / "reports/report.md").read_text()
+    overall = {int(r[0]): r[1:4] for r in table_rows(report, "## Overall Metrics Comparison")}
+    for seed in (1, 2):
+        m = json.loads((project / f"metrics/eval/seed_{seed}.json").read_text())
+        assert overall[seed] == [f"{m['loss']:.4f}", f"{m['auroc_mean']:.4f}", f"{m['f1_mean']:.4f}"]
+    per_class = table_rows(report, "## Per-Class AUROC Comparison")
+    assert len(per_class) == 14
+    m1 = json.loads((project / "metrics/eval/seed_1.json").read_text())
+    for row in per_class:
+        value = m1["auroc"][row[0]]
+        assert row[1] == ("n/a" if value is None else f"{value:.4f}")
+    best = table_rows(report, "## Best Seed per Class")
+    assert [r[0] for r in best] == [r[0] for r in per_class]  # all 14 classes, Pneumothorax included
+
+
+def test_metrics_show_lists_each_seed(project: Path) -> None:
+    shown = json.loads(sh(["dvc", "metrics", "show", "--json"], project).stdout)
+    files = next(iter(shown.values()))["data"]
+    assert {"metrics/eval/seed_1.json", "metrics/eval/seed_2.json"} <= set(files)
+
+
+def test_a_second_repro_has_nothing_to_do(project: Path) -> None:
+    out = sh(["dvc", "repro"], project).stdout
+    assert "Data and pipelines are up to date." in out
+    assert "Running stage" not in out
+
+
+def test_a_training_parameter_reruns_only_train_evaluate_and_report(project: Path) -> None:
+    sh(["git", "add", "-A"], project)
+    sh(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "baseline"], project)
+    write_params(project / "params.yaml", tiny_raw(train={"lr": 0.001}))
+    out = sh(["dvc", "repro"], project).stdout
+    ran = set(re.findall(r"Running stage '([^']+)'", out))
+    assert ran == {"train@1", "train@2", "evaluate@1", "evaluate@2", "report"}
+    diff = sh(["dvc", "metrics", "diff", "--md", "HEAD"], project).stdout
+    assert "metrics/eval/seed_1.json" in diff and "metrics/eval/seed_2.json" in diff
+    assert "auroc_mean" in diff
+
+
+def test_a_bad_parameter_stops_repro_and_nothing_is_recorded(project: Path) -> None:
+    sh(["git", "add", "-A"], project)
+    sh(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "before"], project)
+    lock = (project / "dvc.lock").read_text()
+    before = (project / "data/processed/images.npy").read_bytes()
+    write_params(project / "params.yaml", tiny_raw(preprocess={"clip_limit": 0}))
+    done = sh(["dvc", "repro"], project, check=False)
+    assert done.returncode != 0
+    assert "preprocess.clip_limit: Input should be greater than 0" in done.stdout + done.stderr
+    assert (project / "dvc.lock").read_text() == lock  # no half output recorded
+    sh(["git", "checkout", "params.yaml"], project)
+    sh(["dvc", "checkout"], project)  # DVC removed the stage's output before running it; the cache has it
+    assert (project / "data/processed/images.npy").read_bytes() == before
+    assert "up to date" in sh(["dvc", "status"], project).stdout
