@@ -1,0 +1,464 @@
+"""Atomic stage outputs: a stage that fails (an error, a full disk, a kill) leaves its earlier output as it was.
+
+The atomic writers (`cxrstudy.atomic`) are tested in-process first; then whole stages through the command line,
+with a full disk simulated by handing the writer `/dev/full` (every write fails with ENOSPC, as on a full disk)
+in place of its temporary file, with a real full disk (a tiny tmpfs; root only, skipped elsewhere), and with a
+SIGKILL in the middle of a stage.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from cxrstudy import atomic
+from cxrstudy.atomic import atomic_dir, atomic_file, write_json
+from cxrstudy.labels import FINDINGS
+from cxrstudy.model import build_model
+from tests.conftest import tiny_raw, write_params
+
+DEV_FULL = Path("/dev/full")
+needs_dev_full = pytest.mark.skipif(not DEV_FULL.exists(), reason="needs /dev/full to simulate a full disk")
+DEAD_PID = 999_999_999  # above Linux's pid_max (2**22): never a live process
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Helpers
+
+
+def snapshot(path: Path) -> dict[str, bytes]:
+    if path.is_file():
+        return {"": path.read_bytes()}
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def changed(before: dict[str, bytes], after: dict[str, bytes]) -> list[str]:
+    """The names whose bytes differ (or that appeared or vanished) between two snapshots."""
+    return sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+
+
+def leftovers(root: Path) -> list[str]:
+    """Temporaries of the atomic writers (`.NAME.tmp-*`, `.NAME.old-*`) anywhere under `root`."""
+    return sorted(str(p.relative_to(root)) for p in root.rglob(".*") if ".tmp-" in p.name or ".old-" in p.name)
+
+
+def fill_disk_for(monkeypatch: pytest.MonkeyPatch, prefix: str) -> None:
+    """From now on a temporary file whose name starts with `prefix` is written to /dev/full: its writes fail with
+    ENOSPC exactly as on a full disk, while the (empty) temporary file itself exists and must be cleaned up."""
+    real = tempfile.mkstemp
+
+    def mkstemp(*args: Any, **kwargs: Any) -> tuple[int, str]:
+        fd, name = real(*args, **kwargs)
+        if Path(name).name.startswith(prefix):
+            os.close(fd)
+            fd = os.open(DEV_FULL, os.O_WRONLY)
+        return fd, name
+
+    monkeypatch.setattr(atomic.tempfile, "mkstemp", mkstemp)
+
+
+# The same, for a stage run through the command line in a fresh interpreter.
+FULL_DISK_PATCH = """
+    import os, tempfile
+    from pathlib import Path
+
+    _mkstemp = tempfile.mkstemp
+
+    def mkstemp(*args, **kwargs):
+        fd, name = _mkstemp(*args, **kwargs)
+        if Path(name).name.startswith({prefix!r}):
+            os.close(fd)
+            fd = os.open("/dev/full", os.O_WRONLY)
+        return fd, name
+
+    tempfile.mkstemp = mkstemp
+"""
+
+
+def workspace(tiny_data: Path, root: Path, **override: Any) -> Path:
+    shutil.copytree(tiny_data / "data", root / "data")
+    write_params(root / "params.yaml", tiny_raw(**override))
+    return root
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "TQDM_DISABLE": "1"}
+
+
+def run_cli(ws: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "cxrstudy", "--params", "params.yaml", *args], cwd=ws,
+                          capture_output=True, text=True, timeout=timeout, env=_env())
+
+
+def patched_cli(patch: str, *args: str) -> list[str]:
+    code = textwrap.dedent(patch) + "\nimport sys\nfrom cxrstudy.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+    return [sys.executable, "-c", code, "--params", "params.yaml", *args]
+
+
+def run_patched(ws: Path, patch: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(patched_cli(patch, *args), cwd=ws, capture_output=True, text=True, timeout=timeout,
+                          env=_env())
+
+
+def shown(proc: subprocess.CompletedProcess[str]) -> str:
+    return f"exit {proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# atomic_file / write_json
+
+
+def test_atomic_file_replaces_the_target_only_when_complete(tmp_path: Path) -> None:
+    target = tmp_path / "out" / "a.txt"
+    with atomic_file(target) as handle:
+        handle.write("new")
+        assert not target.exists(), "visible before the block completed"
+    assert target.read_text() == "new"
+    assert leftovers(tmp_path) == []
+
+
+def test_an_error_while_writing_a_file_keeps_the_earlier_one(tmp_path: Path) -> None:
+    target = tmp_path / "a.json"
+    write_json(target, {"earlier": True})
+    before = target.read_bytes()
+    with pytest.raises(RuntimeError, match="half way"), atomic_file(target) as handle:
+        handle.write('{"later": ')
+        raise RuntimeError("half way")
+    assert target.read_bytes() == before
+    assert leftovers(tmp_path) == []
+
+
+def test_an_error_while_writing_a_file_that_did_not_exist_leaves_none(tmp_path: Path) -> None:
+    target = tmp_path / "sub" / "a.txt"
+    with pytest.raises(KeyboardInterrupt), atomic_file(target) as handle:
+        handle.write("partial")
+        raise KeyboardInterrupt
+    assert not target.exists()
+    assert leftovers(tmp_path) == []
+
+
+@needs_dev_full
+@pytest.mark.parametrize("size", [10, 100_000], ids=["fails-at-flush", "fails-at-write"])
+def test_a_full_disk_while_writing_a_file_keeps_the_earlier_one(
+    size: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "metrics.json"
+    write_json(target, {"earlier": True})
+    before = target.read_bytes()
+    fill_disk_for(monkeypatch, ".metrics.json.tmp-")
+    with pytest.raises(OSError) as err:
+        write_json(target, {"later": "x" * size})
+    assert err.value.errno == errno.ENOSPC
+    assert target.read_bytes() == before
+    assert leftovers(tmp_path) == []
+
+
+@needs_dev_full
+@pytest.mark.xfail(strict=True, reason="needs fix: atomic.py: a full disk's OSError should name the output")
+def test_a_full_disk_error_names_the_output_being_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "metrics.json"
+    fill_disk_for(monkeypatch, ".metrics.json.tmp-")
+    with pytest.raises(OSError) as err:
+        write_json(target, {"later": True})
+    assert err.value.errno == errno.ENOSPC
+    assert err.value.filename == str(target)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# atomic_dir
+
+
+def _earlier_dir(target: Path) -> dict[str, bytes]:
+    target.mkdir(parents=True)
+    (target / "a.txt").write_text("earlier a\n")
+    (target / "sub").mkdir()
+    (target / "sub" / "b.bin").write_bytes(bytes(range(256)))
+    return snapshot(target)
+
+
+def test_atomic_dir_replaces_the_whole_directory(tmp_path: Path) -> None:
+    target = tmp_path / "data" / "out"
+    _earlier_dir(target)
+    with atomic_dir(target) as tmp:
+        assert tmp.parent == target.parent and tmp != target
+        (tmp / "c.txt").write_text("new\n")
+        assert (target / "a.txt").exists(), "the earlier output must stay in place until the new one is complete"
+    assert snapshot(target) == {"c.txt": b"new\n"}  # nothing of the earlier output lingers
+    assert leftovers(tmp_path) == []
+
+
+def test_an_error_inside_atomic_dir_keeps_the_earlier_directory(tmp_path: Path) -> None:
+    target = tmp_path / "out"
+    before = _earlier_dir(target)
+    with pytest.raises(ValueError, match="bad row"), atomic_dir(target) as tmp:
+        (tmp / "a.txt").write_text("half of a new output\n")
+        raise ValueError("bad row")
+    assert changed(before, snapshot(target)) == []
+    assert leftovers(tmp_path) == []
+
+
+def test_an_error_inside_atomic_dir_with_no_earlier_output_leaves_none(tmp_path: Path) -> None:
+    target = tmp_path / "out"
+    with pytest.raises(ValueError), atomic_dir(target) as tmp:
+        (tmp / "a.txt").write_text("half\n")
+        raise ValueError
+    assert not target.exists()
+    assert leftovers(tmp_path) == []
+
+
+@needs_dev_full
+def test_a_full_disk_inside_atomic_dir_keeps_the_earlier_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "splits"
+    before = _earlier_dir(target)
+    fill_disk_for(monkeypatch, ".summary.json.tmp-")
+    with pytest.raises(OSError) as err, atomic_dir(target) as tmp:
+        (tmp / "train.txt").write_text("a.png\n")
+        write_json(tmp / "summary.json", {"images": 1})
+    assert err.value.errno == errno.ENOSPC
+    assert changed(before, snapshot(target)) == []
+    assert leftovers(tmp_path) == []
+
+
+@pytest.mark.xfail(strict=True, reason="needs fix: atomic.py: sweep the temporaries a killed writer left behind")
+def test_temporaries_of_a_killed_writer_are_swept_and_a_live_writers_kept(tmp_path: Path) -> None:
+    target = tmp_path / "out"
+    dead_dir = tmp_path / f".out.tmp-{DEAD_PID}-abcd1234"
+    dead_dir.mkdir()
+    (dead_dir / "images.npy").write_bytes(bytes(1000))
+    dead_file = tmp_path / f".last.pt.tmp-{DEAD_PID}-abcd1234"
+    dead_file.write_bytes(bytes(1000))
+    live = tmp_path / f".out.tmp-{os.getppid()}-abcd1234"  # another writer, still running
+    live.mkdir()
+
+    with atomic_dir(target) as tmp:
+        (tmp / "a.txt").write_text("a\n")
+    with atomic_file(tmp_path / "last.pt", "wb") as handle:
+        handle.write(b"checkpoint")
+
+    assert not dead_dir.exists() and not dead_file.exists()
+    assert live.is_dir()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Whole stages, a full disk simulated with /dev/full
+
+
+@needs_dev_full
+@pytest.mark.slow
+def test_a_full_disk_in_a_stage_keeps_its_earlier_output(tiny_data: Path, tmp_path: Path) -> None:
+    ws = workspace(tiny_data, tmp_path)
+    before = snapshot(ws / "data/splits")
+
+    proc = run_patched(ws, FULL_DISK_PATCH.format(prefix=".summary.json.tmp-"), "split")
+
+    assert proc.returncode != 0, shown(proc)
+    assert "No space left on device" in proc.stderr, shown(proc)
+    assert changed(before, snapshot(ws / "data/splits")) == []
+    assert leftovers(ws) == []
+
+
+@needs_dev_full
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="needs fix: cli.py + atomic.py: a full disk is a message naming the output")
+def test_a_full_disk_in_a_stage_is_a_message_naming_the_output(tiny_data: Path, tmp_path: Path) -> None:
+    ws = workspace(tiny_data, tmp_path)
+
+    proc = run_patched(ws, FULL_DISK_PATCH.format(prefix=".summary.json.tmp-"), "split")
+
+    assert proc.returncode == 1, shown(proc)
+    assert "Traceback" not in proc.stderr, shown(proc)
+    assert "No space left on device" in proc.stderr and "data/splits" in proc.stderr, shown(proc)
+    assert "free" in proc.stderr and "re-run" in proc.stderr, shown(proc)
+
+
+def _random_model(path: Path) -> None:
+    torch.manual_seed(0)
+    path.parent.mkdir(parents=True)
+    torch.save({"model": build_model(len(FINDINGS), pretrained=False).state_dict()}, path)
+
+
+@needs_dev_full
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["train", "evaluate"])
+@pytest.mark.xfail(strict=True, reason="needs fix: train.py / evaluate.py: replace both outputs or neither")
+def test_a_stage_with_two_outputs_replaces_both_or_neither(stage: str, tiny_data: Path, tmp_path: Path) -> None:
+    """The second output fails on a full disk: the first must not have been replaced either."""
+    ws = workspace(tiny_data, tmp_path, train={"epochs": 1})
+    if stage == "train":
+        (ws / "models/seed_1").mkdir(parents=True)
+        (ws / "models/seed_1/model.pt").write_bytes(b"an earlier model")
+        (ws / "plots/train").mkdir(parents=True)
+        (ws / "plots/train/seed_1.csv").write_text("epoch,train_loss,val_loss,val_auroc,lr\n")
+        outputs = [ws / "models/seed_1", ws / "plots/train/seed_1.csv"]
+        failing = ".seed_1.csv.tmp-"  # the plots file, written after the model folder
+    else:
+        _random_model(ws / "models/seed_1/model.pt")
+        (ws / "metrics/eval").mkdir(parents=True)
+        (ws / "metrics/eval/seed_1.json").write_text('{"earlier": true}\n')
+        (ws / "predictions").mkdir()
+        (ws / "predictions/seed_1.csv").write_text("image,patient\n")
+        outputs = [ws / "metrics/eval/seed_1.json", ws / "predictions/seed_1.csv"]
+        failing = ".seed_1.csv.tmp-"  # the predictions, written after the metrics
+    before = {f"{p.relative_to(ws)}/{name}": data for p in outputs for name, data in snapshot(p).items()}
+
+    proc = run_patched(ws, FULL_DISK_PATCH.format(prefix=failing), stage, "--seed", "1")
+
+    assert proc.returncode != 0, shown(proc)
+    assert "No space left on device" in proc.stderr, shown(proc)
+    after = {f"{p.relative_to(ws)}/{name}": data for p in outputs for name, data in snapshot(p).items()}
+    assert changed(before, after) == []
+    assert leftovers(ws) == []
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# A real full disk: a tmpfs just large enough for the earlier output (root only)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Callable[[int], Path]]:
+    """`mount(size_bytes)` mounts a tmpfs of that size and returns its folder; unmounted afterwards."""
+    if not sys.platform.startswith("linux") or os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("a real full disk needs root on Linux (mount -t tmpfs)")
+    mounted: list[Path] = []
+
+    def mount(size: int) -> Path:
+        where = tmp_path / f"disk{len(mounted)}"
+        where.mkdir()
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
+        mounted.append(where)
+        return where
+
+    yield mount
+    for where in mounted:
+        if subprocess.run(["umount", str(where)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+def _disk_just_too_small(tiny_data: Path, mount: Callable[[int], Path]) -> Path:
+    """A tmpfs holding a copy of the processed data, with room for about half a second copy."""
+    earlier = tiny_data / "data/processed"
+    pages = sum(-(-p.stat().st_size // 4096) for p in earlier.iterdir())
+    disk = mount((pages + pages // 2 + 1) * 4096)
+    shutil.copytree(earlier, disk / "processed")
+    return disk
+
+
+@pytest.mark.slow
+def test_a_really_full_disk_keeps_the_earlier_output(
+    tiny_data: Path, tmp_path: Path, small_disk: Callable[[int], Path]
+) -> None:
+    ws = workspace(tiny_data, tmp_path / "ws")
+    disk = _disk_just_too_small(tiny_data, small_disk)
+    before = snapshot(disk / "processed")
+
+    proc = run_cli(ws, "preprocess", "--out", str(disk / "processed"))
+
+    assert proc.returncode != 0, shown(proc)
+    assert changed(before, snapshot(disk / "processed")) == []
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="needs fix: preprocess.py (SIGBUS today) + cli.py + atomic.py")
+def test_a_really_full_disk_is_a_message_and_leaves_the_disk_as_it_was(
+    tiny_data: Path, tmp_path: Path, small_disk: Callable[[int], Path]
+) -> None:
+    ws = workspace(tiny_data, tmp_path / "ws")
+    disk = _disk_just_too_small(tiny_data, small_disk)
+    free = shutil.disk_usage(disk).free
+
+    proc = run_cli(ws, "preprocess", "--out", str(disk / "processed"))
+
+    assert proc.returncode == 1, shown(proc)  # today: -7, killed by SIGBUS writing into the memory map
+    assert "Traceback" not in proc.stderr, shown(proc)
+    assert "No space left on device" in proc.stderr and str(disk / "processed") in proc.stderr, shown(proc)
+    assert leftovers(disk) == []
+    assert shutil.disk_usage(disk).free == free
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# SIGKILL in the middle of a stage
+
+SLOW_PREPROCESS = """
+    import time
+    from pathlib import Path
+    import cxrstudy.preprocess as preprocess
+
+    _process_all = preprocess.process_all
+
+    def process_all(paths, cfg):
+        Path("started").touch()
+        for result in _process_all(paths, cfg):
+            time.sleep(0.05)
+            yield result
+
+    preprocess.process_all = process_all
+"""
+
+
+def _kill_preprocess_half_way(ws: Path) -> None:
+    proc = subprocess.Popen(patched_cli(SLOW_PREPROCESS, "preprocess"), cwd=ws, env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not (ws / "started").exists():
+            assert proc.poll() is None, f"preprocess ended (exit {proc.returncode}) before it started writing"
+            assert time.monotonic() < deadline, "preprocess did not start in 120 s"
+            time.sleep(0.05)
+        time.sleep(1.0)  # about 20 of the 124 images written into the new output
+        assert proc.poll() is None, "preprocess finished before the kill"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+
+
+@pytest.mark.slow
+def test_kill_9_in_the_middle_of_a_stage_keeps_the_earlier_output(tiny_data: Path, tmp_path: Path) -> None:
+    ws = workspace(tiny_data, tmp_path)
+    before = snapshot(ws / "data/processed")
+
+    _kill_preprocess_half_way(ws)
+
+    assert changed(before, snapshot(ws / "data/processed")) == []
+    # What a kill can leave: the unfinished new output, hidden beside the real one (never recorded by DVC).
+    assert all(name.startswith("data/.processed.tmp-") for name in leftovers(ws)), leftovers(ws)
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="needs fix: atomic.py: sweep the temporaries a killed writer left behind")
+def test_a_rerun_sweeps_what_a_killed_stage_left_behind(tiny_data: Path, tmp_path: Path) -> None:
+    ws = workspace(tiny_data, tmp_path)
+    _kill_preprocess_half_way(ws)
+    assert leftovers(ws), "the kill left nothing to sweep"
+
+    proc = run_cli(ws, "preprocess")
+
+    assert proc.returncode == 0, shown(proc)
+    assert leftovers(ws) == []
+    assert snapshot(ws / "data/processed") == snapshot(tiny_data / "data/processed")
+
+
+def test_write_json_is_stable(tmp_path: Path) -> None:
+    """Sorted keys and a final newline: the same metrics give the same bytes (DVC hashes them)."""
+    write_json(tmp_path / "a.json", {"b": 1, "a": [1.5, None]})
+    assert (tmp_path / "a.json").read_text() == '{\n  "a": [\n    1.5,\n    null\n  ],\n  "b": 1\n}\n'
+    assert json.loads((tmp_path / "a.json").read_text()) == {"a": [1.5, None], "b": 1}
