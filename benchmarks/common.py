@@ -50,6 +50,7 @@ def cpu_model() -> str:
 def machine(**extra: Any) -> dict[str, Any]:
     """Where the figures come from. The load average says whether other work shared the cores during the run."""
     info: dict[str, Any] = {
+        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "cpus": os.cpu_count(),
         "cpu": cpu_model(),
         "python": platform.python_version(),

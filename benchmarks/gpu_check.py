@@ -70,7 +70,7 @@ GPU = Sizes(image=224, stored=256, batch=256, sweep=(8, 64, 512), warmup=8, step
             workers=(8, max(1, min(16, (os.cpu_count() or 2) - 2))), eval_images=8192, eval_batch=256,
             agree_batch=32, preprocess_images=16, preprocess_source=1024)
 SMOKE = Sizes(image=32, stored=40, batch=4, sweep=(2,), warmup=1, steps=2, loader_steps=3, workers=(0, 1),
-              eval_images=16, eval_batch=8, agree_batch=4, preprocess_images=3, preprocess_source=256)
+              eval_images=16, eval_batch=8, agree_batch=8, preprocess_images=3, preprocess_source=256)
 
 
 @dataclass(frozen=True)
@@ -115,6 +115,7 @@ class Report:
     skipped: list[str] = field(default_factory=list)
     section_seconds: dict[str, float] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
+    complete: bool = False  # False in the copy written after each section (a run cut short keeps its figures)
 
 
 class Budget:
@@ -142,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--readme-from", type=Path, metavar="JSON",
                         help="write the projection of this result into --readme, then exit (no measuring)")
     parser.add_argument("--readme", type=Path, default=README)
+    parser.add_argument("--check-imports", action="store_true",
+                        help="only import everything the checks use, then exit (a pre-flight for a GPU box)")
     args = parser.parse_args(argv)
     if args.readme_from:
         update_readme(args.readme, json.loads(args.readme_from.read_text()))
@@ -152,19 +155,26 @@ def main(argv: list[str] | None = None) -> int:
     from common import use_repo_src
 
     use_repo_src()
+    # As train.run has it before cuBLAS first runs: the deterministic row needs it from the start.
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     import torch
 
     try:
         import bench_train  # noqa: F401  (cxrstudy.train, .data, .losses, .model: the code measured)
+
+        import cxrstudy.preprocess  # noqa: F401
     except ImportError as err:
         print(f"gpu_check: cannot import the pipeline's training code ({type(err).__name__}: {err}). Where pydantic "
               "is missing, cxrstudy's training modules must import it for type hints only (see benchmarks/README.md)"
               ", or carry pydantic's wheels.", file=sys.stderr)
         return 2
+    if args.check_imports:
+        print(f"gpu_check: imports fine (torch {torch.__version__}, CUDA available: {torch.cuda.is_available()})")
+        return 0
     smoke = args.cpu_smoke or not torch.cuda.is_available()
     report = measure(smoke, args)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(asdict(report), indent=2, allow_nan=False) + "\n")
+    report.complete = True
+    save(args.out, report)
     args.out.with_suffix(".md").write_text(render_markdown(asdict(report)) + "\n")
     print(f"wrote {args.out} and {args.out.with_suffix('.md')}")
     print(short_table(asdict(report)))
@@ -172,16 +182,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def measure(smoke: bool, args: argparse.Namespace) -> Report:
-    import torch
-
     import bench_train as bt
+    import torch
     from common import machine
+
     from cxrstudy.train import seed_everything
 
     sizes = SMOKE if smoke else GPU
     budget = Budget(args.budget_s)
     device = torch.device("cpu" if smoke else "cuda")
     report = Report(mode="cpu-smoke" if smoke else "cuda", sizes=asdict(sizes))
+    report.machine = machine(**device_info(torch, device))
     if smoke:
         torch.set_num_threads(min(2, torch.get_num_threads()))
     seed_everything(0, deterministic=False)  # the stage's speed setting: cudnn.benchmark on
@@ -200,6 +211,7 @@ def measure(smoke: bool, args: argparse.Namespace) -> Report:
                 torch.cuda.empty_cache()
             print(f"gpu_check: {name} done ({report.section_seconds[name]:.1f} s, {budget.left():.0f} s left)",
                   flush=True)
+            save(args.out, report)
 
     def synthetic(cfg: bt.StepConfig, batch: int, compiled: bool = False) -> dict[str, Any]:
         row: dict[str, Any] = {"variant": bt.variant_name(cfg, device, compiled), "batch": batch}
@@ -237,8 +249,8 @@ def measure(smoke: bool, args: argparse.Namespace) -> Report:
                 report.batch_sweep.append(synthetic(fast, batch))
             else:
                 report.skipped.append(f"batch {batch} (time)")
-        report.batch_sweep.append({**next(r for r in report.synthetic_train if r["variant"] == bt.variant_name(
-            fast, device)), "note": "from the synthetic rows"})
+        same = [r for r in report.synthetic_train if r["variant"] == bt.variant_name(fast, device)]
+        report.batch_sweep += [{**r, "note": "from the synthetic rows"} for r in same[:1]]
         report.batch_sweep.sort(key=lambda r: r["batch"])
 
     with section("deterministic"):
@@ -260,10 +272,10 @@ def measure(smoke: bool, args: argparse.Namespace) -> Report:
 
     want_compile = (not args.no_compile) and (not smoke or args.compile)
     with section("compile"):
-        if want_compile and (smoke or budget.allows(180)):
+        if want_compile and (smoke or budget.allows(240)):
             report.synthetic_train.append(synthetic(fast, sizes.batch, compiled=True))
         elif want_compile:
-            report.skipped.append(f"compiled variant (time: {budget.left():.0f} s left, ~180 s needed)")
+            report.skipped.append(f"compiled variant (time: {budget.left():.0f} s left, ~240 s needed)")
         else:
             report.skipped.append("compiled variant (not asked for)")
 
@@ -271,6 +283,11 @@ def measure(smoke: bool, args: argparse.Namespace) -> Report:
     report.projection = projection(report, args.epochs, args.seeds, sizes)
     report.targets = targets(report, device, fast)
     return report
+
+
+def save(path: Path, report: Report) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(asdict(report), indent=2, allow_nan=False) + "\n")
 
 
 def synthetic_rate(report: Report, cfg: Any, device: Any, batch: int) -> float | None:
@@ -285,11 +302,11 @@ def synthetic_rate(report: Report, cfg: Any, device: Any, batch: int) -> float |
 
 def real_loader(report: Report, sizes: Sizes, device: Any, data: Path, cfg: Any, synthetic: float | None) -> None:
     """The loader alone per worker count, then the best feeding the stage's training step for two epochs."""
+    import bench_train as bt
     import numpy as np
     import torch
-
-    import bench_train as bt
     from common import make_images
+
     from cxrstudy.data import SplitData, XrayDataset, make_loader, train_transform
     from cxrstudy.preprocess import IMAGES_FILE, INDEX_FILE, load_processed
 
@@ -339,9 +356,9 @@ def real_loader(report: Report, sizes: Sizes, device: Any, data: Path, cfg: Any,
 def evaluation(report: Report, sizes: Sizes, device: Any, data: Path, cfg: Any) -> None:
     """`train.predict` on synthetic batches, and on the real loader (stored size -> eval resize) as the stage builds
     it (no workers) and with the best worker count."""
+    import bench_train as bt
     import numpy as np
 
-    import bench_train as bt
     from cxrstudy.data import SplitData, XrayDataset, eval_transform, make_loader
     from cxrstudy.preprocess import load_processed
 
@@ -366,8 +383,8 @@ def evaluation(report: Report, sizes: Sizes, device: Any, data: Path, cfg: Any) 
 def preprocess_rate(sizes: Sizes) -> dict[str, Any]:
     """The stage's `process_all` at one process on a few NIH-sized PNGs: images/s per core on this machine."""
     import cv2
-
     from common import synthetic_xray, xray_base
+
     from cxrstudy.preprocess import process_all
 
     with tempfile.TemporaryDirectory(prefix="gpu-check-png-") as tmp:
@@ -388,8 +405,9 @@ def preprocess_rate(sizes: Sizes) -> dict[str, Any]:
         decode_s = time.perf_counter() - decode_start
     if any(isinstance(o, str) for o in out):
         raise RuntimeError(f"preprocess failed: {[o for o in out if isinstance(o, str)][:3]}")
-    return {"source_px": sizes.preprocess_source, "images": len(paths), "img_s_per_core": round(len(paths) / seconds, 1),
-            "decode_only_img_s_per_core": round(len(paths) / decode_s, 1), "cpus": os.cpu_count()}
+    return {"source_px": sizes.preprocess_source, "images": len(paths), "cpus": os.cpu_count(),
+            "img_s_per_core": round(len(paths) / seconds, 1),
+            "decode_only_img_s_per_core": round(len(paths) / decode_s, 1)}
 
 
 def device_info(torch: Any, device: Any) -> dict[str, Any]:

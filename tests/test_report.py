@@ -72,13 +72,15 @@ def _labels(rng: np.random.Generator, n: int, empty: tuple[str, ...]) -> np.ndar
     return labels
 
 
-def _probs(rng: np.random.Generator, labels: np.ndarray, strength: np.ndarray) -> np.ndarray:
-    logits = strength * (2 * labels - 1) + rng.normal(0, 1.0, labels.shape) - 1.5
+def _probs(rng: np.random.Generator, labels: np.ndarray, strength: np.ndarray, shared: np.ndarray) -> np.ndarray:
+    """Image difficulty shared by all seeds plus a little seed noise, as with real seeds."""
+    logits = strength * (2 * labels - 1) + shared + rng.normal(0, 0.35, labels.shape) - 1.5
     return 1 / (1 + np.exp(-logits))
 
 
 def make_study(root: Path, seeds: list[int] | None = None, n_test: int = 280, n_patients: int = 190,
-               empty: tuple[str, ...] = (), bootstrap: int = 200, epochs: int = 3) -> Study:
+               empty: tuple[str, ...] = (), bootstrap: int = 200, epochs: int = 3,
+               names: list[str] | None = None) -> Study:
     """A seed study with the real file formats (written by the evaluate stage's own functions)."""
     seeds = seeds or STUDY_SEEDS
     params = tiny_params(seeds=seeds, report={"bootstrap": bootstrap, "bootstrap_seed": 0},
@@ -87,13 +89,14 @@ def make_study(root: Path, seeds: list[int] | None = None, n_test: int = 280, n_
     test_labels = _labels(data, n_test, empty)
     val_labels = _labels(data, 150, ())
     patients = np.sort(data.integers(0, n_patients, n_test)) + 1000
-    names = [f"{i:08d}_000.png" for i in range(n_test)]
-    strength = data.uniform(0.3, 1.6, len(FINDINGS))
+    names = names[:n_test] if names else [f"{i:08d}_000.png" for i in range(n_test)]
+    strength = data.uniform(0.3, 1.2, len(FINDINGS))
+    test_shared, val_shared = data.normal(0, 1.0, test_labels.shape), data.normal(0, 1.0, val_labels.shape)
     for seed in seeds:
         rng = np.random.default_rng(seed)
-        test_probs = _probs(rng, test_labels, strength)
-        metrics = compute_metrics(seed, 0.04 + seed / 1e4, (val_labels, _probs(rng, val_labels, strength)),
-                                  (test_labels, test_probs))
+        test_probs = _probs(rng, test_labels, strength, test_shared)
+        val = (val_labels, _probs(rng, val_labels, strength, val_shared))
+        metrics = compute_metrics(seed, 0.04 + seed / 1e4, val, (test_labels, test_probs))
         (root / "metrics/eval").mkdir(parents=True, exist_ok=True)
         (root / f"metrics/eval/seed_{seed}.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
         save_predictions(root / f"predictions/seed_{seed}.csv", names, patients, test_labels, test_probs)
@@ -218,10 +221,17 @@ def test_ensemble_row_is_the_auroc_of_the_mean_probability(four_seeds: Study, fo
 
 
 def test_spread_sentence_compares_seed_sd_with_bootstrap_sd(four_seed_report: str) -> None:
-    sentence = next(line for line in four_seed_report.splitlines() if line.startswith("The spread between seeds"))
+    sentence = next(line for line in four_seed_report.splitlines() if line.startswith("- The spread between seeds"))
     seed_sd, sampling_sd = (float(x) for x in re.findall(r"sd (\d\.\d{4})", sentence)[:2])
     assert ("is larger than" in sentence) == (seed_sd > sampling_sd)
     assert ("no larger than" in sentence) == (seed_sd <= sampling_sd)
+
+
+def test_summary_section_leads_with_mean_sd_over_seeds(four_seeds: Study, four_seed_report: str) -> None:
+    values = [four_seeds.metrics_of(s)["auroc_mean"] for s in STUDY_SEEDS]
+    summary = four_seed_report.split("## Summary", 1)[1].split("##", 1)[0]
+    assert f"- Mean AUROC over 4 seeds: {np.mean(values):.4f} ± {np.std(values, ddof=1):.4f}" in summary
+    assert "- The ensemble (mean of the 4 seeds' predicted probabilities)" in summary
 
 
 def test_summary_metrics_file_repeats_the_headline_numbers(four_seeds: Study, four_seed_report: str) -> None:
@@ -230,7 +240,8 @@ def test_summary_metrics_file_repeats_the_headline_numbers(four_seeds: Study, fo
     assert summary["seeds"] == 4
     assert summary["seed_auroc"]["mean"] == pytest.approx(np.mean(values), abs=1e-6)
     assert summary["seed_auroc"]["sd"] == pytest.approx(np.std(values, ddof=1), abs=1e-6)
-    assert summary["ensemble_auroc"]["ci_low"] < summary["ensemble_auroc"]["value"] < summary["ensemble_auroc"]["ci_high"]
+    ensemble = summary["ensemble_auroc"]
+    assert ensemble["ci_low"] < ensemble["value"] < ensemble["ci_high"]
 
 
 # ------------------------------------------------------------------------------------------------ references and F1
@@ -239,11 +250,14 @@ def test_summary_metrics_file_repeats_the_headline_numbers(four_seeds: Study, fo
 def test_published_references_sit_beside_ours_labelled_with_their_split(four_seed_report: str) -> None:
     refs = report.load_references()
     per_class = table_after(four_seed_report, "## Published References", 2)
-    chexnet = "CheXNet (random 70/10/20 patient split)"
-    assert column(per_class, chexnet) == {n: f"{refs.chexnet[n]:.4f}" for n in FINDINGS}
-    study_column = "Seed study 42 (random 2 % patient test split, redrawn with each seed)"
-    assert column(per_class, study_column)["Pneumothorax"] == "0.8902"
-    assert any("phantom's official-style test list" in h for h in per_class[0])
+    assert column(per_class, "CheXNet [random 70/10/20]") == {n: f"{refs.chexnet[n]:.4f}" for n in FINDINGS}
+    assert column(per_class, "Seed study 42 [random 2 %, per seed]")["Pneumothorax"] == "0.8902"
+    assert "This run, mean of seeds [phantom, official-style]" in per_class[0]
+    legend = next(line for line in four_seed_report.splitlines() if line.startswith("Test splits in the headers"))
+    for short, long in [("random 70/10/20", "random 70/10/20 patient split"),
+                        ("random 2 %, per seed", "random 2 % patient test split, redrawn with each seed"),
+                        ("phantom, official-style", "the phantom's official-style test list")]:
+        assert f"[{short}] {long}" in legend
     means = table_after(four_seed_report, "## Published References", 0)
     splits = column(means, "Test split")
     assert splits["Wang et al. 2017"] == "official NIH test list"
@@ -408,7 +422,8 @@ def _exp_rev(rev: str, name: str | None, loss: str, clahe: bool, aurocs: list[fl
              ensemble: float | None = None) -> dict[str, Any]:
     metrics = {f"metrics/eval/seed_{s}.json": _exp_metrics(s, a) for s, a in zip([12, 22], aurocs, strict=False)}
     if ensemble is not None:
-        metrics["metrics/report.json"] = {"data": {"seeds": 2, "ensemble_auroc": {"value": ensemble}}}
+        metrics["metrics/report.json"] = {"data": {"seeds": 2, "ensemble_auroc": {"value": ensemble},
+                                                   "test_sampling_sd": 0.012}}
     return {"rev": rev, "name": name, "data": {
         "rev": rev, "timestamp": "2025-01-01T00:00:00",
         "params": {"params.yaml": {"data": {"seeds": [12, 22], "preprocess": {"clahe": clahe, "clip_limit": 2.0},
@@ -456,6 +471,8 @@ def test_comparison_renders_mean_over_seeds_and_delta_vs_baseline(tmp_path: Path
     assert column(overall, "Ensemble AUROC") == {"main (baseline)": "0.8300", "bce-noclahe": "—",
                                                   "focal-noclahe": "—"}
     assert "CLAHE on minus off, mean AUROC over seeds: +0.0300 with focal loss." in text
+    assert "moves one seed's mean AUROC by sd 0.0120" in text
+    assert "Not like for like" not in text
     assert "Not compared (no metrics yet): wbce-clahe (queued)." in text
     for table in tables(text):
         assert all(len(row) == len(table[0]) for row in table)
@@ -466,9 +483,17 @@ def test_comparison_of_a_captured_dvc_exp_show_json(tmp_path: Path) -> None:
     captured = json.loads(CAPTURED_EXP_SHOW)
     experiments, skipped = report.parse_exp_show(captured)
     assert [(e.name, e.loss, e.clahe) for e in experiments] == [
-        ("master", "focal (gamma ?, alpha None)", "on (clip ?)"), ("bce-noclahe", "bce", "off")]
+        ("master", "focal", "on"), ("bce-noclahe", "bce", "off")]
     assert experiments[1].seeds[1].auroc_mean == 0.72
     assert skipped == ["bce-clahe (queued)"]
+
+
+def test_experiments_on_different_splits_are_flagged() -> None:
+    sample = exp_show_sample()
+    sample[1]["experiments"][0]["revs"][0]["data"]["params"]["params.yaml"]["data"]["split"] = {"seed": 5}
+    experiments, skipped = report.parse_exp_show(sample)
+    text = " ".join(report.comparison_sentences(experiments, skipped))
+    assert "Not like for like: split.seed differs" in text
 
 
 def test_a_file_that_is_not_exp_show_output_is_an_error(tmp_path: Path) -> None:
@@ -480,35 +505,112 @@ def test_a_file_that_is_not_exp_show_output_is_an_error(tmp_path: Path) -> None:
 
 # Captured from `dvc exp show --json` (DVC 3.67.1) in a throwaway repository with a two-seed toy pipeline.
 CAPTURED_EXP_SHOW = """[
- {"rev": "workspace", "name": null, "data": {"rev": "workspace", "timestamp": null,
-  "params": {"params.yaml": {"data": {"seeds": [1, 2], "preprocess": {"clahe": true}, "train": {"loss": {"name": "focal"}}}}},
-  "metrics": {"metrics/eval/seed_1.json": {"data": {"seed": 1, "auroc_mean": 0.74, "auroc": {"Hernia": 0.74}, "loss": 0.04}},
-              "metrics/eval/seed_2.json": {"data": {"seed": 2, "auroc_mean": 0.75, "auroc": {"Hernia": 0.75}, "loss": 0.04}}},
-  "deps": {"run.py": {"hash": "a07240e5d87999ffeb4afe06b0334a21", "size": 340, "nfiles": null}}, "outs": {}, "meta": {}},
-  "error": null, "experiments": null},
- {"rev": "fd4d8eac447779b7a7bdc550251cd593ed1ef683", "name": "master",
-  "data": {"rev": "fd4d8eac447779b7a7bdc550251cd593ed1ef683", "timestamp": "2026-11-26T04:39:51",
-  "params": {"params.yaml": {"data": {"seeds": [1, 2], "preprocess": {"clahe": true}, "train": {"loss": {"name": "focal"}}}}},
-  "metrics": {"metrics/eval/seed_1.json": {"data": {"seed": 1, "auroc_mean": 0.74, "auroc": {"Hernia": 0.74}, "loss": 0.04}},
-              "metrics/eval/seed_2.json": {"data": {"seed": 2, "auroc_mean": 0.75, "auroc": {"Hernia": 0.75}, "loss": 0.04}}},
-  "deps": {"run.py": {"hash": "a07240e5d87999ffeb4afe06b0334a21", "size": 340, "nfiles": null}}, "outs": {}, "meta": {}},
+ {
+  "rev": "workspace",
+  "name": null,
+  "data": {
+   "rev": "workspace",
+   "timestamp": null,
+   "params": {
+    "params.yaml": {"data": {"seeds": [1, 2], "preprocess": {"clahe": true}, "train": {"loss": {"name": "focal"}}}}
+   },
+   "metrics": {
+    "metrics/eval/seed_1.json": {"data": {"seed": 1, "auroc_mean": 0.74, "auroc": {"Hernia": 0.74}, "loss": 0.04}},
+    "metrics/eval/seed_2.json": {"data": {"seed": 2, "auroc_mean": 0.75, "auroc": {"Hernia": 0.75}, "loss": 0.04}}
+   },
+   "deps": {"run.py": {"hash": "a07240e5d87999ffeb4afe06b0334a21", "size": 340, "nfiles": null}},
+   "outs": {},
+   "meta": {}
+  },
+  "error": null,
+  "experiments": null
+ },
+ {
+  "rev": "fd4d8eac447779b7a7bdc550251cd593ed1ef683",
+  "name": "master",
+  "data": {
+   "rev": "fd4d8eac447779b7a7bdc550251cd593ed1ef683",
+   "timestamp": "2026-11-26T04:39:51",
+   "params": {
+    "params.yaml": {"data": {"seeds": [1, 2], "preprocess": {"clahe": true}, "train": {"loss": {"name": "focal"}}}}
+   },
+   "metrics": {
+    "metrics/eval/seed_1.json": {"data": {"seed": 1, "auroc_mean": 0.74, "auroc": {"Hernia": 0.74}, "loss": 0.04}},
+    "metrics/eval/seed_2.json": {"data": {"seed": 2, "auroc_mean": 0.75, "auroc": {"Hernia": 0.75}, "loss": 0.04}}
+   },
+   "deps": {"run.py": {"hash": "a07240e5d87999ffeb4afe06b0334a21", "size": 340, "nfiles": null}},
+   "outs": {},
+   "meta": {}
+  },
   "error": null,
   "experiments": [
-   {"revs": [{"rev": "db201670a5ad98bc2d30c62f7e948a39f8acb2dc", "name": "bce-noclahe",
-     "data": {"rev": "db201670a5ad98bc2d30c62f7e948a39f8acb2dc", "timestamp": "2026-11-26T04:39:53",
-      "params": {"params.yaml": {"data": {"seeds": [1, 2], "preprocess": {"clahe": false}, "train": {"loss": {"name": "bce"}}}}},
-      "metrics": {"metrics/eval/seed_1.json": {"data": {"seed": 1, "auroc_mean": 0.71, "auroc": {"Hernia": 0.71}, "loss": 0.04}},
-                  "metrics/eval/seed_2.json": {"data": {"seed": 2, "auroc_mean": 0.72, "auroc": {"Hernia": 0.72}, "loss": 0.04}}},
-      "deps": {"run.py": {"hash": "a07240e5d87999ffeb4afe06b0334a21", "size": 340, "nfiles": null}}, "outs": {}, "meta": {}},
-     "error": null, "experiments": null}],
-    "executor": null, "name": "bce-noclahe"},
-   {"revs": [{"rev": "edcf475354c2c92cc52264ed513df1c7b493c765", "name": "bce-clahe",
-     "data": {"rev": "edcf475354c2c92cc52264ed513df1c7b493c765", "timestamp": "2026-11-26T04:40:46",
-      "params": {"params.yaml": {"data": {"seeds": [1, 2], "preprocess": {"clahe": true}, "train": {"loss": {"name": "bce"}}}}},
-      "metrics": {}, "deps": {"run.py": {"hash": "a07240e5d87999ffeb4afe06b0334a21", "size": 340, "nfiles": null}},
-      "outs": {}, "meta": {}},
-     "error": null, "experiments": null}],
-    "executor": {"state": "queued", "name": "dvc-task", "local": {"root": null, "log": null, "pid": null,
-                 "returncode": null, "task_id": "edcf475354c2c92cc52264ed513df1c7b493c765"}},
-    "name": "bce-clahe"}]}
+   {
+    "revs": [
+     {
+      "rev": "db201670a5ad98bc2d30c62f7e948a39f8acb2dc",
+      "name": "bce-noclahe",
+      "data": {
+       "rev": "db201670a5ad98bc2d30c62f7e948a39f8acb2dc",
+       "timestamp": "2026-11-26T04:39:53",
+       "params": {
+        "params.yaml": {
+         "data": {"seeds": [1, 2], "preprocess": {"clahe": false}, "train": {"loss": {"name": "bce"}}}
+        }
+       },
+       "metrics": {
+        "metrics/eval/seed_1.json": {
+         "data": {"seed": 1, "auroc_mean": 0.71, "auroc": {"Hernia": 0.71}, "loss": 0.04}
+        },
+        "metrics/eval/seed_2.json": {
+         "data": {"seed": 2, "auroc_mean": 0.72, "auroc": {"Hernia": 0.72}, "loss": 0.04}
+        }
+       },
+       "deps": {"run.py": {"hash": "a07240e5d87999ffeb4afe06b0334a21", "size": 340, "nfiles": null}},
+       "outs": {},
+       "meta": {}
+      },
+      "error": null,
+      "experiments": null
+     }
+    ],
+    "executor": null,
+    "name": "bce-noclahe"
+   },
+   {
+    "revs": [
+     {
+      "rev": "edcf475354c2c92cc52264ed513df1c7b493c765",
+      "name": "bce-clahe",
+      "data": {
+       "rev": "edcf475354c2c92cc52264ed513df1c7b493c765",
+       "timestamp": "2026-11-26T04:40:46",
+       "params": {
+        "params.yaml": {
+         "data": {"seeds": [1, 2], "preprocess": {"clahe": true}, "train": {"loss": {"name": "bce"}}}
+        }
+       },
+       "metrics": {},
+       "deps": {"run.py": {"hash": "a07240e5d87999ffeb4afe06b0334a21", "size": 340, "nfiles": null}},
+       "outs": {},
+       "meta": {}
+      },
+      "error": null,
+      "experiments": null
+     }
+    ],
+    "executor": {
+     "state": "queued",
+     "name": "dvc-task",
+     "local": {
+      "root": null,
+      "log": null,
+      "pid": null,
+      "returncode": null,
+      "task_id": "edcf475354c2c92cc52264ed513df1c7b493c765"
+     }
+    },
+    "name": "bce-clahe"
+   }
+  ]
+ }
 ]"""

@@ -63,7 +63,12 @@ def _evaluate(p: Params, a: argparse.Namespace) -> None:
 def _report(p: Params, a: argparse.Namespace) -> None:
     from cxrstudy import report
 
-    report.run(p, a.metrics, a.splits, a.out)
+    if a.compare is not None:
+        report.run_comparison(p, a.compare, a.out or Path("reports/comparison.md"))
+        return
+    report.run(p, a.metrics, a.splits, a.out or Path("reports/report.md"), predictions_dir=a.predictions,
+               history_dir=a.history, raw_dir=a.raw, processed_dir=a.processed, figures_dir=a.figures,
+               plots_dir=a.plots, summary_file=a.summary)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -104,10 +109,20 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--metrics", type=Path, help="metrics JSON (default: metrics/eval/seed_SEED.json)")
             p.add_argument("--predictions", type=Path, help="test predictions CSV (default: predictions/seed_SEED.csv)")
 
-    p = stage("report", _report, "render reports/report.md from the metrics")
+    p = stage("report", _report, "render reports/report.md (and its figures) from the metrics and predictions")
     p.add_argument("--metrics", type=Path, default=Path("metrics/eval"))
+    p.add_argument("--predictions", type=Path, default=Path("predictions"))
+    p.add_argument("--history", type=Path, default=Path("plots/train"))
+    p.add_argument("--raw", type=Path, default=RAW)
+    p.add_argument("--processed", type=Path, default=PROCESSED)
     p.add_argument("--splits", type=Path, default=SPLITS)
-    p.add_argument("--out", type=Path, default=Path("reports/report.md"))
+    p.add_argument("--figures", type=Path, default=Path("reports/figures"))
+    p.add_argument("--plots", type=Path, default=Path("plots/report"))
+    p.add_argument("--summary", type=Path, default=Path("metrics/report.json"))
+    p.add_argument("--out", type=Path, default=None,
+                   help="report file (default: reports/report.md, or reports/comparison.md with --compare)")
+    p.add_argument("--compare", type=Path, default=None, metavar="EXP_JSON",
+                   help="compare DVC experiments from `dvc exp show --json` output (a file, or - for stdin)")
     return parser
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -13,9 +14,11 @@ from torchvision.transforms import v2
 
 from cxrstudy.errors import InputError
 from cxrstudy.labels import DATA_ENTRY_FILE, label_matrix, read_data_entry
-from cxrstudy.params import AugmentParams
 from cxrstudy.preprocess import load_processed
 from cxrstudy.split import read_list
+
+if TYPE_CHECKING:  # type hints only: the training code runs where pydantic is not installed (GPU boxes)
+    from cxrstudy.params import AugmentParams
 
 
 @dataclass(frozen=True)

@@ -75,7 +75,8 @@ def run(params: Params, seed: int, raw_dir: Path, processed_dir: Path, splits_di
 
     def infer(part: object) -> tuple[np.ndarray, np.ndarray]:
         loader = make_loader(XrayDataset(images, part, transform), params.evaluate.batch_size,  # type: ignore[arg-type]
-                             shuffle=False, generator=None, num_workers=0, pin_memory=device.type == "cuda")
+                             shuffle=False, generator=None, num_workers=cfg.num_workers,
+                             pin_memory=device.type == "cuda")
         return predict(model, loader, device, cfg.channels_last, cfg.amp)
 
     val_logits, val_labels = infer(val_part)

@@ -20,12 +20,13 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import roc_curve
 
 from cxrstudy.atomic import atomic_file
 
 DPI = 100
-ROC_POINTS = 201  # false-positive-rate grid of the ROC tables: fixed size whatever the test set's size
+ROC_POINTS = 101  # false-positive-rate grid (steps of 0.01) of the ROC tables, whatever the test set's size
 ENSEMBLE = "ensemble"
 
 # File names under reports/figures/ (the report links them) and under the plots folder (dvc.yaml names them).
@@ -77,10 +78,10 @@ def history_table(histories: dict[int, pd.DataFrame]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["seed", "epoch"])
 
 
-def write_csv(path: Path, table: pd.DataFrame) -> None:
+def write_csv(path: Path, table: pd.DataFrame, float_format: str = "%.6g") -> None:
     """A DVC plots data file: fixed float format, '\\n' line ends, no index."""
     with atomic_file(path) as handle:
-        table.to_csv(handle, index=False, lineterminator="\n", float_format="%.6g")
+        table.to_csv(handle, index=False, lineterminator="\n", float_format=float_format)
 
 
 def _new_figure(width: float, height: float) -> Figure:
@@ -157,7 +158,7 @@ def plot_auroc_dots(table: pd.DataFrame, findings: Sequence[str], references: Se
     seeds = [m for m in models if m != ENSEMBLE]
     y_of = {finding: len(findings) - 1 - i for i, finding in enumerate(findings)}
     with _style():
-        fig = _new_figure(8, 7)
+        fig = _new_figure(7, 8)
         ax = fig.subplots()
         for ref in references:
             ys = [float(y_of[f]) for f in findings if f in ref.auroc]
@@ -173,7 +174,7 @@ def plot_auroc_dots(table: pd.DataFrame, findings: Sequence[str], references: Se
         ax.set_ylim(-0.7, len(findings) - 0.3)
         ax.set_xlabel("test AUROC")
         ax.grid(axis="x", color="0.9")
-        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=8)
+        fig.legend(loc="outside lower center", ncols=3, frameon=False, fontsize=8)
         save_png(fig, path)
 
 
@@ -193,6 +194,7 @@ def plot_training_curves(table: pd.DataFrame, path: Path) -> None:
                             label=model_name(seed))
             ax.set_title(title, fontsize=10)
             ax.set_xlabel("epoch")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(color="0.9")
         if seeds:
             axes[-1].legend(frameon=False, fontsize=8)

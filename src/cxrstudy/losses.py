@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torchvision.ops import sigmoid_focal_loss
 
-from cxrstudy.params import LossParams
+if TYPE_CHECKING:  # type hints only: the training code runs where pydantic is not installed
+    from cxrstudy.params import LossParams
 
 Criterion = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 

@@ -43,7 +43,16 @@ class PreprocessParams(_Section):
     clip_limit: Annotated[float, Field(gt=0.0, le=40.0)] = 2.0
     tile_grid: Annotated[int, Field(ge=1, le=64)] = 8
     image_size: Annotated[int, Field(ge=16, le=1024)] = 64
+    # px at which CLAHE runs: 0 = the source resolution; N = after an area downscale to N (>= image_size)
+    clahe_size: Annotated[int, Field(ge=0, le=4096)] = 0
     workers: Annotated[int, Field(ge=0, le=256)] = 0
+
+    @model_validator(mode="after")
+    def _clahe_size_not_below_stored(self) -> PreprocessParams:
+        if self.clahe_size and self.clahe_size < self.image_size:
+            raise ValueError(f"clahe_size ({self.clahe_size}) must be 0 (the source resolution) or at least "
+                             f"image_size ({self.image_size})")
+        return self
 
 
 class SplitParams(_Section):
@@ -105,6 +114,7 @@ class EvaluateParams(_Section):
 class ReportParams(_Section):
     bootstrap: Annotated[int, Field(ge=0, le=100000)] = 1000
     bootstrap_seed: int = 0
+    clahe_samples: Annotated[int, Field(ge=1, le=12)] = 3
 
 
 class Params(_Section):

@@ -11,6 +11,7 @@ import json
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -20,7 +21,9 @@ from cxrstudy.atomic import atomic_dir
 from cxrstudy.errors import InputError
 from cxrstudy.imageio import ImageError, read_gray
 from cxrstudy.labels import DATA_ENTRY_FILE, read_data_entry
-from cxrstudy.params import Params, PreprocessParams
+
+if TYPE_CHECKING:  # type hints only: the training code runs where pydantic is not installed
+    from cxrstudy.params import Params, PreprocessParams
 
 IMAGES_FILE = "images.npy"
 INDEX_FILE = "index.txt"
@@ -32,15 +35,26 @@ def apply_clahe(image: np.ndarray, clip_limit: float, tile_grid: int) -> np.ndar
     return cv2.createCLAHE(clipLimit=clip_limit, tileGridSize=(tile_grid, tile_grid)).apply(image)
 
 
+def resize(image: np.ndarray, size: int) -> np.ndarray:
+    """Square `size` px: area averaging when shrinking, bilinear when enlarging; unchanged when already so."""
+    if image.shape == (size, size):
+        return image
+    interp = cv2.INTER_AREA if min(image.shape) >= size else cv2.INTER_LINEAR
+    return cv2.resize(image, (size, size), interpolation=interp)
+
+
 def process_image(image: np.ndarray, cfg: PreprocessParams) -> np.ndarray:
-    """CLAHE at the source resolution (where the detail is), then an area resize to `cfg.image_size`."""
+    """CLAHE, then an area resize to `cfg.image_size`.
+
+    CLAHE runs at the source resolution, or with `cfg.clahe_size` set, after a first area downscale to that size
+    (the tile grid stays the same, so each tile covers the same anatomy): about 4x less CLAHE work at 512 px
+    for a 1024 px source, which brings the stage to ~85-90 % of the rate of the PNG decoding it cannot avoid.
+    """
     if cfg.clahe:
+        if cfg.clahe_size and min(image.shape) > cfg.clahe_size:
+            image = resize(image, cfg.clahe_size)
         image = apply_clahe(image, cfg.clip_limit, cfg.tile_grid)
-    size = cfg.image_size
-    if image.shape != (size, size):
-        interp = cv2.INTER_AREA if min(image.shape) >= size else cv2.INTER_LINEAR
-        image = cv2.resize(image, (size, size), interpolation=interp)
-    return image
+    return resize(image, cfg.image_size)
 
 
 _cfg: PreprocessParams | None = None

@@ -29,7 +29,7 @@ from cxrstudy.errors import InputError
 from cxrstudy.labels import FINDINGS
 from cxrstudy.metrics import nanmean, per_class_auroc, per_class_f1, per_class_thresholds
 from cxrstudy.params import Params
-from cxrstudy.stats import Bootstrap, bootstrap_auroc, mean_sd, min_max
+from cxrstudy.stats import bootstrap_auroc, mean_sd, min_max
 
 TEMPLATE = "report.md.j2"
 CI_LEVEL = 0.95
@@ -73,7 +73,7 @@ def seed_metrics_from_dict(raw: Any, lenient: bool = False) -> SeedMetrics:
     def by_class(key: str, required: bool) -> dict[str, float]:
         values = raw.get(key) if lenient or not required else raw[key]
         if values is None:
-            return {}
+            return dict.fromkeys(FINDINGS, math.nan) if required else {}
         return {n: _num(values.get(n) if lenient or not required else values[n]) for n in FINDINGS}
 
     positives = raw.get("test_positives") or {}
@@ -144,12 +144,13 @@ def read_predictions(path: Path) -> TestPredictions:
     return TestPredictions(frame["image"].astype(str).tolist(), frame["patient"].to_numpy(), labels, probs)
 
 
-def check_agreement(pred: TestPredictions, metrics: SeedMetrics, pred_path: Path, metrics_path: Path) -> None:
-    """The predictions must be the ones the metrics were computed from (same size, same per-class AUROC)."""
-    if metrics.n_test and metrics.n_test != len(pred.images):
-        raise InputError(f"{pred_path}: {len(pred.images)} test images, but {metrics_path} says n_test "
+def check_agreement(n_images: int, auroc: dict[str, float], metrics: SeedMetrics, pred_path: Path,
+                    metrics_path: Path) -> None:
+    """The predictions (`n_images`, their per-class `auroc`) must be the ones the metrics were computed from."""
+    if metrics.n_test and metrics.n_test != n_images:
+        raise InputError(f"{pred_path}: {n_images} test images, but {metrics_path} says n_test "
                          f"{metrics.n_test}; re-run the evaluate stage for seed {metrics.seed}")
-    for name, value in zip(FINDINGS, per_class_auroc(pred.labels, pred.probs), strict=True):
+    for name, value in auroc.items():
         stored = metrics.auroc[name]
         if math.isnan(value) != math.isnan(stored) or abs(value - stored) > AUROC_TOLERANCE:
             raise InputError(f"{pred_path} and {metrics_path} disagree on {name} AUROC ({fmt(value)} from the "
@@ -186,21 +187,22 @@ class ModelStats:
     f1_test_tuned_mean: float
 
 
-def model_stats(name: str, pred: TestPredictions, resamples: int, seed: int) -> ModelStats:
-    """Point AUROC (scikit-learn) and the patient bootstrap (`resamples` draws from `seed`) for one model."""
+def model_stats(name: str, pred: TestPredictions, resamples: int, seed: int, tuned_f1: bool = False) -> ModelStats:
+    """Point AUROC (scikit-learn) and the patient bootstrap (`resamples` draws from `seed`) for one model; with
+    `tuned_f1`, also its F1 at thresholds tuned on the test set (optimistic; a seed's is in its metrics file)."""
     auroc = dict(zip(FINDINGS, per_class_auroc(pred.labels, pred.probs), strict=True))
-    boot: Bootstrap = bootstrap_auroc(pred.labels, pred.probs, pred.patients, resamples, seed, CI_LEVEL)
     # Findings undefined on the whole test set stay out of every resample's mean, as they are out of the point mean.
-    defined = [k for k, n in enumerate(FINDINGS) if not math.isnan(auroc[n])]
-    boot = Bootstrap(boot.per_class[:, defined], CI_LEVEL) if resamples else boot
-    tuned = per_class_f1(pred.labels, pred.probs, per_class_thresholds(pred.labels, pred.probs))
+    defined = [n for n in FINDINGS if not math.isnan(auroc[n])]
+    columns = [FINDINGS.index(n) for n in defined]
+    boot = bootstrap_auroc(pred.labels[:, columns], pred.probs[:, columns], pred.patients, resamples, seed, CI_LEVEL)
+    none = (math.nan, math.nan)
+    tuned = per_class_f1(pred.labels, pred.probs, per_class_thresholds(pred.labels, pred.probs)) if tuned_f1 else []
     return ModelStats(
         name=name, auroc=auroc, auroc_mean=nanmean(list(auroc.values())),
-        ci=boot.mean_interval() if resamples else (math.nan, math.nan),
+        ci=boot.mean_interval() if resamples else none,
         sampling_sd=boot.mean_sd() if resamples else math.nan,
-        class_ci={n: boot.class_interval(j) if resamples else (math.nan, math.nan)
-                  for j, n in enumerate(FINDINGS[k] for k in defined)},
-        class_sd={n: boot.class_sd(j) if resamples else math.nan for j, n in enumerate(FINDINGS[k] for k in defined)},
+        class_ci={n: boot.class_interval(j) if resamples else none for j, n in enumerate(defined)},
+        class_sd={n: boot.class_sd(j) if resamples else math.nan for j, n in enumerate(defined)},
         f1_test_tuned_mean=nanmean(tuned),
     )
 
@@ -229,7 +231,9 @@ def seed_study(preds: Sequence[TestPredictions], seeds: Sequence[SeedMetrics], r
                bootstrap_seed: int) -> SeedStudy:
     per_seed = [model_stats(f"seed {s.seed}", p, resamples, bootstrap_seed) for s, p in zip(seeds, preds, strict=True)]
     ens_pred, note = make_ensemble(preds)
-    ensemble = model_stats("ensemble", ens_pred, resamples, bootstrap_seed) if ens_pred is not None else None
+    ensemble = None
+    if ens_pred is not None:
+        ensemble = model_stats("ensemble", ens_pred, resamples, bootstrap_seed, tuned_f1=True)
     return SeedStudy(per_seed, ensemble, note, resamples, bootstrap_seed, len(preds[0].images),
                      len(set(preds[0].patients.tolist())))
 
@@ -541,6 +545,19 @@ def spread_sentences(seeds: list[SeedMetrics], study: SeedStudy | None) -> dict[
     return out
 
 
+def headline(params: Params, seeds: list[SeedMetrics], study: SeedStudy | None) -> str:
+    """The report's first summary line: mean AUROC over seeds, its spread, and how wide one seed's interval is."""
+    mean, sd = mean_sd([s.auroc_mean for s in seeds])
+    low, high = min_max([s.auroc_mean for s in seeds])
+    text = f"Mean AUROC over {len(seeds)} seed{'s' if len(seeds) > 1 else ''}: {cell(MeanSd(mean, sd))}"
+    text += f" (min–max {cell(Span(low, high))})" if len(seeds) > 1 else ""
+    text += f" on {our_split(params)}"
+    if study is not None and study.resamples:
+        width = mean_sd([m.ci[1] - m.ci[0] for m in study.per_seed])[0]
+        text += f"; one seed's {CI_LEVEL:.0%} bootstrap interval is {fmt(width)} wide on average"
+    return text + "."
+
+
 def ensemble_sentences(seeds: list[SeedMetrics], study: SeedStudy | None) -> list[str]:
     if study is None:
         return []
@@ -578,28 +595,36 @@ def published(value: float) -> str:
 
 def references_tables(params: Params, seeds: list[SeedMetrics], study: SeedStudy | None,
                       refs: References) -> dict[str, Table]:
-    """Published mean AUROCs, the seed study per seed, and CheXNet and the seed study per class, beside ours."""
-    split = our_split(params)
+    """Published mean AUROCs, the seed study per seed, and CheXNet and the seed study per class, beside ours.
+
+    Headers carry each column's split protocol (short form; `references_legend` spells them out).
+    """
+    split, short = our_split(params), f"[{our_split(params, short=True)}]"
     mean, sd = mean_sd([s.auroc_mean for s in seeds])
     label = f1_label(seeds[0].f1_protocol)
     means: list[list[Any]] = []
     for m in refs.means:
-        value = f"{'~' if m.approximate else ''}{fmt(m.auroc_mean, 3 if m.approximate else 4)}"
-        value += "" if math.isnan(m.auroc_sd) else f" ± {fmt(m.auroc_sd)}"
-        f1 = "—" if m.f1_protocol is None else f"{fmt(m.f1_mean, 3)} ({m.f1_protocol.label})"
+        value = ("~" if m.approximate else "") + published(m.auroc_mean)
+        value += "" if math.isnan(m.auroc_sd) else f" ± {published(m.auroc_sd)}"
+        f1 = "—" if m.f1_protocol is None else f"{published(m.f1_mean)} ({m.f1_protocol.label})"
         means.append([m.name, m.model, m.split.label, value, f1])
     f1_ours = MeanSd(*mean_sd([s.f1_mean for s in seeds]))
     means.append([f"this run (mean of {len(seeds)} seed{'s' if len(seeds) > 1 else ''})", "DenseNet-121", split,
                   MeanSd(mean, sd), f"{cell(f1_ours)} ({label})"])
     if study and study.ensemble:
         means.append(["this run (ensemble)", "DenseNet-121", split, study.ensemble.auroc_mean, "—"])
+    theirs_split = f"[{refs.study_split.short}]"
     per_seed = []
     ours = {s.seed: s for s in seeds}
     for seed in sorted(set(ours) | set(refs.study)):
         mine, theirs = ours.get(seed), refs.study.get(seed)
         per_seed.append([seed, mine.auroc_mean if mine else None, theirs.auroc_mean if theirs else None,
                          mine.f1_test_tuned_mean if mine else None, theirs.f1_mean if theirs else None])
-    study_split = refs.study_split.label
+    class_header = ["Class", f"This run, mean of seeds {short}"]
+    if study and study.ensemble:
+        class_header.append(f"This run, ensemble {short}")
+    class_header += [f"CheXNet [{refs.chexnet_split.short}]",
+                     *[f"Seed study {seed} {theirs_split}" for seed in sorted(refs.study)]]
     per_class = []
     for name in FINDINGS:
         row: list[Any] = [name, MeanSd(*mean_sd([s.auroc[name] for s in seeds]))]
@@ -607,38 +632,43 @@ def references_tables(params: Params, seeds: list[SeedMetrics], study: SeedStudy
             row.append(study.ensemble.auroc[name])
         row += [refs.chexnet[name], *[refs.study[seed].auroc[name] for seed in sorted(refs.study)]]
         per_class.append(row)
-    class_header = ["Class", f"This run, mean of seeds ({split})"]
-    if study and study.ensemble:
-        class_header.append(f"This run, ensemble ({split})")
-    class_header += [f"CheXNet ({refs.chexnet_split.label})",
-                     *[f"Seed study {seed} ({study_split})" for seed in sorted(refs.study)]]
     return {
         "means": Table(["Result", "Model", "Test split", "Mean AUROC", "Mean F1 (threshold protocol)"],
                        ["l", "l", "l", "r", "l"], means),
-        "per_seed": Table(["Seed", f"This run: Avg AUROC ({split})", f"Seed study: Avg AUROC ({study_split})",
-                           "This run: Avg F1 (test-tuned, optimistic)",
-                           f"Seed study: Avg F1 ({refs.study_f1.label})"], ["l", "r", "r", "r", "r"], per_seed),
+        "per_seed": Table(["Seed", f"This run: Avg AUROC {short}", f"Seed study: Avg AUROC {theirs_split}",
+                           "This run: Avg F1 (test-tuned, optimistic)", f"Seed study: Avg F1 ({refs.study_f1.short})"],
+                          ["l", "r", "r", "r", "r"], per_seed),
         "per_class": Table(class_header, ["l", *["c"] * (len(class_header) - 1)], per_class),
     }
+
+
+def references_legend(params: Params, refs: References) -> str:
+    """What the bracketed split protocols in the column headers mean."""
+    pairs = [(our_split(params, short=True), our_split(params)), (refs.chexnet_split.short, refs.chexnet_split.label),
+             (refs.study_split.short, refs.study_split.label + " (four seeds, four different test sets)")]
+    return "Test splits in the headers: " + "; ".join(f"[{short}] {long}" for short, long in pairs) + "."
 
 
 def references_sentences(params: Params, seeds: list[SeedMetrics], refs: References) -> list[str]:
     mean = mean_sd([s.auroc_mean for s in seeds])[0]
     chexnet = next((m for m in refs.means if m.name == "CheXNet"), None)
     study = mean_sd([s.auroc_mean for s in refs.study.values()])[0]
-    split = our_split(params)
     out = []
     if chexnet is not None:
-        out.append(f"Our mean AUROC over seeds, {fmt(mean)} ({split}), is {signed(mean - chexnet.auroc_mean)} against "
-                   f"CheXNet's {fmt(chexnet.auroc_mean, 3)} ({chexnet.split.label}) and {signed(mean - study)} "
-                   f"against the seed study's {fmt(study)} ({refs.study_split.label}).")
+        out.append(f"Our mean AUROC over seeds, {fmt(mean)} ({our_split(params)}), is "
+                   f"{signed(mean - chexnet.auroc_mean)} against CheXNet's {published(chexnet.auroc_mean)} "
+                   f"({chexnet.split.label}) and {signed(mean - study)} against the seed study's {fmt(study)} "
+                   f"({refs.study_split.label}).")
     official = [m for m in refs.means if m.split.flag]
-    if official:
+    random = [m for m in refs.means if not m.split.flag]
+    if official and random:
         best = max(official, key=lambda m: m.auroc_mean)
-        out.append(f"Neither is like for like: published results on the official test list reach at most "
-                   f"{'~' if best.approximate else ''}{fmt(best.auroc_mean, 3)} ({best.name}), below every "
-                   f"random-split result, because the official test set is harder; compare a column with ours only "
-                   f"where the split protocols match.")
+        lowest = min(random, key=lambda m: m.auroc_mean)
+        below = (f", below the lowest random-split result ({published(lowest.auroc_mean)}, {lowest.name})"
+                 if best.auroc_mean < lowest.auroc_mean else "")
+        out.append(f"Results on different splits are not like for like: the best published official-test-list "
+                   f"result is {'~' if best.approximate else ''}{published(best.auroc_mean)} ({best.name}){below}. "
+                   f"Compare a column with ours only where the split protocols match.")
     if params.ingest.source == "phantom":
         out.append("This run used the embedded phantom (real NIH label rows, synthetic images): the published columns "
                    "are context for the pipeline, not a target for these numbers.")
@@ -674,15 +704,22 @@ class Experiment:
         name = str(self.params.get("train.loss.name", "?"))
         if name != "focal":
             return name
-        alpha = self.params.get("train.loss.alpha")
-        return f"focal (gamma {self.params.get('train.loss.gamma', '?')}, alpha {'off' if alpha == -1 else alpha})"
+        settings = []
+        if "train.loss.gamma" in self.params:
+            settings.append(f"gamma {self.params['train.loss.gamma']}")
+        if "train.loss.alpha" in self.params:
+            alpha = self.params["train.loss.alpha"]
+            settings.append(f"alpha {'off' if alpha == -1 else alpha}")
+        return f"focal ({', '.join(settings)})" if settings else "focal"
 
     @property
     def clahe(self) -> str:
         if "preprocess.clahe" not in self.params:
             return "?"
-        return f"on (clip {self.params.get('preprocess.clip_limit', '?')})" if self.params["preprocess.clahe"] \
-            else "off"
+        if not self.params["preprocess.clahe"]:
+            return "off"
+        clip = self.params.get("preprocess.clip_limit")
+        return "on" if clip is None else f"on (clip {clip})"
 
     def auroc(self) -> MeanSd:
         return MeanSd(*mean_sd([s.auroc_mean for s in self.seeds]))
@@ -746,10 +783,12 @@ def parse_exp_show(data: Any) -> tuple[list[Experiment], list[str]]:
 
 
 def load_exp_show(path: Path) -> tuple[list[Experiment], list[str]]:
-    if not path.is_file():
+    """Read `dvc exp show --json` output from `path` ("-": standard input)."""
+    stdin = str(path) == "-"
+    if not stdin and not path.is_file():
         raise InputError(f"{path}: not found; write it with `dvc exp show --json > {path}`")
     try:
-        return parse_exp_show(json.loads(path.read_text()))
+        return parse_exp_show(json.loads(sys.stdin.read() if stdin else path.read_text()))
     except (KeyError, ValueError, TypeError, AttributeError) as err:
         raise InputError(f"{path}: not `dvc exp show --json` output ({type(err).__name__}: {err})") from None
 
@@ -774,6 +813,7 @@ def comparison_tables(experiments: list[Experiment]) -> dict[str, Table]:
 
 
 def comparison_sentences(experiments: list[Experiment], skipped: list[str]) -> list[str]:
+    """Best and worst cell against the seed spread, the CLAHE effect per loss, and what could not be compared."""
     ranked = sorted(experiments, key=lambda e: (-e.auroc().mean, e.name))
     top, low = ranked[0], ranked[-1]
     out = []
@@ -781,10 +821,15 @@ def comparison_sentences(experiments: list[Experiment], skipped: list[str]) -> l
         gap = top.auroc().mean - low.auroc().mean
         sds = [e.auroc().sd for e in experiments if not math.isnan(e.auroc().sd)]
         spread = (f"; the largest between-seed sd within one experiment is {fmt(max(sds))}, so the gap is "
-                  f"{'larger' if gap > max(sds) else 'no larger'} than seed noise") if sds else ""
+                  f"{'larger' if gap > max(sds) else 'no larger'} than that") if sds else ""
         out.append(f"Highest mean AUROC over seeds: {top.name} ({top.loss}, CLAHE {top.clahe}) at {cell(top.auroc())}; "
                    f"lowest: {low.name} ({low.loss}, CLAHE {low.clahe}) at {cell(low.auroc())}. The gap is "
                    f"{fmt(gap)}{spread}.")
+    sampling = [_num(e.summary["test_sampling_sd"]) for e in experiments if "test_sampling_sd" in e.summary]
+    if sampling:
+        out.append(f"Re-drawing the test patients moves one seed's mean AUROC by sd {fmt(float(np.nanmean(sampling)))} "
+                   "(patient bootstrap, averaged over experiments): a difference between cells below about twice that "
+                   "is within test-sampling noise.")
     effects = []
     for loss in sorted({e.params.get("train.loss.name") for e in experiments}, key=str):
         on = [e for e in experiments if e.params.get("train.loss.name") == loss and e.params.get("preprocess.clahe")]
@@ -794,6 +839,13 @@ def comparison_sentences(experiments: list[Experiment], skipped: list[str]) -> l
             effects.append(f"{signed(on[0].auroc().mean - off[0].auroc().mean)} with {loss} loss")
     if effects:
         out.append(f"CLAHE on minus off, mean AUROC over seeds: {'; '.join(effects)}.")
+    differing = sorted({k for e in experiments for k, v in e.params.items()
+                        if (k == "seeds" or k.startswith(("split.", "ingest.")))
+                        and any(o.params.get(k) != v for o in experiments)})
+    if differing:
+        verb = "differs" if len(differing) == 1 else "differ"
+        out.append(f"Not like for like: {_join(differing)} {verb} between experiments, so their test sets or seeds "
+                   "differ too.")
     if skipped:
         out.append(f"Not compared (no metrics yet): {_join(skipped)}.")
     return out
@@ -832,10 +884,12 @@ def render(params: Params, seeds: list[SeedMetrics], split_summary: dict[str, An
         best = best_seed_per_class(seeds)
         context.update(
             findings=FINDINGS, best=best, summary=summary_sentences(seeds, best),
+            headline=headline(params, seeds, study),
             overall=overall_table(seeds, study), per_class=per_class_table(seeds, study), best_table=best_table(best),
             f1=f1_table(seeds), f1_text=f1_sentences(seeds, refs), spread=spread_sentences(seeds, study),
             ensemble_text=ensemble_sentences(seeds, study), references=references_tables(params, seeds, study, refs),
-            references_text=references_sentences(params, seeds, refs), f1_protocol=seeds[0].f1_protocol)
+            references_text=references_sentences(params, seeds, refs), f1_protocol=seeds[0].f1_protocol,
+            references_legend=references_legend(params, refs))
     if comparison is not None:
         experiments, skipped = comparison
         context["comparison"] = {
@@ -843,7 +897,8 @@ def render(params: Params, seeds: list[SeedMetrics], split_summary: dict[str, An
             "text": comparison_sentences(experiments, skipped) if experiments else
             [f"No experiment has metrics yet{': ' + _join(skipped) if skipped else ''}."],
         }
-    return _environment().get_template(TEMPLATE).render(**context)
+    text = _environment().get_template(TEMPLATE).render(**context)
+    return re.sub(r"\n{3,}", "\n\n", text).strip("\n") + "\n"
 
 
 def summary_metrics(seeds: list[SeedMetrics], study: SeedStudy | None) -> dict[str, Any]:
@@ -894,9 +949,9 @@ def draw_figures(params: Params, seeds: list[SeedMetrics], preds: list[TestPredi
     """Write the PNGs (and, with `paths.plots`, the DVC plots data they are drawn from); return their links."""
     from cxrstudy import figures as fg
 
-    def emit(png: str, csv: str | None, table: pd.DataFrame | None) -> str:
+    def emit(png: str, csv: str | None, table: pd.DataFrame | None, float_format: str = "%.6g") -> str:
         if csv is not None and table is not None and paths.plots is not None:
-            fg.write_csv(paths.plots / csv, table)
+            fg.write_csv(paths.plots / csv, table, float_format)
         return relative_link(paths.figures / png, paths.report_dir)
 
     paths.figures.mkdir(parents=True, exist_ok=True)
@@ -907,9 +962,9 @@ def draw_figures(params: Params, seeds: list[SeedMetrics], preds: list[TestPredi
     if study is not None and study.ensemble is not None:
         aurocs[fg.ENSEMBLE] = study.ensemble.auroc
     dots = fg.auroc_table(aurocs)
-    chexnet = f"CheXNet ({refs.chexnet_split.label})"
+    chexnet = f"CheXNet [{refs.chexnet_split.short}]"
     study_mean = {n: mean_sd([s.auroc[n] for s in refs.study.values()])[0] for n in FINDINGS}
-    study_label = f"seed study, mean of seeds ({refs.study_split.label})"
+    study_label = f"seed study, mean of seeds [{refs.study_split.short}]"
     fg.plot_auroc_dots(dots, FINDINGS, [fg.Reference(chexnet, refs.chexnet, "D"),
                                         fg.Reference(study_label, study_mean, "s")], paths.figures / fg.AUROC_PNG)
     links["auroc"] = emit(fg.AUROC_PNG, fg.AUROC_CSV,
@@ -921,7 +976,7 @@ def draw_figures(params: Params, seeds: list[SeedMetrics], preds: list[TestPredi
             curves[fg.ENSEMBLE] = (ensemble.labels, ensemble.probs)
         roc = fg.roc_table(curves, FINDINGS)
         fg.plot_roc(roc, FINDINGS, mean_auroc, paths.figures / fg.ROC_PNG)
-        links["roc"] = emit(fg.ROC_PNG, fg.ROC_CSV, roc)
+        links["roc"] = emit(fg.ROC_PNG, fg.ROC_CSV, roc, "%.4g")  # 4 digits draw a curve; the file stays small
     if paths.history is not None:
         history = fg.history_table({s.seed: read_history(paths.history / f"seed_{s.seed}.csv") for s in seeds})
         fg.plot_training_curves(history, paths.figures / fg.TRAIN_PNG)
@@ -984,9 +1039,10 @@ def run(params: Params, metrics_dir: Path, splits_dir: Path, out_file: Path, *,
     study, preds = None, None
     if predictions_dir is not None:
         preds = [read_predictions(predictions_dir / f"seed_{s.seed}.csv") for s in seeds]
-        for s, p in zip(seeds, preds, strict=True):
-            check_agreement(p, s, predictions_dir / f"seed_{s.seed}.csv", metrics_dir / f"seed_{s.seed}.json")
         study = seed_study(preds, seeds, params.report.bootstrap, params.report.bootstrap_seed)
+        for s, p, m in zip(seeds, preds, study.per_seed, strict=True):
+            check_agreement(len(p.images), m.auroc, s, predictions_dir / f"seed_{s.seed}.csv",
+                            metrics_dir / f"seed_{s.seed}.json")
     refs = load_references()
     figures = None
     if figures_dir is not None:
@@ -1003,7 +1059,8 @@ def run(params: Params, metrics_dir: Path, splits_dir: Path, out_file: Path, *,
 
 
 def run_comparison(params: Params, exp_json: Path, out_file: Path) -> None:
-    """`report --compare`: render a comparison of the experiments in `dvc exp show --json` output to `out_file`."""
+    """`report --compare`: render a comparison of the experiments in `dvc exp show --json` output (a file, or "-"
+    for standard input) to `out_file`."""
     experiments, skipped = load_exp_show(exp_json)
     text = render(params, [], comparison=(experiments, skipped))
     with atomic_file(out_file) as handle:

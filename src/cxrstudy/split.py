@@ -8,6 +8,7 @@ the validation set is carved from train_val by patient with `split.seed`, so eve
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -16,7 +17,9 @@ from sklearn.model_selection import GroupShuffleSplit
 from cxrstudy.atomic import atomic_dir, write_json
 from cxrstudy.errors import InputError
 from cxrstudy.labels import DATA_ENTRY_FILE, FINDINGS, label_matrix, read_data_entry
-from cxrstudy.params import Params, SplitParams
+
+if TYPE_CHECKING:  # type hints only: the training code runs where pydantic is not installed
+    from cxrstudy.params import Params, SplitParams
 
 TRAIN_VAL_LIST = "train_val_list.txt"
 TEST_LIST = "test_list.txt"

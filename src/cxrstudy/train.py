@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -37,11 +37,14 @@ from cxrstudy.errors import Interrupted, TrainingError
 from cxrstudy.losses import Criterion, make_criterion
 from cxrstudy.metrics import nanmean, per_class_auroc
 from cxrstudy.model import build_model
-from cxrstudy.monitoring import open_monitor
-from cxrstudy.params import Params, TrainParams
+
+if TYPE_CHECKING:  # type hints only: the training code runs where pydantic is not installed (GPU boxes)
+    from cxrstudy.params import Params, TrainParams
 
 MODEL_FILE = "model.pt"
 CHECKPOINT_FILE = "last.pt"
+# Debugging distributed runs: a folder where every rank appends one JSON line per epoch (rank<R>.jsonl).
+RANK_LOG_ENV = "CXRSTUDY_RANK_LOG"
 
 
 @dataclass(frozen=True)
@@ -164,13 +167,48 @@ def predict(model: nn.Module, loader: DataLoader[tuple[torch.Tensor, torch.Tenso
     return torch.cat(logits_all).numpy(), torch.cat(labels_all).numpy()
 
 
+def shard(n: int, where: Dist) -> list[int]:
+    """This rank's items of n (every world_size-th from its rank), without DistributedSampler's padding: gathered,
+    the shards hold every item exactly once."""
+    return list(range(where.rank, n, where.world_size))
+
+
 def gather_rows(array: np.ndarray, where: Dist) -> np.ndarray:
-    """Concatenate every rank's rows (rank order); the identity on one process."""
+    """Every rank's rows of its `shard`, gathered back into item order; the identity on one process."""
     if where.world_size == 1:
         return array
     parts: list[np.ndarray | None] = [None] * where.world_size
     dist.all_gather_object(parts, array)
-    return np.concatenate([p for p in parts if p is not None])
+    rows = np.concatenate([p for p in parts if p is not None])
+    order = np.concatenate([np.arange(r, len(rows), where.world_size) for r in range(where.world_size)])
+    out = np.empty_like(rows)
+    out[order] = rows
+    return out
+
+
+def mean_over_ranks(value: float, where: Dist, device: torch.device) -> float:
+    if where.world_size == 1:
+        return value
+    total = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(total)
+    return float(total) / where.world_size
+
+
+def log_rank(where: Dist, model: nn.Module, record: dict[str, Any]) -> None:
+    """With $CXRSTUDY_RANK_LOG set, append what this rank saw (and a digest of its weights) to <folder>/rank<R>.jsonl,
+    so that a test can check that the ranks agree."""
+    folder = os.environ.get(RANK_LOG_ENV)
+    if not folder:
+        return
+    digest = hashlib.sha256()
+    for name, tensor in sorted(_unwrap(model).state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    line = json.dumps({"rank": where.rank, "world_size": where.world_size, **record,
+                       "weights_sha256": digest.hexdigest()[:16]})
+    with open(Path(folder) / f"rank{where.rank}.jsonl", "a") as handle:
+        handle.write(line + "\n")
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -302,16 +340,17 @@ def run(params: Params, seed: int, raw_dir: Path, processed_dir: Path, splits_di
         train_loader: DataLoader[Any] = DataLoader(train_set, batch_size=per_rank_batch, sampler=sampler,
                                                    drop_last=True, num_workers=cfg.num_workers, pin_memory=pin,
                                                    persistent_workers=cfg.num_workers > 0, generator=loader_gen)
-        val_sampler: DistributedSampler[Any] | None = DistributedSampler(val_set, where.world_size, where.rank,
-                                                                         shuffle=False)
+        if len(val_set) < where.world_size:
+            raise TrainingError(f"train: {len(val_set)} validation images for {where.world_size} processes")
         val_loader: DataLoader[Any] = DataLoader(val_set, batch_size=params.evaluate.batch_size,
-                                                 sampler=val_sampler, num_workers=0)
+                                                 sampler=shard(len(val_set), where), num_workers=cfg.num_workers,
+                                                 pin_memory=pin, persistent_workers=cfg.num_workers > 0)
     else:
         sampler = None
         train_loader = make_loader(train_set, per_rank_batch, shuffle=True, generator=loader_gen,
                                    num_workers=cfg.num_workers, pin_memory=pin)
         val_loader = make_loader(val_set, params.evaluate.batch_size, shuffle=False, generator=None,
-                                 num_workers=0, pin_memory=pin)
+                                 num_workers=cfg.num_workers, pin_memory=pin)
     if len(train_loader) == 0:
         raise TrainingError(f"train: {len(train_set)} training images make no full batch of "
                             f"{per_rank_batch}; lower train.batch_size")
@@ -332,6 +371,8 @@ def run(params: Params, seed: int, raw_dir: Path, processed_dir: Path, splits_di
     if state.epoch and where.is_main:
         print(f"train seed {seed}: resuming after epoch {state.epoch} from {ckpt_path}")
 
+    from cxrstudy.monitoring import open_monitor  # here: its pydantic import is not needed to use this module
+
     monitor = open_monitor(params.monitor, seed=seed, rank=where.rank)
     started = time.perf_counter()
     try:
@@ -341,10 +382,13 @@ def run(params: Params, seed: int, raw_dir: Path, processed_dir: Path, splits_di
                     sampler.set_epoch(epoch)
                 train_loss = train_one_epoch(forward_model, train_loader, criterion, opt, sched, device, cfg,
                                              epoch, monitor, show=where.is_main)
+                train_loss = mean_over_ranks(train_loss, where, device)
                 logits, labels = predict(forward_model, val_loader, device, cfg.channels_last, cfg.amp)
                 logits, labels = gather_rows(logits, where), gather_rows(labels, where)
                 val_loss = float(criterion(torch.from_numpy(logits), torch.from_numpy(labels)))
                 val_auroc = nanmean(per_class_auroc(labels, sigmoid(logits)))
+                log_rank(where, model, {"epoch": epoch, "n_val": len(labels), "train_loss": train_loss,
+                                        "val_loss": val_loss, "val_auroc": val_auroc})
                 state.epoch = epoch
                 state.history.append(EpochRecord(epoch, train_loss, val_loss, val_auroc, sched.get_last_lr()[0]))
                 if val_auroc > state.best_auroc:

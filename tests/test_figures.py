@@ -1,0 +1,166 @@
+"""The report's figures: the tables they are drawn from (also DVC plots data) and byte-deterministic PNGs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib as mpl
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from cxrstudy import figures, report
+from cxrstudy.labels import FINDINGS
+from cxrstudy.preprocess import load_processed, process_image
+from tests.conftest import tiny_params
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _curves(seeds: int = 2, n: int = 200, empty: int | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    rng = np.random.default_rng(0)
+    labels = (rng.random((n, len(FINDINGS))) < 0.15).astype(np.float32)
+    if empty is not None:
+        labels[:, empty] = 0
+    out = {}
+    for s in range(seeds):
+        probs = 1 / (1 + np.exp(-(labels * 1.5 + rng.normal(0, 1, labels.shape))))
+        out[figures.model_name(s)] = (labels, probs)
+    return out
+
+
+def _history() -> pd.DataFrame:
+    frames = {seed: pd.DataFrame({"epoch": [1, 2, 3], "train_loss": [0.3, 0.2, 0.1 + seed / 100],
+                                  "val_loss": [0.35, 0.3, 0.28], "val_auroc": [0.6, 0.65, 0.7], "lr": 1e-3})
+              for seed in (1, 2)}
+    return figures.history_table(frames)
+
+
+def test_roc_table_has_a_fixed_grid_per_finding_and_model() -> None:
+    table = figures.roc_table(_curves(), FINDINGS)
+    assert list(table.columns) == ["finding", "model", "point", "fpr", "tpr"]
+    assert len(table) == len(FINDINGS) * 2 * figures.ROC_POINTS
+    for _, curve in table.groupby(["finding", "model"]):
+        assert curve["fpr"].tolist() == pytest.approx(np.linspace(0, 1, figures.ROC_POINTS).tolist())
+        assert (np.diff(curve["tpr"]) >= 0).all()
+        assert curve["tpr"].iloc[-1] == 1.0
+
+
+def test_roc_table_area_is_close_to_the_auroc() -> None:
+    curves = _curves()
+    table = figures.roc_table(curves, FINDINGS)
+    labels, probs = curves["seed 0"]
+    for k, name in enumerate(FINDINGS[:4]):
+        tpr = table[(table["finding"] == name) & (table["model"] == "seed 0")]["tpr"].to_numpy()
+        area = float(np.sum(tpr[:-1]) / (figures.ROC_POINTS - 1))  # the step curve, read from the left
+        assert area == pytest.approx(roc_auc_score(labels[:, k], probs[:, k]), abs=0.03)
+
+
+def test_a_finding_without_positives_has_no_roc_rows() -> None:
+    table = figures.roc_table(_curves(empty=7), FINDINGS)
+    assert FINDINGS[7] not in set(table["finding"])
+    assert len(set(table["finding"])) == len(FINDINGS) - 1
+
+
+def test_auroc_table_leaves_undefined_values_out() -> None:
+    table = figures.auroc_table({"seed 1": {"Mass": 0.8, "Hernia": float("nan")}, "ensemble": {"Mass": 0.85}})
+    assert table.to_dict("records") == [{"finding": "Mass", "model": "seed 1", "auroc": 0.8},
+                                        {"finding": "Mass", "model": "ensemble", "auroc": 0.85}]
+
+
+def test_history_table_stacks_seeds_with_a_seed_column() -> None:
+    table = _history()
+    assert list(table.columns) == ["seed", "epoch", "train_loss", "val_loss", "val_auroc", "lr"]
+    assert table["seed"].tolist() == [1, 1, 1, 2, 2, 2]
+
+
+def test_plots_csv_is_plain_and_stable(tmp_path: Path) -> None:
+    figures.write_csv(tmp_path / "train.csv", _history())
+    text = (tmp_path / "train.csv").read_text()
+    assert text.splitlines()[0] == "seed,epoch,train_loss,val_loss,val_auroc,lr"
+    assert "\r" not in text and text.endswith("\n")
+
+
+def _draw_all(folder: Path) -> dict[str, bytes]:
+    folder.mkdir(parents=True, exist_ok=True)
+    curves = _curves()
+    roc = figures.roc_table(curves, FINDINGS)
+    figures.plot_roc(roc, FINDINGS, dict.fromkeys(FINDINGS, 0.75), folder / figures.ROC_PNG)
+    dots = figures.auroc_table({m: dict.fromkeys(FINDINGS, 0.7 + 0.01 * i) for i, m in enumerate(curves)})
+    refs = [figures.Reference("CheXNet [random 70/10/20]", dict.fromkeys(FINDINGS, 0.8), "D")]
+    figures.plot_auroc_dots(dots, FINDINGS, refs, folder / figures.AUROC_PNG)
+    figures.plot_training_curves(_history(), folder / figures.TRAIN_PNG)
+    image = np.arange(64 * 64, dtype=np.uint8).reshape(64, 64)
+    sample = figures.ClaheSample("00000001_000.png", image, image[::-1].copy())
+    figures.plot_clahe([sample, sample], "raw", "processed", folder / figures.CLAHE_PNG)
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+@pytest.fixture(scope="module")
+def drawn(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
+    return _draw_all(tmp_path_factory.mktemp("figures"))
+
+
+def test_every_figure_is_a_png_drawn_twice_to_the_same_bytes(drawn: dict[str, bytes], tmp_path: Path) -> None:
+    again = _draw_all(tmp_path)
+    assert set(drawn) == {figures.ROC_PNG, figures.AUROC_PNG, figures.TRAIN_PNG, figures.CLAHE_PNG}
+    for name, data in drawn.items():
+        assert data.startswith(PNG_SIGNATURE), name
+        assert data == again[name], f"{name} differs between two renderings"
+
+
+def test_pngs_carry_no_software_or_time_metadata(drawn: dict[str, bytes]) -> None:
+    for name, data in drawn.items():
+        assert b"Software" not in data and b"tIME" not in data, name
+
+
+def test_a_users_matplotlib_settings_do_not_change_the_bytes(drawn: dict[str, bytes], tmp_path: Path) -> None:
+    plain = drawn
+    with mpl.rc_context({"lines.linewidth": 4.0, "font.size": 20, "figure.dpi": 300, "axes.facecolor": "yellow"}):
+        styled = _draw_all(tmp_path / "styled")
+    assert plain == styled
+
+
+def test_different_data_draw_different_bytes(tmp_path: Path) -> None:
+    history = _history()
+    figures.plot_training_curves(history, tmp_path / "a.png")
+    history.loc[0, "train_loss"] = 0.9
+    figures.plot_training_curves(history, tmp_path / "b.png")
+    assert (tmp_path / "a.png").read_bytes() != (tmp_path / "b.png").read_bytes()
+
+
+def test_clahe_samples_show_the_raw_image_resized_and_the_processed_one(tiny_data: Path) -> None:
+    params = tiny_params()
+    raw, processed = tiny_data / "data/raw", tiny_data / "data/processed"
+    samples, before_label, after_label = report.clahe_samples(params, raw, processed, None)
+    images, names = load_processed(processed)
+    assert len(samples) == report.DEFAULT_CLAHE_SAMPLES
+    assert [s.name for s in samples] == sorted(s.name for s in samples)
+    from cxrstudy.imageio import read_gray
+
+    plain = params.preprocess.model_copy(update={"clahe": False})
+    for sample in samples:
+        np.testing.assert_array_equal(sample.after, images[names.index(sample.name)])
+        np.testing.assert_array_equal(sample.before, process_image(read_gray(raw / "images" / sample.name), plain))
+    assert "CLAHE (clip 2.0, 8×8 tiles)" in after_label and "raw" in before_label
+
+
+def test_report_links_every_figure_and_writes_the_plots_data(tiny_data: Path, tmp_path: Path) -> None:
+    from tests.test_report import make_study
+
+    _, names = load_processed(tiny_data / "data/processed")
+    study = make_study(tmp_path, seeds=[1, 2], bootstrap=50, n_test=60, n_patients=40, names=names)
+    out = tmp_path / "reports/report.md"
+    text = study.run(out, history_dir=study.history, raw_dir=tiny_data / "data/raw",
+                     processed_dir=tiny_data / "data/processed", figures_dir=tmp_path / "reports/figures",
+                     plots_dir=tmp_path / "plots/report")
+    for png in (figures.ROC_PNG, figures.AUROC_PNG, figures.CLAHE_PNG, figures.TRAIN_PNG):
+        assert f"](figures/{png})" in text
+        assert (tmp_path / "reports/figures" / png).read_bytes().startswith(PNG_SIGNATURE)
+    for csv in (figures.ROC_CSV, figures.AUROC_CSV, figures.TRAIN_CSV):
+        assert (tmp_path / "plots/report" / csv).is_file()
+    auroc = pd.read_csv(tmp_path / "plots/report" / figures.AUROC_CSV)
+    seed_1 = auroc[auroc["model"] == "seed 1"].set_index("finding")["auroc"]
+    assert seed_1.to_dict() == pytest.approx(study.metrics_of(1)["auroc"], abs=1e-5)
+    assert "CheXNet [random 70/10/20]" in set(auroc["model"])
