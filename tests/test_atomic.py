@@ -168,7 +168,6 @@ def test_a_full_disk_while_writing_a_file_keeps_the_earlier_one(
 
 
 @needs_dev_full
-@pytest.mark.xfail(strict=True, reason="needs fix: atomic.py: a full disk's OSError should name the output")
 def test_a_full_disk_error_names_the_output_being_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     target = tmp_path / "metrics.json"
     fill_disk_for(monkeypatch, ".metrics.json.tmp-")
@@ -235,7 +234,6 @@ def test_a_full_disk_inside_atomic_dir_keeps_the_earlier_directory(
     assert leftovers(tmp_path) == []
 
 
-@pytest.mark.xfail(strict=True, reason="needs fix: atomic.py: sweep the temporaries a killed writer left behind")
 def test_temporaries_of_a_killed_writer_are_swept_and_a_live_writers_kept(tmp_path: Path) -> None:
     target = tmp_path / "out"
     dead_dir = tmp_path / f".out.tmp-{DEAD_PID}-abcd1234"
@@ -275,7 +273,6 @@ def test_a_full_disk_in_a_stage_keeps_its_earlier_output(tiny_data: Path, tmp_pa
 
 @needs_dev_full
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="needs fix: cli.py + atomic.py: a full disk is a message naming the output")
 def test_a_full_disk_in_a_stage_is_a_message_naming_the_output(tiny_data: Path, tmp_path: Path) -> None:
     ws = workspace(tiny_data, tmp_path)
 
@@ -296,7 +293,6 @@ def _random_model(path: Path) -> None:
 @needs_dev_full
 @pytest.mark.slow
 @pytest.mark.parametrize("stage", ["train", "evaluate"])
-@pytest.mark.xfail(strict=True, reason="needs fix: train.py / evaluate.py: replace both outputs or neither")
 def test_a_stage_with_two_outputs_replaces_both_or_neither(stage: str, tiny_data: Path, tmp_path: Path) -> None:
     """The second output fails on a full disk: the first must not have been replaced either."""
     ws = workspace(tiny_data, tmp_path, train={"epochs": 1})
@@ -377,7 +373,6 @@ def test_a_really_full_disk_keeps_the_earlier_output(
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="needs fix: preprocess.py (SIGBUS today) + cli.py + atomic.py")
 def test_a_really_full_disk_is_a_message_and_leaves_the_disk_as_it_was(
     tiny_data: Path, tmp_path: Path, small_disk: Callable[[int], Path]
 ) -> None:
@@ -444,7 +439,6 @@ def test_kill_9_in_the_middle_of_a_stage_keeps_the_earlier_output(tiny_data: Pat
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="needs fix: atomic.py: sweep the temporaries a killed writer left behind")
 def test_a_rerun_sweeps_what_a_killed_stage_left_behind(tiny_data: Path, tmp_path: Path) -> None:
     ws = workspace(tiny_data, tmp_path)
     _kill_preprocess_half_way(ws)

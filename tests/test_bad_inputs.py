@@ -163,7 +163,6 @@ def test_a_bad_image_is_named_and_the_processed_data_survive(case: str, tiny_dat
     assert leftovers(ws) == []
 
 
-@pytest.mark.xfail(strict=True, reason="needs fix: preprocess.py: the bad-image message should say what is accepted")
 def test_the_bad_image_message_says_what_is_accepted(tiny_data: Path, tmp_path: Path) -> None:
     ws = workspace(tiny_data, tmp_path)
     names = sorted(p.name for p in (ws / "data/raw/images").iterdir())[: len(BAD_IMAGES)]
@@ -313,7 +312,6 @@ def test_a_bad_parameter_is_named_and_nothing_runs(case: str, tiny_data: Path, t
     assert changed(before, snapshot(ws / "data/splits")) == []
 
 
-@pytest.mark.xfail(strict=True, reason="needs fix: params.py: an unknown parameter should list the accepted keys")
 def test_an_unknown_parameter_lists_the_keys_accepted_there(tiny_data: Path, tmp_path: Path) -> None:
     ws = workspace(tiny_data, tmp_path, train={"learning_rate": 0.1})
 
@@ -417,7 +415,6 @@ NON_FINITE_VALIDATION = """
 """
 
 
-@pytest.mark.xfail(strict=True, reason="needs fix: train.py: a non-finite validation loss should stop with a message")
 def test_a_non_finite_validation_loss_stops_naming_the_epoch(tiny_data: Path, tmp_path: Path) -> None:
     ws = workspace(tiny_data, tmp_path)
     before = earlier_model(ws)

@@ -323,7 +323,6 @@ def test_a_changed_train_parameter_invalidates_the_checkpoint(param: str, tmp_pa
     assert fingerprint(parse_params(tiny_raw(**CHANGES[param])), SEED, tmp_path, world_size=1) != base
 
 
-@pytest.mark.xfail(strict=True, reason="needs fix: train.py: the checkpoint fingerprint omits evaluate.batch_size")
 def test_a_changed_validation_batch_size_invalidates_the_checkpoint(tmp_path: Path) -> None:
     base = fingerprint(tiny_params(), SEED, tmp_path, world_size=1)
     changed = parse_params(tiny_raw(**CHANGES["evaluate.batch_size"]))

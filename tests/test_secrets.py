@@ -103,7 +103,6 @@ def test_dvc_local_config_never_reaches_git() -> None:
     assert not re.search(keys, committed, flags=re.IGNORECASE), "credentials in the committed .dvc/config"
 
 
-@pytest.mark.xfail(strict=True, reason="needs fix: monitoring.py, nih.py, params.py: refuse credentials in URLs")
 @pytest.mark.parametrize(
     "override",
     [

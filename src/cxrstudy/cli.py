@@ -1,12 +1,14 @@
 """Command line: one sub-command per DVC stage (`python -m cxrstudy <stage> --help`).
 
 Every stage validates the whole `params.yaml` first. Bad input exits with status 2 and a message that names the
-parameter, file or row at fault; an interrupted training exits 128 + the signal number after its last checkpoint.
+parameter, file or row at fault; a full disk exits with status 1 and names the output it could not write (the
+earlier output is left as it was); an interrupted training exits 128 + the signal number after its last checkpoint.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -134,6 +136,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (InputError, TrainingError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = err.filename or "an output"
+        print(f"error: {where}: {err.strerror} while writing it; nothing was replaced (its earlier version, if any, "
+              "is intact): free some space and re-run the stage", file=sys.stderr)
+        return 1
     except Interrupted as err:
         print(f"interrupted: {err}; the last completed epoch is checkpointed, re-run the stage to resume",
               file=sys.stderr)

@@ -6,20 +6,22 @@ original study reported is computed too, under its own key, labelled optimistic 
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import pandas as pd
 import torch
 
-from cxrstudy.atomic import atomic_file, write_json
+from cxrstudy.atomic import atomic_file, sync
 from cxrstudy.data import XrayDataset, eval_transform, load_part, make_loader
 from cxrstudy.labels import FINDINGS
 from cxrstudy.losses import make_criterion
 from cxrstudy.metrics import nanmean, per_class_auroc, per_class_f1, per_class_thresholds
 from cxrstudy.params import Params
-from cxrstudy.train import MODEL_FILE, load_trained, pick_device, predict, seed_everything, sigmoid, Dist
+from cxrstudy.train import MODEL_FILE, Dist, load_trained, pick_device, predict, seed_everything, sigmoid
 
 THRESHOLD_PROTOCOL = "per-class thresholds maximising F1 on the validation set"
 
@@ -85,22 +87,32 @@ def run(params: Params, seed: int, raw_dir: Path, processed_dir: Path, splits_di
     loss = float(criterion(torch.from_numpy(test_logits), torch.from_numpy(test_labels)))
     test_probs = sigmoid(test_logits)
     metrics = compute_metrics(seed, loss, (val_labels, sigmoid(val_logits)), (test_labels, test_probs))
-    write_json(metrics_file, metrics)
-    save_predictions(predictions_file, test_part.names, test_part.patients, test_labels, test_probs)
+    # Both files or neither: each is written and synced before either replaces its earlier version.
+    with atomic_file(metrics_file) as metrics_out, atomic_file(predictions_file) as predictions_out:
+        json.dump(metrics, metrics_out, indent=2, sort_keys=True)
+        metrics_out.write("\n")
+        write_predictions(predictions_out, test_part.names, test_part.patients, test_labels, test_probs)
+        sync(metrics_out, predictions_out)
     print(f"evaluate seed {seed}: test loss {metrics['loss']}, mean AUROC {metrics['auroc_mean']}, "
           f"mean F1 {metrics['f1_mean']} -> {metrics_file}")
 
 
-def save_predictions(path: Path, names: list[str], patients: np.ndarray, labels: np.ndarray,
-                     probs: np.ndarray) -> None:
+def write_predictions(handle: IO[str], names: list[str], patients: np.ndarray, labels: np.ndarray,
+                      probs: np.ndarray) -> None:
     """One row per test image: name, patient, the 14 labels and the 14 predicted probabilities."""
     frame = pd.DataFrame({"image": names, "patient": patients})
     for k, name in enumerate(FINDINGS):
         frame[f"label_{name}"] = labels[:, k].astype(np.int8)
     for k, name in enumerate(FINDINGS):
         frame[f"prob_{name}"] = np.round(probs[:, k], 7)
+    frame.to_csv(handle, index=False, lineterminator="\n")
+
+
+def save_predictions(path: Path, names: list[str], patients: np.ndarray, labels: np.ndarray,
+                     probs: np.ndarray) -> None:
+    """`write_predictions` into `path`, atomically."""
     with atomic_file(path) as handle:
-        frame.to_csv(handle, index=False, lineterminator="\n")
+        write_predictions(handle, names, patients, labels, probs)
 
 
 def load_predictions(path: Path) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:

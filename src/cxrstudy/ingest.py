@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -24,6 +25,9 @@ from cxrstudy.split import TEST_LIST, TRAIN_VAL_LIST, patient_split, write_list
 BBOX_OUT = "BBox_List_2017.csv"
 
 _renderer: PhantomRenderer | None = None
+
+# forkserver, not fork: forking a process that already used OpenCV's or torch's threads can deadlock.
+WORKER_CONTEXT = multiprocessing.get_context("forkserver")
 
 
 def _init_worker(size: int, seed: int) -> None:
@@ -53,7 +57,7 @@ def build_phantom(cfg: PhantomParams, out_dir: Path, workers: int = 2) -> pd.Dat
     ]
     scale = 1024.0 / cfg.image_size
     bbox_rows: list[tuple[str, str, float, float, float, float]] = []
-    with ProcessPoolExecutor(max_workers=max(1, workers), initializer=_init_worker,
+    with ProcessPoolExecutor(mp_context=WORKER_CONTEXT, max_workers=max(1, workers), initializer=_init_worker,
                              initargs=(cfg.image_size, cfg.seed)) as pool:
         results = pool.map(_render_to, jobs, chunksize=16)
         for job, boxes in tqdm(zip(jobs, results, strict=True), total=len(jobs), desc="phantom", unit="img"):

@@ -130,6 +130,9 @@ class MonitorParams(BaseModel):
             raise ValueError(hint) from None
         if not parts.hostname or parts.path not in ("", "/") or parts.query or parts.fragment:
             raise ValueError(hint)
+        if parts.username is not None or parts.password is not None:
+            raise ValueError("pushgateway must not embed credentials (user:password@): params.yaml is committed to "
+                             "git and the address appears in log messages; give host:port only")
         return url.rstrip("/")
 
     @field_validator("job")

@@ -35,9 +35,10 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import IO, Annotated, Literal, cast
+from urllib.parse import urlsplit
 
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from tqdm import tqdm
 
 from cxrstudy.errors import InputError
@@ -117,6 +118,14 @@ class NihParams(BaseModel):
     retries: Annotated[int, Field(ge=0, le=20)] = 5
     backoff_s: Annotated[float, Field(ge=0, le=600)] = 2.0  # wait before retry n: backoff_s * 2**n
     workers: Annotated[int, Field(ge=0, le=256)] = 0  # image validation threads; 0 = one per CPU core
+
+    @field_validator("base_url", "metadata_url")
+    @classmethod
+    def _no_credentials(cls, value: str | None) -> str | None:
+        if value is not None and "@" in urlsplit(value).netloc:
+            raise ValueError("must not embed credentials (user:password@): params.yaml is committed to git and the "
+                             "address appears in log messages")
+        return value
 
 
 # ---------------------------------------------------------------------------------------------------------------

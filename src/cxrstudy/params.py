@@ -6,8 +6,10 @@ pipeline before any work starts, with a message that names the parameter and wha
 
 from __future__ import annotations
 
+import difflib
+import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -149,14 +151,52 @@ class Params(_Section):
         return self
 
 
+_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
+
+
+def _redact(value: Any) -> Any:
+    """A URL's user:password@ is never echoed back (the message goes to logs)."""
+    return _USERINFO.sub("***@", value) if isinstance(value, str) else value
+
+
+def _accepted_keys(loc: tuple[int | str, ...]) -> list[str]:
+    """The keys accepted in the section that holds `loc` (empty when it is not a section)."""
+    model: type[BaseModel] = Params
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        annotation = field.annotation if field is not None else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)
+
+
+def _initials(key: str) -> str:
+    return "".join(word[0] for word in key.split("_") if word)
+
+
+def _guess(key: str, accepted: list[str]) -> str | None:
+    """The accepted key that `key` most likely meant: an abbreviation either way (learning_rate / lr), or a close
+    spelling."""
+    for name in accepted:
+        if len(name) > 1 and (_initials(key) == name or _initials(name) == key):
+            return name
+    close = difflib.get_close_matches(key, accepted, n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
 def _format_error(path: Path, err: ValidationError) -> str:
     lines = [f"{path}: {err.error_count()} invalid parameter(s):"]
     for item in err.errors():
         where = ".".join(str(p) for p in item["loc"]) or "(top level)"
         if item["type"] == "extra_forbidden":
-            lines.append(f"  {where}: unknown parameter (check its spelling against params.yaml's documented keys)")
+            accepted = _accepted_keys(item["loc"])
+            likely = _guess(str(item["loc"][-1]), accepted)
+            guess = f" (did you mean {likely!r}?)" if likely else ""
+            known = f"; accepted here: {', '.join(accepted)}" if accepted else ""
+            lines.append(f"  {where}: unknown parameter{guess}{known}")
         else:
-            got = item.get("input")
+            got = _redact(item.get("input"))
             lines.append(f"  {where}: {item['msg']} (got {got!r})")
     return "\n".join(lines)
 

@@ -8,6 +8,8 @@ directory of 100k small PNGs would not, and lets the training loader read any im
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -28,6 +30,9 @@ if TYPE_CHECKING:  # type hints only: the training code runs where pydantic is n
 IMAGES_FILE = "images.npy"
 INDEX_FILE = "index.txt"
 META_FILE = "meta.json"
+
+# forkserver, not fork: forking a process that already used OpenCV's or torch's threads can deadlock.
+WORKER_CONTEXT = multiprocessing.get_context("forkserver")
 
 
 def apply_clahe(image: np.ndarray, clip_limit: float, tile_grid: int) -> np.ndarray:
@@ -80,8 +85,21 @@ def process_all(paths: list[Path], cfg: PreprocessParams) -> Iterator[np.ndarray
         _init_worker(cfg)
         yield from (_process_path(str(p)) for p in paths)
         return
-    with ProcessPoolExecutor(max_workers=cfg.workers, initializer=_init_worker, initargs=(cfg,)) as pool:
+    with ProcessPoolExecutor(mp_context=WORKER_CONTEXT, max_workers=cfg.workers, initializer=_init_worker,
+                             initargs=(cfg,)) as pool:
         yield from pool.map(_process_path, [str(p) for p in paths], chunksize=32)
+
+
+def reserve(path: Path) -> None:
+    """Allocate a freshly created memory-mappable file's blocks now. `open_memmap` creates a sparse file, and a write
+    into a hole on a full disk kills the process with SIGBUS; allocating first makes it a clean ENOSPC `OSError`."""
+    if not hasattr(os, "posix_fallocate"):
+        return
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+    finally:
+        os.close(fd)
 
 
 def run(params: Params, raw_dir: Path, out_dir: Path) -> None:
@@ -96,6 +114,7 @@ def run(params: Params, raw_dir: Path, out_dir: Path) -> None:
     with atomic_dir(out_dir) as tmp:
         array = np.lib.format.open_memmap(tmp / IMAGES_FILE, mode="w+", dtype=np.uint8,
                                           shape=(len(names), cfg.image_size, cfg.image_size))
+        reserve(tmp / IMAGES_FILE)
         results = process_all(paths, cfg)
         for i, result in enumerate(tqdm(results, total=len(paths), desc="preprocess", unit="img")):
             if isinstance(result, str):
@@ -105,7 +124,9 @@ def run(params: Params, raw_dir: Path, out_dir: Path) -> None:
         if errors:
             listed = "\n  ".join(errors[:50])
             more = f"\n  ... and {len(errors) - 50} more" if len(errors) > 50 else ""
-            raise InputError(f"preprocess: {len(errors)} unusable image(s):\n  {listed}{more}")
+            raise InputError(f"preprocess: {len(errors)} unusable image(s):\n  {listed}{more}\n"
+                             f"every image listed in {DATA_ENTRY_FILE} must be a complete, readable PNG (8- or "
+                             "16-bit; grey, grey+alpha, RGB or RGBA): replace these files, or remove their rows")
         array.flush()
         del array
         (tmp / INDEX_FILE).write_text("".join(f"{n}\n" for n in names))

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
-from cxrstudy.atomic import atomic_dir, atomic_file, write_json
+from cxrstudy.atomic import atomic_dir, atomic_file, sweep_stale, sync, write_json
 from cxrstudy.data import XrayDataset, eval_transform, load_part, make_loader, to_input, train_transform
 from cxrstudy.errors import Interrupted, TrainingError
 from cxrstudy.losses import Criterion, make_criterion
@@ -92,10 +92,12 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 
 
 def fingerprint(params: Params, seed: int, processed_dir: Path, world_size: int) -> str:
-    """What a checkpoint must match to be resumed: the training config, the seed, the data, the process count."""
+    """What a checkpoint must match to be resumed: the training config, the seed, the data, the process count, and
+    the validation batch size (it chooses the best epoch; dvc.yaml's train stage depends on it too)."""
     meta = (processed_dir / "meta.json").read_text() if (processed_dir / "meta.json").is_file() else ""
     payload = json.dumps({"train": params.train.model_dump(), "split": params.split.model_dump(), "seed": seed,
-                          "data": meta, "world": world_size}, sort_keys=True)
+                          "data": meta, "world": world_size, "val_batch_size": params.evaluate.batch_size},
+                         sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -117,7 +119,7 @@ def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainParams, steps: int) -> 
 
 
 def _rng_state(loader_gen: torch.Generator) -> dict[str, Any]:
-    np_state = np.random.get_state()
+    np_state: Any = np.random.get_state()
     py_state = random.getstate()
     return {
         "python": [py_state[0], list(py_state[1]), py_state[2]],
@@ -288,8 +290,8 @@ def train_one_epoch(model: nn.Module, loader: DataLoader[tuple[torch.Tensor, tor
     model.train()
     total, batches = 0.0, 0
     steps = len(loader)
-    for step, (images, labels) in enumerate(tqdm(loader, desc=f"epoch {epoch}", unit="batch", disable=None if show else True,
-                                                 leave=False)):
+    progress = tqdm(loader, desc=f"epoch {epoch}", unit="batch", disable=None if show else True, leave=False)
+    for step, (images, labels) in enumerate(progress):
         start = time.perf_counter()
         x = to_input(images, device, cfg.channels_last)
         y = labels.to(device, non_blocking=True)
@@ -360,7 +362,7 @@ def run(params: Params, seed: int, raw_dir: Path, processed_dir: Path, splits_di
         model = model.to(memory_format=torch.channels_last)
     if where.world_size > 1:
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    forward_model = torch.compile(model) if cfg.compile else model
+    forward_model = cast(nn.Module, torch.compile(model)) if cfg.compile else model
     criterion = make_criterion(cfg.loss, train_labels)
     opt = make_optimizer(model, cfg)
     sched = make_scheduler(opt, cfg, cfg.epochs * len(train_loader))
@@ -386,11 +388,15 @@ def run(params: Params, seed: int, raw_dir: Path, processed_dir: Path, splits_di
                 logits, labels = predict(forward_model, val_loader, device, cfg.channels_last, cfg.amp)
                 logits, labels = gather_rows(logits, where), gather_rows(labels, where)
                 val_loss = float(criterion(torch.from_numpy(logits), torch.from_numpy(labels)))
+                if not math.isfinite(val_loss):
+                    raise TrainingError(f"non-finite validation loss ({val_loss}) after epoch {epoch}: the weights "
+                                        "diverged in its last steps; lower train.lr or check the input data")
                 val_auroc = nanmean(per_class_auroc(labels, sigmoid(logits)))
                 log_rank(where, model, {"epoch": epoch, "n_val": len(labels), "train_loss": train_loss,
                                         "val_loss": val_loss, "val_auroc": val_auroc})
                 state.epoch = epoch
-                state.history.append(EpochRecord(epoch, train_loss, val_loss, val_auroc, sched.get_last_lr()[0]))
+                state.history.append(EpochRecord(epoch, train_loss, val_loss, val_auroc,
+                                                  float(sched.get_last_lr()[0])))
                 if val_auroc > state.best_auroc:
                     state.best_epoch, state.best_auroc, state.best_model = epoch, val_auroc, _state_dict_cpu(model)
                 monitor.epoch_end(epoch=epoch, val_loss=val_loss, val_auroc=val_auroc)
@@ -404,6 +410,7 @@ def run(params: Params, seed: int, raw_dir: Path, processed_dir: Path, splits_di
     if where.is_main:
         _write_outputs(state, seed, fp, out_dir, plots_file)
         ckpt_path.unlink(missing_ok=True)
+        sweep_stale(ckpt_path)  # what a run killed while checkpointing left behind
         print(f"train seed {seed}: best epoch {state.best_epoch} (val AUROC {state.best_auroc:.4f}), "
               f"{seconds:.1f} s -> {out_dir}")
     if where.world_size > 1:
@@ -412,18 +419,21 @@ def run(params: Params, seed: int, raw_dir: Path, processed_dir: Path, splits_di
 
 
 def _write_outputs(state: TrainState, seed: int, fp: str, out_dir: Path, plots_file: Path) -> None:
-    with atomic_dir(out_dir) as tmp:
-        torch.save({"model": state.best_model, "seed": seed, "epoch": state.best_epoch,
-                    "val_auroc": state.best_auroc, "fingerprint": fp}, tmp / MODEL_FILE)
+    """The model folder and the history, both or neither: everything is written and synced before either is
+    renamed into place."""
+    with atomic_dir(out_dir) as tmp, atomic_file(plots_file) as handle:
+        with atomic_file(tmp / MODEL_FILE, "wb") as model_out:  # a Python file: a full disk is an OSError
+            torch.save({"model": state.best_model, "seed": seed, "epoch": state.best_epoch,
+                        "val_auroc": state.best_auroc, "fingerprint": fp}, model_out)
         write_json(tmp / "summary.json", {"seed": seed, "best_epoch": state.best_epoch,
                                           "best_val_auroc": round(state.best_auroc, 6),
                                           "epochs": state.epoch})
-    with atomic_file(plots_file) as handle:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(["epoch", "train_loss", "val_loss", "val_auroc", "lr"])
         for r in state.history:
             writer.writerow([r.epoch, f"{r.train_loss:.6f}", f"{r.val_loss:.6f}", f"{r.val_auroc:.6f}",
                              f"{r.lr:.8g}"])
+        sync(handle)
 
 
 def load_trained(path: Path, num_classes: int = 14) -> nn.Module:
