@@ -72,8 +72,9 @@ def test_a_checkpoint_from_another_configuration_is_not_resumed(tiny_data: Path,
 def control_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Params]:
     """A small but learnable phantom, for the positive and negative controls."""
     root = tmp_path_factory.mktemp("control")
-    params = tiny_params(ingest={"phantom": {"n_images": 500, "image_size": 128}},
-                         train={"epochs": 4, "batch_size": 16, "threads": 0, "lr": 0.003})
+    params = tiny_params(ingest={"phantom": {"n_images": 600, "image_size": 128}},
+                         preprocess={"image_size": 64},
+                         train={"image_size": 64, "epochs": 5, "batch_size": 16, "threads": 0, "lr": 0.002})
     ingest.run(params, root / "data/raw", workers=2)
     preprocess.run(params, root / "data/raw", root / "data/processed")
     split.run(params, root / "data/raw", root / "data/splits")
