@@ -31,23 +31,36 @@ class SplitData:
     patients: np.ndarray
 
 
-def load_part(raw_dir: Path, processed_dir: Path, splits_dir: Path, part: str) -> tuple[np.ndarray, SplitData]:
-    """The processed image array (memory-mapped) and the `part` ('train', 'val' or 'test') of the split."""
+def load_parts(raw_dir: Path, processed_dir: Path, splits_dir: Path,
+               parts: tuple[str, ...]) -> tuple[np.ndarray, dict[str, SplitData]]:
+    """The processed image array (memory-mapped) and the named parts ('train', 'val', 'test') of the split.
+
+    The label table and the processed index are read once, whatever the number of parts.
+    """
     images, names = load_processed(processed_dir)
-    table = read_data_entry(raw_dir / DATA_ENTRY_FILE)
-    wanted = read_list(splits_dir / f"{part}.txt")
+    table = read_data_entry(raw_dir / DATA_ENTRY_FILE).set_index("image")
     row_of = {n: i for i, n in enumerate(names)}
-    missing = [n for n in wanted if n not in row_of]
-    if missing:
-        raise InputError(f"{splits_dir / (part + '.txt')}: {len(missing)} image(s) not in {processed_dir}, "
-                         f"e.g. {missing[:5]}; re-run preprocess")
-    table = table.set_index("image").loc[wanted].reset_index()
-    return images, SplitData(
-        rows=np.array([row_of[n] for n in wanted], dtype=np.int64),
-        labels=label_matrix(table).astype(np.float32),
-        names=wanted,
-        patients=table["patient"].to_numpy(),
-    )
+    out: dict[str, SplitData] = {}
+    for part in parts:
+        wanted = read_list(splits_dir / f"{part}.txt")
+        missing = [n for n in wanted if n not in row_of]
+        if missing:
+            raise InputError(f"{splits_dir / (part + '.txt')}: {len(missing)} image(s) not in {processed_dir}, "
+                             f"e.g. {missing[:5]}; re-run preprocess")
+        rows = table.loc[wanted].reset_index()
+        out[part] = SplitData(
+            rows=np.array([row_of[n] for n in wanted], dtype=np.int64),
+            labels=label_matrix(rows).astype(np.float32),
+            names=wanted,
+            patients=rows["patient"].to_numpy(),
+        )
+    return images, out
+
+
+def load_part(raw_dir: Path, processed_dir: Path, splits_dir: Path, part: str) -> tuple[np.ndarray, SplitData]:
+    """The processed image array (memory-mapped) and one `part` of the split."""
+    images, parts = load_parts(raw_dir, processed_dir, splits_dir, (part,))
+    return images, parts[part]
 
 
 def train_transform(size: int, cfg: AugmentParams) -> v2.Transform:

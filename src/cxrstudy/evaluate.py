@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 
 from cxrstudy.atomic import atomic_file, sync
-from cxrstudy.data import XrayDataset, eval_transform, load_part, make_loader
+from cxrstudy.data import XrayDataset, eval_transform, load_parts, make_loader
 from cxrstudy.labels import FINDINGS
 from cxrstudy.losses import make_criterion
 from cxrstudy.metrics import nanmean, per_class_auroc, per_class_f1, per_class_thresholds
@@ -67,9 +67,8 @@ def run(params: Params, seed: int, raw_dir: Path, processed_dir: Path, splits_di
     cfg = params.train
     seed_everything(seed, cfg.deterministic)
     device = pick_device(cfg, Dist())
-    images, train_part = load_part(raw_dir, processed_dir, splits_dir, "train")
-    _, val_part = load_part(raw_dir, processed_dir, splits_dir, "val")
-    _, test_part = load_part(raw_dir, processed_dir, splits_dir, "test")
+    images, parts = load_parts(raw_dir, processed_dir, splits_dir, ("train", "val", "test"))
+    train_part, val_part, test_part = parts["train"], parts["val"], parts["test"]
     transform = eval_transform(cfg.image_size, images.shape[-1])
     model = load_trained(model_dir / MODEL_FILE, len(FINDINGS)).to(device)
     if cfg.channels_last:

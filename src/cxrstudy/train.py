@@ -32,7 +32,7 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 from cxrstudy.atomic import atomic_dir, atomic_file, sweep_stale, sync, write_json
-from cxrstudy.data import XrayDataset, eval_transform, load_part, make_loader, to_input, train_transform
+from cxrstudy.data import XrayDataset, eval_transform, load_parts, make_loader, to_input, train_transform
 from cxrstudy.errors import Interrupted, TrainingError
 from cxrstudy.losses import Criterion, make_criterion
 from cxrstudy.metrics import nanmean, per_class_auroc
@@ -324,8 +324,8 @@ def run(params: Params, seed: int, raw_dir: Path, processed_dir: Path, splits_di
         torch.set_num_threads(cfg.threads)
     seed_everything(seed, cfg.deterministic)
 
-    images, train_part = load_part(raw_dir, processed_dir, splits_dir, "train")
-    _, val_part = load_part(raw_dir, processed_dir, splits_dir, "val")
+    images, parts = load_parts(raw_dir, processed_dir, splits_dir, ("train", "val"))
+    train_part, val_part = parts["train"], parts["val"]
     stored = images.shape[-1]
     train_labels = train_part.labels
     if cfg.shuffle_labels:  # negative control: break the image-label link, keep the label distribution
