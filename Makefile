@@ -36,9 +36,9 @@ lint: dev
 	$(BIN)ruff check src tests benchmarks
 	$(BIN)mypy src
 
-study: setup  ## switch to the real NIH study profile, then run it
-	cp configs/nih-study.yaml params.yaml
-	$(BIN)dvc repro
+study: setup  ## the real NIH study: apply configs/nih-study.yaml (only what it changes) as a DVC experiment
+	$(BIN)dvc config --local cache.type hardlink,symlink
+	$(BIN)python -m cxrstudy profile configs/nih-study.yaml --run
 
 metrics-diff: setup  ## DVC metrics against $(BASE), as Markdown
 	$(BIN)dvc metrics diff --md $(BASE)

@@ -33,6 +33,7 @@ import cv2
 import numpy as np
 from common import (
     NIH_IMAGES,
+    ROOT,
     RESULTS,
     fmt_rate,
     machine,
@@ -48,7 +49,7 @@ from common import (
 
 use_repo_src()
 
-from cxrstudy.params import PreprocessParams  # noqa: E402
+from cxrstudy.params import PreprocessParams, load_params  # noqa: E402
 from cxrstudy.preprocess import process_all  # noqa: E402
 
 SOURCE_SIZE = 1024
@@ -153,7 +154,8 @@ def clahe_at(image: np.ndarray, cfg: PreprocessParams, size: int) -> np.ndarray:
 
 def run(n: int, naive_n: int, image_size: int, workers: int, clahe_size: int, repeats: int) -> dict[str, Any]:
     cv2.setNumThreads(1)
-    cfg1 = PreprocessParams(image_size=image_size, workers=1)
+    cfg1 = PreprocessParams.model_validate({**load_params(ROOT / "params.yaml").preprocess.model_dump(),
+                                            "image_size": image_size, "clahe_size": 0, "workers": 1})
     cfgn = cfg1.model_copy(update={"workers": workers})
     has_option = "clahe_size" in PreprocessParams.model_fields
     with tempfile.TemporaryDirectory(prefix="bench-preprocess-") as tmp:

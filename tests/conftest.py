@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from cxrstudy import ingest, preprocess, split
+from cxrstudy import numerics
 from cxrstudy.params import Params, parse_params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -18,9 +18,10 @@ ROOT = Path(__file__).resolve().parents[1]
 # Small enough for seconds per stage on two CPU cores, large enough that every part of the split is non-empty.
 TINY: dict[str, Any] = {
     "seeds": [1, 2],
+    "numerics": {"threads": 1},
     "ingest": {"phantom": {"n_images": 120, "image_size": 96}},
     "preprocess": {"image_size": 32, "workers": 1},
-    "train": {"image_size": 32, "epochs": 2, "batch_size": 16, "threads": 1},
+    "train": {"image_size": 32, "epochs": 2, "batch_size": 16, "val_batch_size": 64},
     "evaluate": {"batch_size": 64},
 }
 
@@ -46,6 +47,23 @@ def tiny_raw(**override: Any) -> dict[str, Any]:
 
 def tiny_params(**override: Any) -> Params:
     return parse_params(tiny_raw(**override))
+
+
+def section(*path: str, **override: Any) -> Any:
+    """A section of the project's params.yaml (e.g. `section("ingest", "nih")`), validated, with `override`."""
+    raw: Any = project_params()
+    for key in path:
+        raw = raw[key]
+    model: Any = Params
+    for key in path:
+        model = model.model_fields[key].annotation
+    return model.model_validate({**raw, **override})
+
+
+# The tests run stages in this process too: pin its numerics as the command line would, before torch or NumPy load.
+numerics.pin(tiny_params().numerics)
+
+from cxrstudy import ingest, preprocess, split  # noqa: E402 - after the numerics are pinned
 
 
 def write_params(path: Path, raw: dict[str, Any]) -> Path:

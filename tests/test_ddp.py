@@ -60,7 +60,7 @@ def ddp_run(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> DdpRun
     val = (splits / "val.txt").read_text().split()
     if len(val) % NPROC == 0:  # an odd count: DistributedSampler would pad one rank with a duplicate image
         (splits / "val.txt").write_text("".join(f"{n}\n" for n in val[:-1]))
-    raw = tiny_raw(train={"threads": 1})
+    raw = tiny_raw()
     params_file = write_params(root / "params.yaml", raw)
     env = {**os.environ, "CXRSTUDY_RANK_LOG": str(root / "ranks"), "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={NPROC}", "--standalone",
@@ -69,7 +69,7 @@ def ddp_run(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> DdpRun
            "--splits", str(splits), "--out", str(root / "model"), "--plots", str(root / "history.csv"),
            "--checkpoints", str(root / "ckpt")]
     proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=900)
-    return DdpRun(root, tiny_data, splits, tiny_params(train={"threads": 1}), proc)
+    return DdpRun(root, tiny_data, splits, tiny_params(), proc)
 
 
 def history(run: DdpRun) -> list[dict[str, str]]:

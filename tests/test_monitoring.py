@@ -26,12 +26,12 @@ from pydantic import ValidationError
 
 from cxrstudy.monitoring import (
     METRIC_NAMES,
-    MonitorParams,
     MonitorWarning,
     NullMonitor,
     PrometheusMonitor,
     open_monitor,
 )
+from tests.conftest import section
 
 MONITORING_DIR = Path(__file__).resolve().parents[1] / "monitoring"
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -83,7 +83,7 @@ def _run_steps(monitor: PrometheusMonitor | NullMonitor, epoch: int, n: int, bat
 
 
 def test_params_defaults_are_off_and_loopback() -> None:
-    params = MonitorParams()
+    params = section("monitor")
     assert params.port is None and params.pushgateway is None
     assert params.bind == "127.0.0.1"
     assert params.job == "cxrstudy_train"
@@ -101,7 +101,7 @@ def test_params_defaults_are_off_and_loopback() -> None:
     ],
 )
 def test_params_normalise_gateway(given: str, expected: str) -> None:
-    assert MonitorParams(pushgateway=given).pushgateway == expected
+    assert section("monitor", pushgateway=given).pushgateway == expected
 
 
 @pytest.mark.parametrize(
@@ -125,11 +125,11 @@ def test_params_normalise_gateway(given: str, expected: str) -> None:
 )
 def test_params_reject(bad: dict[str, object]) -> None:
     with pytest.raises(ValidationError):
-        MonitorParams.model_validate(bad)
+        section("monitor", **bad)
 
 
 def test_params_frozen() -> None:
-    params = MonitorParams(port=0)
+    params = section("monitor", port=0)
     with pytest.raises(ValidationError):
         params.port = 1
 
@@ -138,7 +138,7 @@ def test_params_frozen() -> None:
 
 
 def test_rank_other_than_zero_gets_null_monitor() -> None:
-    params = MonitorParams(port=0, pushgateway="127.0.0.1:1")
+    params = section("monitor", port=0, pushgateway="127.0.0.1:1")
     for rank in (1, 3):
         monitor = open_monitor(params, seed=12, rank=rank)
         assert isinstance(monitor, NullMonitor)
@@ -149,7 +149,7 @@ def test_rank_other_than_zero_gets_null_monitor() -> None:
 
 
 def test_rank_zero_gets_prometheus_monitor() -> None:
-    with open_monitor(MonitorParams(port=0), seed=12, rank=0) as monitor:
+    with open_monitor(section("monitor", port=0), seed=12, rank=0) as monitor:
         assert isinstance(monitor, PrometheusMonitor)
         assert monitor.port is not None and monitor.port > 0
 
@@ -158,7 +158,7 @@ def test_rank_zero_gets_prometheus_monitor() -> None:
 
 
 def test_endpoint_serves_progress_during_a_short_run() -> None:
-    monitor = open_monitor(MonitorParams(port=0), seed=42)
+    monitor = open_monitor(section("monitor", port=0), seed=42)
     assert isinstance(monitor, PrometheusMonitor)
     try:
         assert monitor.address == ("127.0.0.1", monitor.port), "binds loopback unless configured otherwise"
@@ -207,7 +207,7 @@ def test_endpoint_serves_progress_during_a_short_run() -> None:
 
 
 def test_metric_names_constant_matches_export() -> None:
-    with PrometheusMonitor(MonitorParams(), seed=0) as monitor:
+    with PrometheusMonitor(section("monitor"), seed=0) as monitor:
         _run_steps(monitor, epoch=0, n=1, batch=4, start_step=0)
         exported = {
             s.name
@@ -222,8 +222,8 @@ def test_metric_names_constant_matches_export() -> None:
 
 
 def test_two_monitors_do_not_collide_and_close_stops_endpoint() -> None:
-    a = PrometheusMonitor(MonitorParams(port=0), seed=1)
-    b = PrometheusMonitor(MonitorParams(port=0), seed=2)
+    a = PrometheusMonitor(section("monitor", port=0), seed=1)
+    b = PrometheusMonitor(section("monitor", port=0), seed=2)
     try:
         a.step(epoch=0, step=0, loss=0.5, images=4, seconds=0.01, lr=0.1)
         samples_b = _samples(_get(f"http://127.0.0.1:{b.port}/metrics"))
@@ -244,7 +244,7 @@ def test_port_in_use_warns_and_training_continues() -> None:
         busy.listen(1)
         port = busy.getsockname()[1]
         with pytest.warns(MonitorWarning, match="cannot serve metrics"):
-            monitor = open_monitor(MonitorParams(port=port), seed=5)
+            monitor = open_monitor(section("monitor", port=port), seed=5)
         assert isinstance(monitor, PrometheusMonitor)
         assert monitor.port is None
         monitor.step(epoch=0, step=0, loss=0.5, images=4, seconds=0.01, lr=0.1)
@@ -256,7 +256,7 @@ def test_port_in_use_warns_and_training_continues() -> None:
 
 def test_push_to_refusing_gateway_warns_and_does_not_raise() -> None:
     gateway = f"127.0.0.1:{_free_port()}"  # nothing listens there: connection refused
-    monitor = open_monitor(MonitorParams(pushgateway=gateway, push_timeout_s=1.0), seed=3)
+    monitor = open_monitor(section("monitor", pushgateway=gateway, push_timeout_s=1.0), seed=3)
     assert isinstance(monitor, PrometheusMonitor)
     assert monitor.port is None  # a gateway alone serves no endpoint
     monitor.step(epoch=0, step=0, loss=0.5, images=4, seconds=0.01, lr=0.1)
@@ -268,7 +268,7 @@ def test_push_to_refusing_gateway_warns_and_does_not_raise() -> None:
 
 
 def test_push_failure_never_raises_even_with_warnings_as_errors(caplog: pytest.LogCaptureFixture) -> None:
-    monitor = PrometheusMonitor(MonitorParams(pushgateway=f"127.0.0.1:{_free_port()}"), seed=6)
+    monitor = PrometheusMonitor(section("monitor", pushgateway=f"127.0.0.1:{_free_port()}"), seed=6)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         monitor.epoch_end(epoch=0, val_loss=0.5, val_auroc=0.6)
@@ -281,7 +281,7 @@ def test_push_to_silent_gateway_times_out_with_a_warning() -> None:
         silent.bind(("127.0.0.1", 0))
         silent.listen(4)  # accepts connections in the kernel, never answers
         gateway = f"127.0.0.1:{silent.getsockname()[1]}"
-        monitor = PrometheusMonitor(MonitorParams(pushgateway=gateway, push_timeout_s=0.3), seed=4)
+        monitor = PrometheusMonitor(section("monitor", pushgateway=gateway, push_timeout_s=0.3), seed=4)
         started = time.monotonic()
         with pytest.warns(MonitorWarning, match="failed"):
             assert monitor.push() is False
@@ -345,7 +345,7 @@ def pushgateway(tmp_path: Path) -> Iterator[str]:
 
 
 def test_pushes_reach_a_real_pushgateway(pushgateway: str) -> None:
-    params = MonitorParams(pushgateway=pushgateway, job="cxrstudy_test", push_timeout_s=2.0)
+    params = section("monitor", pushgateway=pushgateway, job="cxrstudy_test", push_timeout_s=2.0)
     for seed in (12, 22):
         monitor = open_monitor(params, seed=seed)
         assert isinstance(monitor, PrometheusMonitor)

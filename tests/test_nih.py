@@ -29,7 +29,9 @@ from pydantic import ValidationError
 from cxrstudy import nih
 from cxrstudy.errors import InputError
 from cxrstudy.labels import DATA_ENTRY_FILE, write_data_entry
-from cxrstudy.nih import NihParams, download, ingest_nih
+from cxrstudy.nih import download, ingest_nih
+from cxrstudy.params import NihParams
+from tests.conftest import project_params, section, tiny_params
 
 # ---------------------------------------------------------------------------------------------------------------
 # A small release in NIH's layout: 2 archives x 4 images, 4 patients with 2 images each; patient 4 is the test set.
@@ -198,7 +200,7 @@ def params(tmp_path: Path, **kw: object) -> NihParams:
     base: dict[str, object] = {"download_dir": str(tmp_path / "downloads"), "timeout_s": 2.0, "retries": 2,
                                "backoff_s": 0.01, "workers": 2}
     base.update(kw)
-    return NihParams.model_validate(base)
+    return section("ingest", "nih", **base)
 
 
 def out(tmp_path: Path, name: str = "raw") -> Path:
@@ -347,10 +349,10 @@ def test_keep_archives_false_deletes_them_after_extraction(tmp_path: Path, serve
 
 
 def test_official_address_uses_nih_box_names() -> None:
-    cfg = NihParams()
+    cfg = section("ingest", "nih")
     assert nih.archive_url(cfg, "images_001.tar.gz") == (
         "https://nihcc.box.com/shared/static/vfk49d74nhbxq3nqjg0900w5nvkorp5c.gz")
-    mirror = NihParams(base_url="https://mirror.example/nih")
+    mirror = section("ingest", "nih", base_url="https://mirror.example/nih")
     assert nih.archive_url(mirror, "images_012.tar.gz") == "https://mirror.example/nih/images_012.tar.gz"
     assert nih.metadata_base(cfg) is None and nih.metadata_base(mirror) == "https://mirror.example/nih"
 
@@ -617,27 +619,22 @@ def test_list_naming_an_unknown_image_is_an_error(tmp_path: Path) -> None:
 
 def test_params_are_strict_and_frozen() -> None:
     with pytest.raises(ValidationError):
-        NihParams.model_validate({"base_ulr": "x"})
-    cfg = NihParams()
+        NihParams.model_validate({**project_params()["ingest"]["nih"], "base_ulr": "x"})
+    cfg = section("ingest", "nih")
     with pytest.raises(ValidationError):
         cfg.retries = 3  # type: ignore[misc]
 
 
-def test_file_names_agree_with_the_split_stage() -> None:
-    from cxrstudy import split
-
-    assert (nih.TRAIN_VAL_LIST, nih.TEST_LIST) == (split.TRAIN_VAL_LIST, split.TEST_LIST)
 
 
-def test_ingest_stage_and_official_split_on_a_local_copy(tmp_path: Path) -> None:
+def test_ingest_stage_and_official_split_on_a_local_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from cxrstudy import ingest, split
-    from cxrstudy.params import parse_params
 
+    monkeypatch.chdir(tmp_path)  # no DVC project here: nothing to say about its cache type
     release = make_release()
     root = local_copy(tmp_path, release)
     nih_cfg = params(tmp_path, local_path=str(root)).model_dump()
-    cfg = parse_params({"seeds": [1], "ingest": {"source": "nih", "nih": nih_cfg},
-                        "split": {"method": "official", "val_fraction": 0.4}})
+    cfg = tiny_params(ingest={"source": "nih", "nih": nih_cfg}, split={"method": "official", "val_fraction": 0.4})
     raw = tmp_path / "data" / "raw"
     ingest.run(cfg, raw)
     table = split.read_data_entry(raw / DATA_ENTRY_FILE)

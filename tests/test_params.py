@@ -47,7 +47,7 @@ def test_a_duplicated_seed_is_refused() -> None:
 def test_missing_seeds_is_refused() -> None:
     raw = project_params()
     del raw["seeds"]
-    with pytest.raises(InputError, match=r"seeds: Field required"):
+    with pytest.raises(InputError, match=r"seeds: missing"):
         parse_params(raw)
 
 
@@ -85,11 +85,57 @@ def _keys(tree: object, prefix: str = "") -> set[str]:
     return set().union(*(_keys(v, f"{prefix}.{k}" if prefix else k) for k, v in tree.items()))
 
 
-def test_the_real_study_profile_is_valid_and_sets_every_key_params_yaml_sets() -> None:
-    import yaml
+def test_the_study_profile_lists_only_changes_and_validates_merged() -> None:
+    from cxrstudy.params import read_yaml
+    from cxrstudy.profile import overrides
 
-    study_path = ROOT / "configs/nih-study.yaml"
-    study = load_params(study_path)
-    assert study.ingest.source == "nih" and study.split.method == "official"
-    assert study.train.image_size == 224 and study.seeds == [12, 22, 32, 42]
-    assert _keys(yaml.safe_load(study_path.read_text())) == _keys(project_params())
+    study = read_yaml(ROOT / "configs/nih-study.yaml")
+    assert _keys(study) < _keys(project_params())  # a subset: no second copy of params.yaml
+    sets = overrides(ROOT / "configs/nih-study.yaml", ROOT / "params.yaml")
+    assert "ingest.source='nih'" in sets and "train.image_size=224" in sets
+    assert not any(s.startswith("ingest.nih.local_path") for s in sets)  # listed, but the same as params.yaml
+
+
+def test_a_profile_with_an_unknown_key_or_a_bad_value_is_refused(tmp_path: Path) -> None:
+    from cxrstudy.profile import overrides
+
+    profile = tmp_path / "p.yaml"
+    profile.write_text("train:\n  epoch: 3\n")
+    with pytest.raises(InputError, match=r"p\.yaml: train\.epoch: not a parameter of params\.yaml"):
+        overrides(profile, ROOT / "params.yaml")
+    profile.write_text("train:\n  image_size: 16\n")
+    with pytest.raises(InputError, match=r"(?s)p\.yaml: .*train\.image_size: Input should be greater than or equal to 32"):
+        overrides(profile, ROOT / "params.yaml")
+
+
+def test_every_parameter_must_be_set_in_params_yaml() -> None:
+    raw = tiny_raw()
+    del raw["train"]["epochs"]
+    with pytest.raises(InputError, match=r"train\.epochs: missing"):
+        parse_params(raw)
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ({"train": {"epochs": True}}, r"train\.epochs: Input should be a valid integer"),
+    ({"train": {"batch_size": 8.0}}, r"train\.batch_size: Input should be a valid integer"),
+    ({"train": {"image_size": 28}}, r"train\.image_size: Input should be greater than or equal to 32"),
+    ({"numerics": {"isa": "avx512"}}, r"numerics\.isa: Input should be 'avx2' or 'native'"),
+])
+def test_no_silent_coercion_and_densenet_sized_inputs(override: dict[str, object], message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        parse_params(tiny_raw(**override))
+
+
+def test_a_key_given_twice_is_refused_with_its_lines(tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text((ROOT / "params.yaml").read_text() + "\ntrain:\n  epochs: 1\n")
+    with pytest.raises(InputError, match=r"params\.yaml: not valid YAML: .*key 'train' is given twice"):
+        load_params(path)
+
+
+@pytest.mark.parametrize("address", ["user:secret@gw.example:9091", "https://user:secret@gw.example:9091",
+                                     "https://gw.example/secret-token", "gw.example:9091?token=secret"])
+def test_a_secret_in_an_address_is_never_echoed(address: str) -> None:
+    with pytest.raises(InputError) as err:
+        parse_params(tiny_raw(monitor={"pushgateway": address}))
+    assert "secret" not in str(err.value) and "gw.example" in str(err.value)

@@ -74,7 +74,8 @@ def control_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Params
     root = tmp_path_factory.mktemp("control")
     params = tiny_params(ingest={"phantom": {"n_images": 600, "image_size": 128}},
                          preprocess={"image_size": 64},
-                         train={"image_size": 64, "epochs": 5, "batch_size": 16, "threads": 0, "lr": 0.002})
+                         train={"image_size": 64, "epochs": 5, "batch_size": 16, "lr": 0.002},
+                         numerics={"threads": 2})
     ingest.run(params, root / "data/raw", workers=2)
     preprocess.run(params, root / "data/raw", root / "data/processed")
     split.run(params, root / "data/raw", root / "data/splits")

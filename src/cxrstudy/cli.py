@@ -1,6 +1,7 @@
-"""Command line: one sub-command per DVC stage (`python -m cxrstudy <stage> --help`).
+"""Command line: one sub-command per DVC stage (`python -m cxrstudy <stage> --help`), and `profile`.
 
-Every stage validates the whole `params.yaml` first. Bad input exits with status 2 and a message that names the
+Every stage validates the whole `params.yaml` first, then pins the numerics (`cxrstudy.numerics`) before its module,
+and with it torch, NumPy or OpenCV, is imported. Bad input exits with status 2 and a message that names the
 parameter, file or row at fault; a full disk exits with status 1 and names the output it could not write (the
 earlier output is left as it was); an interrupted training exits 128 + the signal number after its last checkpoint.
 """
@@ -13,12 +14,19 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from cxrstudy import numerics
 from cxrstudy.errors import InputError, Interrupted, TrainingError
 from cxrstudy.params import DEFAULT_PARAMS, Params, load_params
 
 RAW = Path("data/raw")
 PROCESSED = Path("data/processed")
 SPLITS = Path("data/splits")
+
+
+def _manifest(p: Params, a: argparse.Namespace) -> None:
+    from cxrstudy import manifest
+
+    manifest.run(p, a.out)
 
 
 def _ingest(p: Params, a: argparse.Namespace) -> None:
@@ -83,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
+    p = stage("manifest", _manifest, "record what the configured data source holds (ingest re-runs when it changes)")
+    p.add_argument("--out", type=Path, default=Path("data/source-manifest.json"))
+
     p = stage("ingest", _ingest, "build data/raw in NIH's layout from the configured source")
     p.add_argument("--out", type=Path, default=RAW)
     p.add_argument("--workers", type=int, default=2, help="processes drawing the phantom (default: %(default)s)")
@@ -125,14 +136,33 @@ def build_parser() -> argparse.ArgumentParser:
                    help="report file (default: reports/report.md, or reports/comparison.md with --compare)")
     p.add_argument("--compare", type=Path, default=None, metavar="EXP_JSON",
                    help="compare DVC experiments from `dvc exp show --json` output (a file, or - for stdin)")
+
+    p = sub.add_parser("profile", help="apply a profile (only the keys it changes) with `dvc exp run --set-param`",
+                       description="Validate params.yaml + PROFILE with the schema and print the --set-param "
+                                   "overrides that apply it; with --run, run `dvc exp run` with them (arguments "
+                                   "after -- go to dvc).")
+    p.add_argument("profile", type=Path, help="a YAML file of the parameters to change, e.g. configs/nih-study.yaml")
+    p.add_argument("--run", action="store_true", help="run `dvc exp run` with the overrides")
+    p.add_argument("dvc_args", nargs="*", help="extra arguments for `dvc exp run` (after --)")
+    p.set_defaults(func=None)
     return parser
+
+
+def _run_stage(args: argparse.Namespace) -> int:
+    if args.stage == "profile":
+        from cxrstudy import profile
+
+        return profile.run(args.profile, args.params, args.run, args.dvc_args)
+    params = load_params(args.params)
+    numerics.pin(params.numerics)
+    args.func(params, args)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        params = load_params(args.params)
-        args.func(params, args)
+        return _run_stage(args)
     except (InputError, TrainingError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -150,7 +180,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    return 0
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from cxrstudy import numerics
 from cxrstudy.atomic import atomic_file, sync
 from cxrstudy.data import XrayDataset, eval_transform, load_parts, make_loader
 from cxrstudy.labels import FINDINGS
@@ -36,7 +37,8 @@ def _by_class(values: list[float]) -> dict[str, float | None]:
 
 
 def compute_metrics(seed: int, loss: float, val: tuple[np.ndarray, np.ndarray],
-                    test: tuple[np.ndarray, np.ndarray]) -> dict[str, object]:
+                    test: tuple[np.ndarray, np.ndarray], environment: dict[str, object] | None = None
+                    ) -> dict[str, object]:
     """Metrics from (labels, probabilities) of the validation and test sets."""
     val_labels, val_probs = val
     test_labels, test_probs = test
@@ -58,6 +60,7 @@ def compute_metrics(seed: int, loss: float, val: tuple[np.ndarray, np.ndarray],
         "n_val": int(len(val_labels)),
         "n_test": int(len(test_labels)),
         "test_positives": {n: int(v) for n, v in zip(FINDINGS, test_labels.sum(axis=0), strict=True)},
+        "environment": environment or {},
     }
 
 
@@ -65,6 +68,7 @@ def run(params: Params, seed: int, raw_dir: Path, processed_dir: Path, splits_di
         metrics_file: Path, predictions_file: Path) -> None:
     """Stage entry point: evaluate `model_dir/model.pt` on the validation and test sets."""
     cfg = params.train
+    numerics.apply_threads(params.numerics)
     seed_everything(seed, cfg.deterministic)
     device = pick_device(cfg, Dist())
     images, parts = load_parts(raw_dir, processed_dir, splits_dir, ("train", "val", "test"))
@@ -85,7 +89,8 @@ def run(params: Params, seed: int, raw_dir: Path, processed_dir: Path, splits_di
     criterion = make_criterion(cfg.loss, train_part.labels)
     loss = float(criterion(torch.from_numpy(test_logits), torch.from_numpy(test_labels)))
     test_probs = sigmoid(test_logits)
-    metrics = compute_metrics(seed, loss, (val_labels, sigmoid(val_logits)), (test_labels, test_probs))
+    metrics = compute_metrics(seed, loss, (val_labels, sigmoid(val_logits)), (test_labels, test_probs),
+                              numerics.environment(params.numerics, device))
     # Both files or neither: each is written and synced before either replaces its earlier version.
     with atomic_file(metrics_file) as metrics_out, atomic_file(predictions_file) as predictions_out:
         json.dump(metrics, metrics_out, indent=2, sort_keys=True)
@@ -98,13 +103,14 @@ def run(params: Params, seed: int, raw_dir: Path, processed_dir: Path, splits_di
 
 def write_predictions(handle: IO[str], names: list[str], patients: np.ndarray, labels: np.ndarray,
                       probs: np.ndarray) -> None:
-    """One row per test image: name, patient, the 14 labels and the 14 predicted probabilities."""
+    """One row per test image: name, patient, the 14 labels and the 14 predicted probabilities, written with the
+    9 significant digits that give back every float32 exactly (so the report's AUROCs equal evaluate's)."""
     frame = pd.DataFrame({"image": names, "patient": patients})
     for k, name in enumerate(FINDINGS):
         frame[f"label_{name}"] = labels[:, k].astype(np.int8)
     for k, name in enumerate(FINDINGS):
-        frame[f"prob_{name}"] = np.round(probs[:, k], 7)
-    frame.to_csv(handle, index=False, lineterminator="\n")
+        frame[f"prob_{name}"] = probs[:, k].astype(np.float32)
+    frame.to_csv(handle, index=False, lineterminator="\n", float_format="%.9g")
 
 
 def save_predictions(path: Path, names: list[str], patients: np.ndarray, labels: np.ndarray,

@@ -81,8 +81,9 @@ def run(params: Params, out_dir: Path, workers: int = 2) -> None:
         if params.ingest.source == "phantom":
             table = build_phantom(params.ingest.phantom, tmp, workers=workers)
         else:
-            from cxrstudy.nih import ingest_nih
+            from cxrstudy.nih import check_dvc_links, ingest_nih
 
+            check_dvc_links()
             table = ingest_nih(params.ingest.nih, tmp)
     print(f"ingest ({params.ingest.source}): {len(table)} images of {table['patient'].nunique()} patients "
           f"-> {out_dir}")

@@ -20,18 +20,16 @@ configured, get a `NullMonitor` that does nothing.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
-import re
 import threading
 import warnings
 from types import TracebackType
-from typing import Annotated, Protocol
-from urllib.parse import urlsplit
+from typing import Protocol
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, push_to_gateway, start_http_server
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from cxrstudy.params import MonitorParams
 
 __all__ = [
     "METRIC_NAMES",
@@ -65,82 +63,8 @@ METRIC_NAMES: tuple[str, ...] = (
     "cxr_train_push_failures_total",
 )
 
-_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-_HOSTNAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*$")
-_JOB = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
-
-
 class MonitorWarning(RuntimeWarning):
     """Monitoring could not do its job (a push failed, the endpoint could not bind); training goes on."""
-
-
-class MonitorParams(BaseModel):
-    """The ``monitor:`` section of params.yaml: where training exports its progress.
-
-    ``port``: the HTTP endpoint serving ``/metrics``; ``null`` serves none, ``0`` picks a free port (the monitor's
-    ``port`` attribute says which). ``bind``: the address it listens on, loopback unless you widen it.
-    ``pushgateway``: ``host:port`` or ``http(s)://host:port`` of a Pushgateway, pushed to at each epoch's end and
-    at close; ``null`` pushes nothing. ``job``: the Pushgateway ``job`` label (the grouping key adds ``seed``).
-    ``push_timeout_s``: how long one push may block the training loop before it is abandoned with a warning.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    port: Annotated[int, Field(ge=0, le=65535)] | None = None
-    bind: str = "127.0.0.1"
-    pushgateway: str | None = None
-    job: str = "cxrstudy_train"
-    push_timeout_s: Annotated[float, Field(gt=0.0, le=120.0)] = 5.0
-
-    @field_validator("port", mode="before")
-    @classmethod
-    def _port_not_bool(cls, value: object) -> object:
-        if isinstance(value, bool):
-            raise ValueError("port must be a port number (0 picks a free one), or null for no HTTP endpoint")
-        return value
-
-    @field_validator("bind")
-    @classmethod
-    def _bind_address(cls, value: str) -> str:
-        value = value.strip()
-        try:
-            ipaddress.ip_address(value)
-        except ValueError:
-            if not _HOSTNAME.match(value):
-                raise ValueError(
-                    "bind must be an IP address or host name to listen on, e.g. 127.0.0.1 (loopback only), "
-                    "0.0.0.0 (all IPv4 interfaces) or :: (all interfaces)"
-                ) from None
-        return value
-
-    @field_validator("pushgateway")
-    @classmethod
-    def _gateway_address(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        value = value.strip()
-        hint = "pushgateway must be host:port or http(s)://host:port, e.g. 127.0.0.1:9091; use null for no pushes"
-        if not value:
-            raise ValueError(hint)
-        url = value if re.match(r"^https?://", value, flags=re.IGNORECASE) else f"http://{value}"
-        try:
-            parts = urlsplit(url)
-            _ = parts.port  # raises ValueError when the port is not a number in 0..65535
-        except ValueError:
-            raise ValueError(hint) from None
-        if not parts.hostname or parts.path not in ("", "/") or parts.query or parts.fragment:
-            raise ValueError(hint)
-        if parts.username is not None or parts.password is not None:
-            raise ValueError("pushgateway must not embed credentials (user:password@): params.yaml is committed to "
-                             "git and the address appears in log messages; give host:port only")
-        return url.rstrip("/")
-
-    @field_validator("job")
-    @classmethod
-    def _job_name(cls, value: str) -> str:
-        if not _JOB.match(value):
-            raise ValueError("job must be 1-128 characters from letters, digits and _ . : -")
-        return value
 
 
 class Monitor(Protocol):

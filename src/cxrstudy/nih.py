@@ -34,18 +34,17 @@ from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import IO, Annotated, Literal, cast
-from urllib.parse import urlsplit
+from typing import IO, Literal, cast
 
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 from tqdm import tqdm
 
 from cxrstudy.errors import InputError
 from cxrstudy.imageio import ImageError, read_gray
 from cxrstudy.labels import DATA_ENTRY_FILE, read_data_entry
+from cxrstudy.params import OFFICIAL_BASE_URL, NihParams
+from cxrstudy.split import TEST_LIST, TRAIN_VAL_LIST, check_split, read_list
 
-OFFICIAL_BASE_URL = "https://nihcc.box.com/shared/static/"
 NIH_BOX_PAGE = "https://nihcc.app.box.com/v/ChestXray-NIHCC"
 
 # NIH's batch_download_zips.py: the file name of each archive at OFFICIAL_BASE_URL.
@@ -64,8 +63,9 @@ NIH_BOX_NAMES: dict[str, str] = {
     "images_012.tar.gz": "ioqwiy20ihqwyr8pf4c24eazhh281pbu.gz",
 }
 
-# MD5 of each archive, as published in NIH's FAQ (Q07). `ingest_nih(checksums=...)` overrides it (tests, mirrors);
-# its archive names (images_NNN.tar.gz) are the archives ingested, and a metadata file name found in it is checked too.
+# MD5 of each archive, as published in NIH's FAQ (Q07). `ingest.nih.md5_file` (or `ingest_nih(checksums=...)`)
+# replaces it: its archive names (images_NNN.tar.gz) are the archives ingested, and a metadata file named in it is
+# checked too.
 NIH_MD5: dict[str, str] = {
     "images_001.tar.gz": "fe8ed0a6961412fddcbb3603c11b3698",
     "images_002.tar.gz": "ab07a2d7cbe6f65ddd97b4ed7bde10bf",
@@ -82,50 +82,55 @@ NIH_MD5: dict[str, str] = {
 }
 
 ARCHIVE_RE = re.compile(r"^images_\d{3}\.tar\.gz$")
+NIH_ORIGIN = "NIH's published checksum"
+MD5_LINE = re.compile(r"^([0-9a-fA-F]{32}) [ *](.+)$")
+
+
+class Checksums(dict[str, str]):
+    """File name -> expected MD5, and where the list comes from (named in every mismatch message)."""
+
+    def __init__(self, md5: Mapping[str, str], origin: str) -> None:
+        super().__init__(md5)
+        self.origin = origin
+
+
+def origin_of(checksums: Mapping[str, str]) -> str:
+    return checksums.origin if isinstance(checksums, Checksums) else "the checksum list given"
+
+
+def read_md5_file(path: Path) -> Checksums:
+    """An md5sum-format list (`<md5>  <file name>` a line; `#` comments and blank lines ignored); it must name at
+    least one images_NNN.tar.gz archive. `InputError` names the file and line at fault."""
+    if not path.is_file():
+        raise InputError(f"ingest.nih.md5_file: {path} not found; give a file in md5sum format "
+                         "(`<md5>  <file name>` a line), or null for NIH's published checksums")
+    md5: dict[str, str] = {}
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        match = MD5_LINE.match(line.strip())
+        if not match:
+            raise InputError(f"{path}:{number}: not an md5sum line (expected `<32 hex digits>  <file name>`): "
+                             f"{line.strip()[:80]!r}")
+        name = Path(match.group(2).strip()).name
+        if name in md5:
+            raise InputError(f"{path}:{number}: {name} is listed twice")
+        md5[name] = match.group(1).lower()
+    if not archive_names(md5):
+        raise InputError(f"{path}: lists no archive named images_NNN.tar.gz; nothing to ingest")
+    return Checksums(md5, f"the checksum in {path}")
+
+
+def expected_checksums(cfg: NihParams) -> Checksums:
+    """`ingest.nih.md5_file`'s list, or NIH's published one."""
+    return read_md5_file(Path(cfg.md5_file)) if cfg.md5_file else Checksums(NIH_MD5, NIH_ORIGIN)
 # `ingest.nih.metadata` -> the Data_Entry file looked for (it is written out as Data_Entry_2017.csv).
 DATA_ENTRY_SOURCES: dict[str, str] = {"v2020": "Data_Entry_2017_v2020.csv", "2017": "Data_Entry_2017.csv"}
-# Same names as cxrstudy.split.TRAIN_VAL_LIST / TEST_LIST (split imports params, which imports this module).
-TRAIN_VAL_LIST = "train_val_list.txt"
-TEST_LIST = "test_list.txt"
 BBOX_FILE = "BBox_List_2017.csv"
 BAD_IMAGES_FILE = "bad_images.txt"
 EXTRACTED = "extracted"
 MAX_LISTED = 100  # bad images named in an error message; the full list goes to a file
 CHUNK = 1 << 20
-
-
-class NihParams(BaseModel):
-    """`ingest.nih` in params.yaml."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    # Where the 12 archives are downloaded from. At NIH's address they have Box's names (NIH_BOX_NAMES); anywhere
-    # else (a mirror) they are fetched as images_001.tar.gz ... images_012.tar.gz unless url_style says otherwise.
-    base_url: str = OFFICIAL_BASE_URL
-    url_style: Literal["auto", "nih-box", "plain"] = "auto"
-    # Where the metadata files are fetched by name; null: base_url for a mirror. NIH's Box gives them no fixed
-    # address: put them in download_dir (or local_path) yourself.
-    metadata_url: str | None = None
-    # A folder holding the archives, or the extracted images (images/*.png) plus the metadata files.
-    local_path: str | None = None
-    # The download / extraction cache; never inside data/raw. Relative paths are from the project root.
-    download_dir: str = "data/downloads"
-    keep_archives: bool = True  # false: delete each downloaded archive once it is verified and extracted
-    link: Literal["auto", "hardlink", "symlink", "copy"] = "auto"  # how data/raw/images refers to the real PNGs
-    metadata: Literal["v2020", "2017"] = "v2020"
-    on_bad_image: Literal["error", "skip"] = "error"
-    timeout_s: Annotated[float, Field(gt=0)] = 60.0
-    retries: Annotated[int, Field(ge=0, le=20)] = 5
-    backoff_s: Annotated[float, Field(ge=0, le=600)] = 2.0  # wait before retry n: backoff_s * 2**n
-    workers: Annotated[int, Field(ge=0, le=256)] = 0  # image validation threads; 0 = one per CPU core
-
-    @field_validator("base_url", "metadata_url")
-    @classmethod
-    def _no_credentials(cls, value: str | None) -> str | None:
-        if value is not None and "@" in urlsplit(value).netloc:
-            raise ValueError("must not embed credentials (user:password@): params.yaml is committed to git and the "
-                             "address appears in log messages")
-        return value
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -244,7 +249,8 @@ def _fetch_once(url: str, part: Path, state: _Hashed, timeout: float, label: str
     return state
 
 
-def download(url: str, dest: Path, md5: str | None, cfg: NihParams, label: str | None = None) -> Path:
+def download(url: str, dest: Path, md5: str | None, cfg: NihParams, label: str | None = None,
+             origin: str = NIH_ORIGIN) -> Path:
     """Download `url` to `dest` unless `dest` exists (a finished, verified download).
 
     Bytes go to `dest.part` first, so a cut download resumes (HTTP Range) on the next attempt or the next run.
@@ -276,19 +282,15 @@ def download(url: str, dest: Path, md5: str | None, cfg: NihParams, label: str |
             f"{state.size} bytes are kept in {part} and the next run resumes from there "
             "(raise ingest.nih.retries / timeout_s, or set base_url to a mirror)"
         )
-    _check_md5(label, state.md5.hexdigest(), md5, part, url)
+    if md5 is not None and state.md5.hexdigest() != md5.lower():
+        part.unlink(missing_ok=True)
+        raise InputError(
+            f"{label}: MD5 mismatch: got {state.md5.hexdigest()}, expected {md5} ({origin}) for the file from {url}; "
+            "the download was deleted. A cut transfer is fixed by running again; if it mismatches again, the server "
+            "holds another file than the list describes: check ingest.nih.base_url, or ingest.nih.md5_file"
+        )
     os.replace(part, dest)
     return dest
-
-
-def _check_md5(label: str, got: str, expected: str | None, path: Path, source: str) -> None:
-    if expected is None or got == expected.lower():
-        return
-    path.unlink(missing_ok=True)
-    raise InputError(
-        f"{label}: MD5 mismatch: got {got}, expected {expected} (NIH's published checksum) for the file from "
-        f"{source}; the corrupt copy was deleted. Run again to re-download, or check the mirror / local copy."
-    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -326,7 +328,7 @@ def _extract_members(tar: tarfile.TarFile, staging: Path) -> int:
     return count
 
 
-def extract_archive(archive: Path, images_dir: Path, md5: str | None, label: str) -> int:
+def extract_archive(archive: Path, images_dir: Path, md5: str | None, label: str, origin: str = NIH_ORIGIN) -> int:
     """Extract `archive`'s PNGs into `images_dir`, checking its MD5 in the same single pass.
 
     Done once: a stamp `.done-<name>` beside `images_dir` (holding the MD5) makes later calls return at once.
@@ -350,8 +352,9 @@ def extract_archive(archive: Path, images_dir: Path, md5: str | None, label: str
             got = reader.drain()
         if md5 is not None and got != md5.lower():
             raise InputError(
-                f"{label}: MD5 mismatch: got {got}, expected {md5} (NIH's published checksum) for {archive}; "
-                "replace the archive with a good copy"
+                f"{label}: MD5 mismatch: got {got}, expected {md5} ({origin}) for {archive}: the archive is "
+                "damaged or another file than the list describes; replace it with a good copy, or correct "
+                "ingest.nih.md5_file if the list is wrong"
             )
         images_dir.mkdir(parents=True, exist_ok=True)
         for entry in os.scandir(staging):
@@ -431,7 +434,7 @@ def _image_dirs(root: Path) -> list[Path]:
 def _extract_all(archives: dict[str, Path], checksums: Mapping[str, str], cache: Path, delete: bool) -> Path:
     images_dir = cache / EXTRACTED / "images"
     for name, path in archives.items():
-        extract_archive(path, images_dir, checksums.get(name), name)
+        extract_archive(path, images_dir, checksums.get(name), name, origin_of(checksums))
         if delete and path.is_file():
             path.unlink()
             print(f"{name}: deleted after extraction (ingest.nih.keep_archives: false)")
@@ -465,7 +468,7 @@ def _download_sources(cfg: NihParams, checksums: Mapping[str, str], cache: Path)
         if base is None:
             return None
         try:
-            return download(_join(base, name), cache / name, checksums.get(name), cfg)
+            return download(_join(base, name), cache / name, checksums.get(name), cfg, origin=origin_of(checksums))
         except InputError:
             if name == BBOX_FILE:
                 return None
@@ -475,7 +478,7 @@ def _download_sources(cfg: NihParams, checksums: Mapping[str, str], cache: Path)
     archives = {name: cache / name for name in archive_names(checksums)}
     todo = [n for n in archives if not _is_extracted(cache / EXTRACTED / "images", n, checksums.get(n))]
     for name in todo:
-        download(archive_url(cfg, name), archives[name], checksums.get(name), cfg)
+        download(archive_url(cfg, name), archives[name], checksums.get(name), cfg, origin=origin_of(checksums))
         _extract_all({name: archives[name]}, checksums, cache, delete=not cfg.keep_archives)
     return Sources([cache / EXTRACTED / "images"], metadata)
 
@@ -630,15 +633,11 @@ def _write_metadata(metadata: Mapping[str, Path], out_dir: Path, drop: set[str])
 
 
 def _read_lists(out_dir: Path) -> dict[str, list[str]]:
-    from cxrstudy.split import read_list
-
     return {"train_val": read_list(out_dir / TRAIN_VAL_LIST), "test": read_list(out_dir / TEST_LIST)}
 
 
 def _check_lists(table: pd.DataFrame, out_dir: Path, source: str) -> None:
     """The official lists must name only known images and keep every patient on one side."""
-    from cxrstudy.split import check_split
-
     check_split(table, _read_lists(out_dir), source=source)
 
 
@@ -681,6 +680,28 @@ def _describe(table: pd.DataFrame, index: Mapping[str, Path], kinds: Counter[str
           f"(sizes: {dict(sizes.most_common(5))}); preprocess resizes all of them")
 
 
+LINKING_CACHE_TYPES = {"hardlink", "symlink", "reflink"}
+
+
+def check_dvc_links(project: Path = Path(".")) -> None:
+    """Refuse a DVC project whose cache would copy the release: DVC's default cache type on ext4 is `copy`, which
+    doubles 45 GB. Outside a DVC project (the stage run by hand) there is nothing to check."""
+    if not (project / ".dvc").is_dir():
+        return
+    try:
+        from dvc.config import Config
+    except ImportError:
+        return
+    configured = Config(dvc_dir=str(project / ".dvc"))["cache"].get("type")
+    types = {t.strip() for t in (configured if isinstance(configured, list) else str(configured or "").split(","))}
+    if not types & LINKING_CACHE_TYPES or "copy" in types:
+        raise InputError(
+            f"DVC's cache.type is {configured or 'unset (reflink,copy: a copy on most file systems)'}: DVC would copy "
+            "the 45 GB release into its cache. Run `dvc config --local cache.type hardlink,symlink` first (`make "
+            "study` does), then re-run"
+        )
+
+
 def _sources(cfg: NihParams, checksums: Mapping[str, str]) -> Sources:
     cache = Path(cfg.download_dir).absolute()
     if cfg.local_path:
@@ -691,11 +712,12 @@ def _sources(cfg: NihParams, checksums: Mapping[str, str]) -> Sources:
 def ingest_nih(cfg: NihParams, out_dir: Path, checksums: Mapping[str, str] | None = None) -> pd.DataFrame:
     """Lay out the real NIH release in `out_dir` (empty; NIH's layout) and return its label table.
 
-    `checksums` maps file names to MD5s (default NIH_MD5): its images_NNN.tar.gz keys are the archives ingested.
+    `checksums` maps file names to MD5s (default: `ingest.nih.md5_file`'s list, or NIH_MD5): its images_NNN.tar.gz
+    keys are the archives ingested.
     Writes images/*.png (links), Data_Entry_2017.csv, train_val_list.txt, test_list.txt, BBox_List_2017.csv and,
     with on_bad_image: skip, bad_images.txt. Raises `InputError` on any bad input, listing every bad image at once.
     """
-    checksums = NIH_MD5 if checksums is None else checksums
+    checksums = expected_checksums(cfg) if checksums is None else checksums
     sources = _sources(cfg, checksums)
     _write_metadata(sources.metadata, out_dir, set())
     data_entry = out_dir / DATA_ENTRY_FILE

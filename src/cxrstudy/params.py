@@ -2,52 +2,108 @@
 
 Every stage loads the whole file through `load_params`, so a mistyped key or an out-of-range value stops the
 pipeline before any work starts, with a message that names the parameter and what it accepts.
+
+The schema has no defaults of its own: `params.yaml` is the one place where values are set, and a profile
+(`configs/*.yaml`) lists only what it changes on top of it (`cxrstudy profile`). This module imports nothing of the
+project but `errors`, so that every other module can import it and nothing imports back up.
 """
 
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cxrstudy.errors import InputError
-from cxrstudy.monitoring import MonitorParams
-from cxrstudy.nih import NihParams
 
 DEFAULT_PARAMS = Path("params.yaml")
+OFFICIAL_BASE_URL = "https://nihcc.box.com/shared/static/"
+# DenseNet-121 halves the resolution five times before its last pooling: below 32 px a feature map vanishes.
+MIN_TRAIN_SIZE = 32
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class NumericsParams(_Section):
+    """What decides the numbers on a CPU, pinned before torch, NumPy or OpenCV load (`cxrstudy.numerics`)."""
+
+    # avx2: the same kernels on every x86-64 CPU with AVX2, Intel or AMD, with or without AVX-512 | native: the
+    # fastest kernels of this machine, so the numbers depend on the CPU model.
+    isa: Literal["avx2", "native"]
+    # CPU threads of every stage (torch, OpenMP, MKL, OpenBLAS, OpenCV); 0 = one per core (machine-dependent).
+    threads: Annotated[int, Field(ge=0, le=512)]
 
 
 class PhantomParams(_Section):
     """The embedded, NIH-shaped synthetic sample."""
 
-    n_images: Annotated[int, Field(ge=20, le=5000)] = 1400
-    image_size: Annotated[int, Field(ge=64, le=1024)] = 256
-    seed: int = 2017
-    test_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.2
+    n_images: Annotated[int, Field(ge=20, le=5000)]
+    image_size: Annotated[int, Field(ge=64, le=1024)]
+    seed: int
+    test_fraction: Annotated[float, Field(gt=0.0, lt=1.0)]
+
+
+def _no_credentials(value: str | None, what: str) -> str | None:
+    if value is not None and "@" in urlsplit(value if "://" in value else f"//{value}").netloc:
+        raise ValueError(f"{what} must not embed credentials (user:password@): params.yaml is committed to git and "
+                         "the address appears in log messages")
+    return value
+
+
+class NihParams(_Section):
+    """`ingest.nih`: the real release, downloaded or linked (`cxrstudy.nih`)."""
+
+    # Where the 12 archives are downloaded from. At NIH's address they have Box's names; anywhere else (a mirror)
+    # they are fetched as images_001.tar.gz ... images_012.tar.gz unless url_style says otherwise.
+    base_url: str
+    url_style: Literal["auto", "nih-box", "plain"]
+    # Where the metadata files are fetched by name; null: base_url for a mirror. NIH's Box gives them no fixed
+    # address: put them in download_dir (or local_path) yourself.
+    metadata_url: str | None
+    # A folder holding the archives, or the extracted images (images/*.png) plus the metadata files.
+    local_path: str | None
+    # md5sum-format list (`<md5>  <file name>` a line) replacing NIH's published checksums, for a mirror or a
+    # re-packed copy: its images_NNN.tar.gz names are the archives expected. null: NIH's 12 archives.
+    md5_file: str | None
+    # The download / extraction cache; never inside data/raw. Relative paths are from the project root.
+    download_dir: str
+    keep_archives: bool  # false: delete each downloaded archive once it is verified and extracted
+    link: Literal["auto", "hardlink", "symlink", "copy"]  # how data/raw/images refers to the real PNGs
+    metadata: Literal["v2020", "2017"]
+    on_bad_image: Literal["error", "skip"]
+    timeout_s: Annotated[float, Field(gt=0)]
+    retries: Annotated[int, Field(ge=0, le=20)]
+    backoff_s: Annotated[float, Field(ge=0, le=600)]  # wait before retry n: backoff_s * 2**n
+    workers: Annotated[int, Field(ge=0, le=256)]  # image validation threads; 0 = one per CPU core
+
+    @field_validator("base_url", "metadata_url")
+    @classmethod
+    def _urls_without_credentials(cls, value: str | None) -> str | None:
+        return _no_credentials(value, "the address")
 
 
 class IngestParams(_Section):
-    source: Literal["phantom", "nih"] = "phantom"
-    phantom: PhantomParams = PhantomParams()
-    nih: NihParams = NihParams()
+    source: Literal["phantom", "nih"]
+    phantom: PhantomParams
+    nih: NihParams
 
 
 class PreprocessParams(_Section):
-    clahe: bool = True
-    clip_limit: Annotated[float, Field(gt=0.0, le=40.0)] = 2.0
-    tile_grid: Annotated[int, Field(ge=1, le=64)] = 8
-    image_size: Annotated[int, Field(ge=16, le=1024)] = 64
+    clahe: bool
+    clip_limit: Annotated[float, Field(gt=0.0, le=40.0)]
+    tile_grid: Annotated[int, Field(ge=1, le=64)]
+    image_size: Annotated[int, Field(ge=16, le=1024)]
     # px at which CLAHE runs: 0 = the source resolution; N = after an area downscale to N (>= image_size)
-    clahe_size: Annotated[int, Field(ge=0, le=4096)] = 0
-    workers: Annotated[int, Field(ge=0, le=256)] = 0
+    clahe_size: Annotated[int, Field(ge=0, le=4096)]
+    workers: Annotated[int, Field(ge=0, le=256)]
 
     @model_validator(mode="after")
     def _clahe_size_not_below_stored(self) -> PreprocessParams:
@@ -58,18 +114,18 @@ class PreprocessParams(_Section):
 
 
 class SplitParams(_Section):
-    method: Literal["official", "random-patient"] = "official"
-    seed: int = 0
-    val_fraction: Annotated[float, Field(gt=0.0, lt=0.5)] = 0.1
-    test_fraction: Annotated[float, Field(gt=0.0, lt=0.9)] = 0.2
+    method: Literal["official", "random-patient"]
+    seed: int  # split seed, separate from the training seeds
+    val_fraction: Annotated[float, Field(gt=0.0, lt=0.5)]
+    test_fraction: Annotated[float, Field(gt=0.0, lt=0.9)]
 
 
 class LossParams(_Section):
-    name: Literal["focal", "bce", "weighted_bce"] = "focal"
+    name: Literal["focal", "bce", "weighted_bce"]
     # torchvision convention: positives weighted by alpha, negatives by 1 - alpha; -1 turns weighting off.
     # (The study's lineage multiplied the whole loss by alpha=1, which also means "no weighting".)
-    alpha: float = -1.0
-    gamma: Annotated[float, Field(ge=0.0, le=10.0)] = 2.0
+    alpha: float
+    gamma: Annotated[float, Field(ge=0.0, le=10.0)]
 
     @field_validator("alpha")
     @classmethod
@@ -80,54 +136,117 @@ class LossParams(_Section):
 
 
 class AugmentParams(_Section):
-    crop_scale_min: Annotated[float, Field(gt=0.0, le=1.0)] = 0.8
-    hflip: bool = True
-    brightness: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
-    contrast: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    crop_scale_min: Annotated[float, Field(gt=0.0, le=1.0)]
+    hflip: bool
+    brightness: Annotated[float, Field(ge=0.0, lt=1.0)]
+    contrast: Annotated[float, Field(ge=0.0, lt=1.0)]
 
 
 class TrainParams(_Section):
-    pretrained: bool = False
-    image_size: Annotated[int, Field(ge=16, le=1024)] = 64
-    epochs: Annotated[int, Field(ge=1, le=1000)] = 8
-    batch_size: Annotated[int, Field(ge=1, le=4096)] = 32
-    optimizer: Literal["adam", "adamw", "sgd"] = "adamw"
-    lr: Annotated[float, Field(gt=0.0, le=10.0)] = 2e-3
-    weight_decay: Annotated[float, Field(ge=0.0, le=1.0)] = 1e-5
-    schedule: Literal["onecycle", "cosine", "constant"] = "onecycle"
-    loss: LossParams = LossParams()
-    augment: AugmentParams = AugmentParams()
-    channels_last: bool = True
-    num_workers: Annotated[int, Field(ge=0, le=64)] = 0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    amp: bool = True
-    compile: bool = False
-    threads: Annotated[int, Field(ge=0, le=512)] = 0
+    pretrained: bool
+    image_size: Annotated[int, Field(ge=MIN_TRAIN_SIZE, le=1024)]
+    epochs: Annotated[int, Field(ge=1, le=1000)]
+    batch_size: Annotated[int, Field(ge=1, le=4096)]
+    val_batch_size: Annotated[int, Field(ge=1, le=4096)]  # validation after each epoch (it picks the best epoch)
+    optimizer: Literal["adam", "adamw", "sgd"]
+    lr: Annotated[float, Field(gt=0.0, le=10.0)]
+    weight_decay: Annotated[float, Field(ge=0.0, le=1.0)]
+    schedule: Literal["onecycle", "cosine", "constant"]
+    loss: LossParams
+    augment: AugmentParams
+    channels_last: bool
+    num_workers: Annotated[int, Field(ge=0, le=64)]
+    device: Literal["auto", "cpu", "cuda"]
+    amp: bool
+    compile: bool
     # Deterministic algorithms: the same seed on the same machine gives the same numbers (a little slower on GPU).
-    deterministic: bool = True
+    deterministic: bool
     # Negative control: train on labels permuted across images; test AUROC must then stay near 0.5.
-    shuffle_labels: bool = False
+    shuffle_labels: bool
 
 
 class EvaluateParams(_Section):
-    batch_size: Annotated[int, Field(ge=1, le=4096)] = 128
+    batch_size: Annotated[int, Field(ge=1, le=4096)]
 
 
 class ReportParams(_Section):
-    bootstrap: Annotated[int, Field(ge=0, le=100000)] = 1000
-    bootstrap_seed: int = 0
-    clahe_samples: Annotated[int, Field(ge=1, le=12)] = 3
+    bootstrap: Annotated[int, Field(ge=0, le=100000)]
+    bootstrap_seed: int
+    clahe_samples: Annotated[int, Field(ge=1, le=12)]
+
+
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOSTNAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*$")
+_JOB = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+
+
+class MonitorParams(_Section):
+    """`monitor`: where training exports its progress (`cxrstudy.monitoring`).
+
+    ``port``: the HTTP endpoint serving ``/metrics``; ``null`` serves none, ``0`` picks a free port. ``bind``: the
+    address it listens on, loopback unless you widen it. ``pushgateway``: ``host:port`` or ``http(s)://host:port``
+    of a Pushgateway, pushed to at each epoch's end and at close; ``null`` pushes nothing. ``job``: the Pushgateway
+    ``job`` label (the grouping key adds ``seed``). ``push_timeout_s``: how long one push may block training.
+    """
+
+    port: Annotated[int, Field(ge=0, le=65535)] | None
+    bind: str
+    pushgateway: str | None
+    job: str
+    push_timeout_s: Annotated[float, Field(gt=0.0, le=120.0)]
+
+    @field_validator("bind")
+    @classmethod
+    def _bind_address(cls, value: str) -> str:
+        value = value.strip()
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            if not _HOSTNAME.match(value):
+                raise ValueError(
+                    "bind must be an IP address or host name to listen on, e.g. 127.0.0.1 (loopback only), "
+                    "0.0.0.0 (all IPv4 interfaces) or :: (all interfaces)"
+                ) from None
+        return value
+
+    @field_validator("pushgateway")
+    @classmethod
+    def _gateway_address(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.strip()
+        hint = "pushgateway must be host:port or http(s)://host:port, e.g. 127.0.0.1:9091; use null for no pushes"
+        if not value:
+            raise ValueError(hint)
+        url = value if re.match(r"^https?://", value, flags=re.IGNORECASE) else f"http://{value}"
+        _no_credentials(url, "pushgateway")
+        try:
+            parts = urlsplit(url)
+            _ = parts.port  # raises ValueError when the port is not a number in 0..65535
+        except ValueError:
+            raise ValueError(hint) from None
+        if not parts.hostname or parts.path not in ("", "/") or parts.query or parts.fragment:
+            raise ValueError(hint)
+        return url.rstrip("/")
+
+    @field_validator("job")
+    @classmethod
+    def _job_name(cls, value: str) -> str:
+        if not _JOB.match(value):
+            raise ValueError("job must be 1-128 characters from letters, digits and _ . : -")
+        return value
 
 
 class Params(_Section):
     seeds: list[int]
-    ingest: IngestParams = IngestParams()
-    preprocess: PreprocessParams = PreprocessParams()
-    split: SplitParams = SplitParams()
-    train: TrainParams = TrainParams()
-    evaluate: EvaluateParams = EvaluateParams()
-    report: ReportParams = ReportParams()
-    monitor: MonitorParams = MonitorParams()
+    numerics: NumericsParams
+    ingest: IngestParams
+    preprocess: PreprocessParams
+    split: SplitParams
+    train: TrainParams
+    evaluate: EvaluateParams
+    report: ReportParams
+    monitor: MonitorParams
 
     @field_validator("seeds")
     @classmethod
@@ -151,12 +270,42 @@ class Params(_Section):
         return self
 
 
-_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
-
-
 def _redact(value: Any) -> Any:
-    """A URL's user:password@ is never echoed back (the message goes to logs)."""
-    return _USERINFO.sub("***@", value) if isinstance(value, str) else value
+    """What an error message may echo of a value: an address keeps only its scheme and host, since user:password@,
+    a token in the path or in the query would otherwise end up in logs."""
+    if not isinstance(value, str) or ("@" not in value and "://" not in value and "?" not in value):
+        return value
+    try:
+        parts = urlsplit(value if "://" in value else f"//{value}")
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "<not shown>"
+    scheme = f"{parts.scheme}://" if parts.scheme else ""
+    hidden = parts.username is not None or parts.password is not None or parts.path not in ("", "/") or parts.query
+    return f"{scheme}{host}{port}" + ("/<rest not shown>" if hidden else "")
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, but a key given twice in one mapping is an error (plain YAML keeps the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice (first on line {seen[key] + 1})", key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(path: Path) -> Any:
+    """Parse a YAML file, refusing repeated keys; `InputError` names the file and the line."""
+    try:
+        return yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as err:
+        raise InputError(f"{path}: not valid YAML: {err}") from None
 
 
 def _accepted_keys(loc: tuple[int | str, ...]) -> list[str]:
@@ -195,6 +344,8 @@ def _format_error(path: Path, err: ValidationError) -> str:
             guess = f" (did you mean {likely!r}?)" if likely else ""
             known = f"; accepted here: {', '.join(accepted)}" if accepted else ""
             lines.append(f"  {where}: unknown parameter{guess}{known}")
+        elif item["type"] == "missing":
+            lines.append(f"  {where}: missing; params.yaml sets every parameter (profiles change only some)")
         else:
             got = _redact(item.get("input"))
             lines.append(f"  {where}: {item['msg']} (got {got!r})")
@@ -215,8 +366,4 @@ def load_params(path: Path = DEFAULT_PARAMS) -> Params:
     """Read and validate `params.yaml`."""
     if not path.is_file():
         raise InputError(f"{path}: parameters file not found (run from the project root, or pass --params PATH)")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise InputError(f"{path}: not valid YAML: {err}") from None
-    return parse_params(raw, path)
+    return parse_params(read_yaml(path), path)

@@ -56,6 +56,7 @@ class SeedMetrics:
     n_test: int
     f1_test_tuned: dict[str, float] = field(default_factory=dict)
     test_positives: dict[str, int] = field(default_factory=dict)
+    environment: dict[str, Any] = field(default_factory=dict)
 
 
 def _num(value: Any) -> float:
@@ -89,6 +90,7 @@ def seed_metrics_from_dict(raw: Any, lenient: bool = False) -> SeedMetrics:
         n_test=int(top("n_test") or 0),
         f1_test_tuned=by_class("f1_test_tuned", False),
         test_positives={n: int(positives[n]) for n in FINDINGS if n in positives},
+        environment=dict(raw.get("environment") or {}),
     )
 
 
@@ -381,6 +383,44 @@ def _join(words: Sequence[str]) -> str:
 
 def _pretty(name: str) -> str:
     return name.replace("_", " ")
+
+
+# ------------------------------------------------------------------------------------------------ environment
+
+
+def describe_environment(env: Mapping[str, Any]) -> list[str]:
+    """One environment record (`cxrstudy.numerics.environment`) as table cells: versions, device, numerics, code."""
+    if not env:
+        return ["not recorded"] * 4
+    versions = ", ".join(f"{k} {v}" for k, v in (env.get("versions") or {}).items() if v)
+    device = dict(env.get("device") or {})
+    if device.get("kind") == "cuda":
+        where = (f"{device.get('gpu')} (compute {device.get('capability')}), driver {device.get('driver')}, "
+                 f"CUDA {device.get('cuda')}, cuDNN {device.get('cudnn')}")
+    else:
+        where = (f"{device.get('arch', 'cpu')} CPU, {device.get('kernels')} kernels, oneDNN ≤ "
+                 f"{device.get('onednn_max_isa')}, MKL {device.get('mkl_cbwr')}, {device.get('threads')} threads")
+        if device.get("cpu_model"):
+            where += f", {device['cpu_model']}"
+    pins = env.get("numerics") or {}
+    numerics = f"isa {pins.get('isa')}, threads {pins.get('threads')}"
+    code = env.get("code") or {}
+    commit = (code.get("commit") or "")[:12] or "no git"
+    return [versions, where, numerics, commit + (" + uncommitted changes" if code.get("dirty") else "")]
+
+
+def environment_table(seeds: list[SeedMetrics]) -> Table:
+    """The environment that computed each seed's numbers; seeds that share one are listed on one row."""
+    groups: dict[str, list[int]] = {}
+    cells: dict[str, list[str]] = {}
+    for s in seeds:
+        row = describe_environment(s.environment)
+        key = json.dumps(row)
+        groups.setdefault(key, []).append(s.seed)
+        cells[key] = row
+    rows = [[", ".join(str(n) for n in members), *cells[key]] for key, members in groups.items()]
+    return Table(["seeds", "versions", "device", "numerics", "code (last commit of src/, params, dvc.yaml)"],
+                 ["l", "l", "l", "l", "l"], rows)
 
 
 # ------------------------------------------------------------------------------------------------ seed tables
@@ -890,7 +930,7 @@ def render(params: Params, seeds: list[SeedMetrics], split_summary: dict[str, An
             f1=f1_table(seeds), f1_text=f1_sentences(seeds, refs), spread=spread_sentences(seeds, study),
             ensemble_text=ensemble_sentences(seeds, study), references=references_tables(params, seeds, study, refs),
             references_text=references_sentences(params, seeds, refs), f1_protocol=seeds[0].f1_protocol,
-            references_legend=references_legend(params, refs))
+            references_legend=references_legend(params, refs), environment=environment_table(seeds))
     if comparison is not None:
         experiments, skipped = comparison
         context["comparison"] = {
@@ -1055,7 +1095,9 @@ def run(params: Params, metrics_dir: Path, splits_dir: Path, out_file: Path, *,
     with atomic_file(out_file) as handle:
         handle.write(text)
     if summary_file is not None:
-        write_json(summary_file, summary_metrics(seeds, study))
+        from cxrstudy.numerics import environment
+
+        write_json(summary_file, {**summary_metrics(seeds, study), "environment": environment(params.numerics)})
     print(f"report: {len(seeds)} seed(s) -> {out_file}")
 
 

@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
+from cxrstudy import numerics
 from cxrstudy.atomic import atomic_dir, atomic_file, sweep_stale, sync, write_json
 from cxrstudy.data import XrayDataset, eval_transform, load_parts, make_loader, to_input, train_transform
 from cxrstudy.errors import Interrupted, TrainingError
@@ -43,6 +44,7 @@ if TYPE_CHECKING:  # type hints only: the training code runs where pydantic is n
 
 MODEL_FILE = "model.pt"
 CHECKPOINT_FILE = "last.pt"
+MACHINE_FILE = "machine.json"
 # Debugging distributed runs: a folder where every rank appends one JSON line per epoch (rank<R>.jsonl).
 RANK_LOG_ENV = "CXRSTUDY_RANK_LOG"
 
@@ -92,21 +94,24 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 
 
 def fingerprint(params: Params, seed: int, processed_dir: Path, world_size: int) -> str:
-    """What a checkpoint must match to be resumed: the training config, the seed, the data, the process count, and
-    the validation batch size (it chooses the best epoch; dvc.yaml's train stage depends on it too)."""
+    """What a checkpoint must match to be resumed: the training config, the numerics, the seed, the data and the
+    process count."""
     meta = (processed_dir / "meta.json").read_text() if (processed_dir / "meta.json").is_file() else ""
-    payload = json.dumps({"train": params.train.model_dump(), "split": params.split.model_dump(), "seed": seed,
-                          "data": meta, "world": world_size, "val_batch_size": params.evaluate.batch_size},
+    payload = json.dumps({"train": params.train.model_dump(), "numerics": params.numerics.model_dump(),
+                          "split": params.split.model_dump(), "seed": seed, "data": meta, "world": world_size},
                          sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
 def make_optimizer(model: nn.Module, cfg: TrainParams) -> torch.optim.Optimizer:
+    """torch's fused optimisers: one kernel per step, and on a CPU a square root that is exact on every vendor (the
+    for-each implementation takes MKL's, which rounds differently on Intel and AMD)."""
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay,
+                           fused=True)
 
 
 def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainParams, steps: int) -> torch.optim.lr_scheduler.LRScheduler:
@@ -213,8 +218,9 @@ def log_rank(where: Dist, model: nn.Module, record: dict[str, Any]) -> None:
         handle.write(line + "\n")
 
 
-def sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-x))
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    """float32 probabilities from float32 logits, with torch's kernel: what evaluate saves and the report reads."""
+    return torch.sigmoid(torch.from_numpy(np.ascontiguousarray(logits, dtype=np.float32))).numpy()
 
 
 @dataclass
@@ -320,8 +326,7 @@ def run(params: Params, seed: int, raw_dir: Path, processed_dir: Path, splits_di
     device_kind = "cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu"
     where = init_distributed(device_kind)
     device = pick_device(cfg, where)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    numerics.apply_threads(params.numerics)
     seed_everything(seed, cfg.deterministic)
 
     images, parts = load_parts(raw_dir, processed_dir, splits_dir, ("train", "val"))
@@ -344,14 +349,14 @@ def run(params: Params, seed: int, raw_dir: Path, processed_dir: Path, splits_di
                                                    persistent_workers=cfg.num_workers > 0, generator=loader_gen)
         if len(val_set) < where.world_size:
             raise TrainingError(f"train: {len(val_set)} validation images for {where.world_size} processes")
-        val_loader: DataLoader[Any] = DataLoader(val_set, batch_size=params.evaluate.batch_size,
+        val_loader: DataLoader[Any] = DataLoader(val_set, batch_size=cfg.val_batch_size,
                                                  sampler=shard(len(val_set), where), num_workers=cfg.num_workers,
                                                  pin_memory=pin, persistent_workers=cfg.num_workers > 0)
     else:
         sampler = None
         train_loader = make_loader(train_set, per_rank_batch, shuffle=True, generator=loader_gen,
                                    num_workers=cfg.num_workers, pin_memory=pin)
-        val_loader = make_loader(val_set, params.evaluate.batch_size, shuffle=False, generator=None,
+        val_loader = make_loader(val_set, cfg.val_batch_size, shuffle=False, generator=None,
                                  num_workers=cfg.num_workers, pin_memory=pin)
     if len(train_loader) == 0:
         raise TrainingError(f"train: {len(train_set)} training images make no full batch of "
@@ -408,7 +413,8 @@ def run(params: Params, seed: int, raw_dir: Path, processed_dir: Path, splits_di
         monitor.close()
     seconds = time.perf_counter() - started
     if where.is_main:
-        _write_outputs(state, seed, fp, out_dir, plots_file)
+        environment = numerics.environment(params.numerics, device)
+        _write_outputs(state, seed, fp, out_dir, plots_file, environment)
         ckpt_path.unlink(missing_ok=True)
         sweep_stale(ckpt_path)  # what a run killed while checkpointing left behind
         print(f"train seed {seed}: best epoch {state.best_epoch} (val AUROC {state.best_auroc:.4f}), "
@@ -418,16 +424,18 @@ def run(params: Params, seed: int, raw_dir: Path, processed_dir: Path, splits_di
         dist.destroy_process_group()
 
 
-def _write_outputs(state: TrainState, seed: int, fp: str, out_dir: Path, plots_file: Path) -> None:
+def _write_outputs(state: TrainState, seed: int, fp: str, out_dir: Path, plots_file: Path,
+                   environment: dict[str, Any]) -> None:
     """The model folder and the history, both or neither: everything is written and synced before either is
-    renamed into place."""
+    renamed into place. The model folder records the environment that trained it, and the machine."""
     with atomic_dir(out_dir) as tmp, atomic_file(plots_file) as handle:
         with atomic_file(tmp / MODEL_FILE, "wb") as model_out:  # a Python file: a full disk is an OSError
             torch.save({"model": state.best_model, "seed": seed, "epoch": state.best_epoch,
                         "val_auroc": state.best_auroc, "fingerprint": fp}, model_out)
         write_json(tmp / "summary.json", {"seed": seed, "best_epoch": state.best_epoch,
                                           "best_val_auroc": round(state.best_auroc, 6),
-                                          "epochs": state.epoch})
+                                          "epochs": state.epoch, "environment": environment})
+        write_json(tmp / MACHINE_FILE, numerics.machine())
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(["epoch", "train_loss", "val_loss", "val_auroc", "lr"])
         for r in state.history:

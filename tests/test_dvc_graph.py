@@ -1,0 +1,117 @@
+"""dvc.yaml stays honest as the code moves: every stage depends on every project file its command imports (the
+command line included), on the package data it reads, and on no parameter it does not use."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT
+
+PACKAGE = ROOT / "src" / "cxrstudy"
+DATA_FOLDERS = ("resources", "templates")  # package data, read through importlib.resources / jinja2
+CMD = re.compile(r"python -m cxrstudy (\w+)")
+
+
+def _module_file(name: str) -> Path | None:
+    """src/cxrstudy/<name>.py (or a subpackage's __init__.py) for a dotted module name under cxrstudy."""
+    parts = name.split(".")
+    if parts[0] != "cxrstudy":
+        return None
+    base = PACKAGE.joinpath(*parts[1:])
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def imported_modules(path: Path, top_level_only: bool = False) -> set[str]:
+    """The cxrstudy modules `path` imports, anywhere in it (or only at module level)."""
+    tree = ast.parse(path.read_text())
+    nodes = tree.body if top_level_only else list(ast.walk(tree))
+    found: set[str] = set()
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names if alias.name.startswith("cxrstudy")}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("cxrstudy"):
+            found.add(node.module)
+            found |= {f"{node.module}.{a.name}" for a in node.names if _module_file(f"{node.module}.{a.name}")}
+    return {m for m in found if _module_file(m)}
+
+
+def stage_closure(stage: str) -> set[Path]:
+    """Every project file `python -m cxrstudy <stage>` can import: the package, __main__, the command line's own
+    imports, the stage's module and, transitively, everything those import."""
+    todo = ["cxrstudy", "cxrstudy.__main__", "cxrstudy.cli", f"cxrstudy.{stage}"]
+    todo += sorted(imported_modules(PACKAGE / "cli.py", top_level_only=True))
+    seen: set[str] = set()
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        path = _module_file(name)
+        assert path is not None, name
+        if name != "cxrstudy.cli":  # the command line imports each stage's module only in that stage's branch
+            todo += sorted(imported_modules(path) - seen)
+    return {_module_file(m) for m in seen}  # type: ignore[misc]
+
+
+def data_folders(files: set[Path]) -> set[str]:
+    """The package-data folders that these modules read."""
+    used = set()
+    for path in files:
+        text = path.read_text()
+        used |= {folder for folder in DATA_FOLDERS if re.search(rf"[\"']{folder}[\"']", text)}
+    return used
+
+
+def dvc_stages() -> dict[str, dict[str, Any]]:
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    return {name: (spec["do"] if "foreach" in spec else spec) for name, spec in stages.items()}
+
+
+def covered(path: str, deps: list[str]) -> bool:
+    return any(path == d or path.startswith(d.rstrip("/") + "/") for d in deps)
+
+
+STAGES = sorted(dvc_stages())
+
+
+def test_every_stage_runs_its_own_entry_point() -> None:
+    for name, spec in dvc_stages().items():
+        match = CMD.search(spec["cmd"])
+        assert match and match.group(1) == name, f"stage {name}: command {spec['cmd']!r}"
+        assert (PACKAGE / f"{name}.py").is_file(), f"stage {name} has no module src/cxrstudy/{name}.py"
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_stage_depends_on_every_file_it_imports(stage: str) -> None:
+    deps = [str(d) for d in dvc_stages()[stage].get("deps", [])]
+    files = stage_closure(stage)
+    needed = {str(p.relative_to(ROOT)) for p in files}
+    needed |= {f"src/cxrstudy/{folder}" for folder in data_folders(files)}
+    missing = sorted(p for p in needed if not covered(p, deps) and not any(d.startswith(p + "/") for d in deps))
+    assert not missing, f"dvc.yaml stage {stage!r} imports or reads these without depending on them: {missing}"
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_stage_depends_on_no_project_file_it_does_not_import(stage: str) -> None:
+    deps = [str(d) for d in dvc_stages()[stage].get("deps", []) if str(d).startswith("src/")]
+    files = stage_closure(stage)
+    needed = {str(p.relative_to(ROOT)) for p in files}
+    folders = {f"src/cxrstudy/{folder}" for folder in data_folders(files)}
+    extra = [d for d in deps if d not in needed and not any(covered(d, [f]) for f in folders)]
+    assert not extra, f"dvc.yaml stage {stage!r} depends on code it never imports: {extra}"
+
+
+def test_the_walk_follows_lazy_imports(tmp_path: Path) -> None:
+    # A function-level import (cli -> stage, ingest -> nih) is an import: the walk must see it.
+    assert "cxrstudy.nih" in imported_modules(PACKAGE / "ingest.py")
+    assert PACKAGE / "nih.py" in stage_closure("ingest")
+    assert PACKAGE / "train.py" not in stage_closure("split")  # the command line's other branches are not followed
