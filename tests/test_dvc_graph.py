@@ -115,3 +115,51 @@ def test_the_walk_follows_lazy_imports(tmp_path: Path) -> None:
     assert "cxrstudy.nih" in imported_modules(PACKAGE / "ingest.py")
     assert PACKAGE / "nih.py" in stage_closure("ingest")
     assert PACKAGE / "train.py" not in stage_closure("split")  # the command line's other branches are not followed
+
+
+class Recorder:
+    """A read-only view of the parameters that records the dotted path of every parameter a stage reads."""
+
+    def __init__(self, model: Any, path: str, seen: set[str]) -> None:
+        self._model, self._path, self._seen = model, path, seen
+
+    def __getattr__(self, name: str) -> Any:
+        from pydantic import BaseModel
+
+        value = getattr(self._model, name)
+        path = f"{self._path}.{name}" if self._path else name
+        if isinstance(value, BaseModel):
+            return Recorder(value, path, self._seen)
+        if not callable(value):
+            self._seen.add(path)
+            return value
+
+        def whole_section(*args: Any, **kwargs: Any) -> Any:  # model_dump(), model_copy(): the section is read
+            self._seen.add(self._path)
+            return value(*args, **kwargs)
+
+        return whole_section
+
+
+def used_by(param: str, seen: set[str]) -> bool:
+    return any(p == param or p.startswith(param + ".") or param.startswith(p + ".") for p in seen)
+
+
+@pytest.mark.slow
+def test_no_stage_depends_on_a_parameter_it_does_not_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cxrstudy import cli
+    from tests.conftest import tiny_params
+
+    monkeypatch.chdir(tmp_path)
+    seen: set[str] = set()
+    monkeypatch.setattr(cli, "load_params", lambda _path: Recorder(tiny_params(), "", seen))
+    unused: dict[str, list[str]] = {}
+    seeds = tiny_params().seeds
+    for name, spec in dvc_stages().items():  # dvc.yaml's order is a valid run order
+        seen.clear()
+        for seed in seeds if "${item}" in spec["cmd"] else [None]:
+            argv = spec["cmd"].replace("${item}", str(seed)).split()[3:]  # after "python -m cxrstudy"
+            assert cli.main(argv) == 0, f"stage {name} failed"
+        listed = [p for p in spec.get("params", []) if isinstance(p, str)]
+        unused[name] = [p for p in listed if not used_by(p, seen)]
+    assert not any(unused.values()), f"dvc.yaml stages depend on parameters they never read: {unused}"

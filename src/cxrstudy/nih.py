@@ -28,6 +28,7 @@ import tarfile
 import time
 import urllib.error
 import urllib.request
+import zlib
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
@@ -344,12 +345,15 @@ def extract_archive(archive: Path, images_dir: Path, md5: str | None, label: str
     try:
         with archive.open("rb") as raw:
             reader = _HashingReader(raw)
+            unreadable = None
             try:
                 with tarfile.open(fileobj=reader, mode="r|gz") as tar:  # type: ignore[call-overload]
                     count = _extract_members(tar, staging)
-            except (tarfile.TarError, EOFError, OSError) as err:
-                raise InputError(f"{label}: not a readable .tar.gz ({archive}): {err}") from None
+            except (tarfile.TarError, EOFError, OSError, zlib.error) as err:
+                unreadable = err  # a damaged archive: its checksum says more than the decompressor
             got = reader.drain()
+        if unreadable is not None and (md5 is None or got == md5.lower()):
+            raise InputError(f"{label}: not a readable .tar.gz ({archive}): {unreadable}")
         if md5 is not None and got != md5.lower():
             raise InputError(
                 f"{label}: MD5 mismatch: got {got}, expected {md5} ({origin}) for {archive}: the archive is "

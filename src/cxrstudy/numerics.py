@@ -218,3 +218,24 @@ def machine() -> dict[str, Any]:
         "os": platform.platform(),
         "python": platform.python_version(),
     }
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{path}."))
+        else:
+            out[path] = value
+    return out
+
+
+def numerics_differences(base: dict[str, Any], head: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """The fields of two environment records that can change the numbers and differ: (field, base, head).
+
+    Everything in a record can, except the code's commit (which is what a pull request changes on purpose)."""
+    flat_base = {k: v for k, v in _flatten(base).items() if not k.startswith("code.")}
+    flat_head = {k: v for k, v in _flatten(head).items() if not k.startswith("code.")}
+    return [(k, flat_base.get(k), flat_head.get(k)) for k in sorted(set(flat_base) | set(flat_head))
+            if flat_base.get(k) != flat_head.get(k)]
