@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, tiny_raw, write_params
+from tests.conftest import ROOT, UP_TO_DATE, tiny_raw, write_params
 
 pytestmark = pytest.mark.slow
 
@@ -101,8 +101,9 @@ def test_metrics_show_lists_each_seed(project: Path) -> None:
 
 def test_a_second_repro_has_nothing_to_do(project: Path) -> None:
     out = sh(["dvc", "repro"], project).stdout
-    assert "Data and pipelines are up to date." in out
-    assert "Running stage" not in out
+    assert set(re.findall(r"Running stage '([^']+)'", out)) == {"manifest"}  # it watches the data source
+    assert "Stage 'ingest' didn't change, skipping" in out
+    assert json.loads(sh(["dvc", "status", "--json"], project).stdout) in UP_TO_DATE
 
 
 def test_a_training_parameter_reruns_only_train_evaluate_and_report(project: Path) -> None:
@@ -130,4 +131,4 @@ def test_a_bad_parameter_stops_repro_and_nothing_is_recorded(project: Path) -> N
     sh(["git", "checkout", "params.yaml"], project)
     sh(["dvc", "checkout"], project)  # DVC removed the stage's output before running it; the cache has it
     assert (project / "data/processed/images.npy").read_bytes() == before
-    assert "up to date" in sh(["dvc", "status"], project).stdout
+    assert json.loads(sh(["dvc", "status", "--json"], project).stdout) in UP_TO_DATE
