@@ -33,7 +33,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from common import (
     NIH_IMAGES,
     RESULTS,
@@ -55,7 +54,8 @@ from bench_train import StepConfig, build, synthetic_batches, train_rate  # noqa
 
 from cxrstudy.data import SplitData, XrayDataset, make_loader, train_transform  # noqa: E402
 from cxrstudy.imageio import read_gray, write_png  # noqa: E402
-from cxrstudy.params import Params, parse_params  # noqa: E402
+from cxrstudy.params import Params  # noqa: E402
+from cxrstudy.profile import load as load_profile  # noqa: E402
 
 GOAL_LOADER_OVER_STEP = 3.0
 
@@ -257,7 +257,7 @@ def int_list(text: str) -> list[int]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", type=Path, default=ROOT / "configs" / "nih-study.yaml",
-                        help="augmentations, sizes and batch from this file (default: the study's)")
+                        help="a profile applied on params.yaml for augmentations, sizes and batch (default: the study)")
     parser.add_argument("--n", type=int, default=2000, help="synthetic processed images (default 2000)")
     parser.add_argument("--stored", type=int, help="stored size, px (default: preprocess.image_size)")
     parser.add_argument("--size", type=int, help="training crop, px (default: train.image_size)")
@@ -270,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--step-steps", type=int, default=2, help="timed CPU training steps; 0 = skip (default 2)")
     parser.add_argument("--out", type=Path, default=RESULTS / "loader.json")
     args = parser.parse_args(argv)
-    params = parse_params(yaml.safe_load(args.params.read_text()), args.params)
+    params = load_profile(args.params, ROOT / "params.yaml")
     stored = args.stored or params.preprocess.image_size
     size = args.size or params.train.image_size
     if size > stored:

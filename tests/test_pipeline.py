@@ -112,7 +112,7 @@ def test_a_training_parameter_reruns_only_train_evaluate_and_report(project: Pat
     write_params(project / "params.yaml", tiny_raw(train={"lr": 0.001}))
     out = sh(["dvc", "repro"], project).stdout
     ran = set(re.findall(r"Running stage '([^']+)'", out))
-    assert ran == {"train@1", "train@2", "evaluate@1", "evaluate@2", "report"}
+    assert ran == {"manifest", "train@1", "train@2", "evaluate@1", "evaluate@2", "report"}
     diff = sh(["dvc", "metrics", "diff", "--md", "HEAD"], project).stdout
     assert "metrics/eval/seed_1.json" in diff and "metrics/eval/seed_2.json" in diff
     assert "auroc_mean" in diff

@@ -397,7 +397,7 @@ def test_make_with_empty_venv_installs_nothing(target):
         pytest.skip("no Makefile or no make")
     proc = subprocess.run(["make", "-n", "-B", target, "VENV="], capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert proc.returncode == 0, proc.stderr
-    assert "dvc repro" in proc.stdout
+    assert ("dvc repro" if target == "repro" else "cxrstudy profile configs/nih-study.yaml --run") in proc.stdout
     for forbidden in ("-m venv", "pip install"):
         assert forbidden not in proc.stdout, f"`make {target} VENV=` would run {forbidden!r}:\n{proc.stdout}"
 

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from cxrstudy.errors import InputError
-from cxrstudy.params import parse_params, read_yaml
+from cxrstudy.params import Params, parse_params, read_yaml
 
 
 def _leaves(tree: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
@@ -50,16 +50,27 @@ def _override(key: str, value: Any) -> str:
     return f"{key}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}"
 
 
-def overrides(profile: Path, base: Path = Path("params.yaml")) -> list[str]:
-    """The `--set-param` overrides that turn `base` into `profile`, for the keys whose value changes; the merged
-    parameters are validated first (`InputError` names the bad key)."""
+def _read(profile: Path, base: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     overlay = read_yaml(profile)
     if not isinstance(overlay, dict) or not overlay:
         raise InputError(f"{profile}: expected a mapping of the parameters to change")
     current = read_yaml(base)
     if not isinstance(current, dict):
         raise InputError(f"{base}: expected a mapping of sections at the top level")
-    parse_params(_merge(current, overlay, "", profile), profile)
+    return current, overlay
+
+
+def load(profile: Path, base: Path = Path("params.yaml")) -> Params:
+    """`base` with `profile` applied, validated (`InputError` names the bad key)."""
+    current, overlay = _read(profile, base)
+    return parse_params(_merge(current, overlay, "", profile), profile)
+
+
+def overrides(profile: Path, base: Path = Path("params.yaml")) -> list[str]:
+    """The `--set-param` overrides that turn `base` into `profile`, for the keys whose value changes; the merged
+    parameters are validated first (`InputError` names the bad key)."""
+    load(profile, base)
+    current, overlay = _read(profile, base)
     now = dict(_leaves(current))
     return [_override(key, value) for key, value in _leaves(overlay) if now.get(key) != value]
 
