@@ -770,4 +770,5 @@ def test_image_ref_is_lower_case():
     env = {**os.environ, "GITHUB_REPOSITORY": "Some-Org/CXR.Study", "GITHUB_SHA": SHA}
     proc = subprocess.run(["bash", str(SCRIPTS / "image_ref.sh"), "cuda"], capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout == f"image=ghcr.io/some-org/cxr.study/cxrstudy:cuda-{SHA}\n"
+    version = re.search(r'^version\s*=\s*"([^"]+)"', (ROOT / "pyproject.toml").read_text(), re.MULTILINE).group(1)
+    assert proc.stdout == f"image=ghcr.io/some-org/cxr.study/cxrstudy:cuda-{SHA}\nversion={version}\n"
