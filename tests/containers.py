@@ -1,7 +1,8 @@
 """Shared helpers for the tests that build and run the images and the workflows for real.
 
 They need podman, mmdebstrap (for a base image made from Debian's packages), act and gh. `.ci/run` installs
-them and sets CXR_REQUIRE_CONTAINERS=1, so that in CI a missing tool fails these tests instead of skipping them.
+them and sets CXR_REQUIRE_CONTAINERS=1, so that in CI a missing tool fails these tests instead of skipping them;
+CXR_CONTAINER_TESTS=0 skips them (ci.yml's `tests` job on GitHub, whose other jobs do the same for real).
 
 Settings (environment):
   CXR_TEST_BASE_IMAGE       base image for the builds; default: one made by scripts/ci/base_image.sh
@@ -28,7 +29,13 @@ BASE_TAG = "localhost/cxrstudy-base:bookworm"
 
 
 def require(*tools: str) -> None:
-    """Skip (or, with CXR_REQUIRE_CONTAINERS=1, fail) unless every tool is on PATH."""
+    """Skip (or, with CXR_REQUIRE_CONTAINERS=1, fail) unless every tool is on PATH.
+
+    CXR_CONTAINER_TESTS=0 skips these tests: ci.yml's `tests` job sets it, since its `docker`, `lint` and
+    `repro` jobs build the image and run the jobs on GitHub itself.
+    """
+    if os.environ.get("CXR_CONTAINER_TESTS") == "0":
+        pytest.skip("CXR_CONTAINER_TESTS=0")
     missing = [t for t in tools if shutil.which(t) is None]
     if not missing:
         return
