@@ -48,10 +48,6 @@ fi
 
 set -- build --file "$root/docker/Dockerfile" --target "$target" --tag "$tag" \
   --build-arg "VERSION=${version:-unknown}" --build-arg "REVISION=$revision" --build-arg "SOURCE=$SOURCE"
-# The same values as --label too: buildah's layer cache reuses a LABEL step
-# whose build-args changed, so podman alone would keep an older revision.
-oci=org.opencontainers.image
-set -- "$@" --label "$oci.version=${version:-unknown}" --label "$oci.revision=$revision" --label "$oci.source=$SOURCE"
 [ -z "${BASE_IMAGE:-}" ] || set -- "$@" --build-arg "BASE_IMAGE=$BASE_IMAGE"
 [ -z "${TORCH_INDEX_URL+set}" ] || set -- "$@" --build-arg "TORCH_INDEX_URL=$TORCH_INDEX_URL"
 [ -z "${APP_UID:-}" ] || set -- "$@" --build-arg "APP_UID=$APP_UID"
