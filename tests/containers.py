@@ -1,4 +1,4 @@
-"""Shared helpers for the tests that build and run the images and the workflows for real.
+"""Shared code for the tests that build and run the images and the workflows for real.
 
 They need podman, mmdebstrap (for a base image made from Debian's packages), act and gh. `.ci/run` installs
 them and sets CXR_REQUIRE_CONTAINERS=1, so that in CI a missing tool fails these tests instead of skipping them;
