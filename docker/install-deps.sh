@@ -4,21 +4,30 @@
 #
 #   install-deps.sh cuda|cpu REQUIREMENTS_FILE
 #
-# cuda: everything from PyPI. PyPI's Linux torch/torchvision wheels depend on
-#       the CUDA runtime wheels (cuda-toolkit, nvidia-cudnn, nccl, ...), so the
-#       image needs no CUDA base: only the host driver, mounted by --gpus.
-# cpu:  the same pinned torch/torchvision versions from PyTorch's CPU-only
-#       index first (local version "+cpu", no CUDA libraries), then the whole
-#       file from PyPI. pip keeps the +cpu builds because a public pin such as
-#       torch==X matches X+cpu (PEP 440 ignores the local label), so nothing
-#       else is downloaded for them.
+# Where torch and torchvision come from: TORCH_INDEX_URL, when not empty, is
+# asked for the pinned torch/torchvision versions first (local version labels
+# such as "+cpu" allowed), then the whole file is installed from PyPI. pip keeps
+# those builds because a public pin such as torch==X matches X+cpu (PEP 440
+# ignores the local label), so nothing else is downloaded for them.
+#
+# cuda: TORCH_INDEX_URL defaults to empty: everything from PyPI. PyPI's Linux
+#       torch/torchvision wheels depend on the CUDA runtime wheels (cuda-toolkit,
+#       nvidia-cudnn, nccl, ...), so the image needs no CUDA base: only the host
+#       driver, mounted by --gpus.
+# cpu:  TORCH_INDEX_URL defaults to PyTorch's CPU-only index (no CUDA
+#       libraries). Set it empty where that index cannot be reached: PyPI's
+#       wheels then run on the CPU too (with the CUDA libraries unused).
 #
 # Environment:
-#   PYTHON               interpreter to install into (default: python)
-#   PIP_INSTALL_FLAGS    extra flags for every `pip install` (tests use
-#                        "--dry-run --no-index" to resolve against a venv)
-#   TORCH_CPU_INDEX_URL  CPU wheel index (default: PyTorch's /whl/cpu)
-#   PIP_CHECK            set to 0 to skip the final `pip check`
+#   PYTHON             interpreter to install into (default: python)
+#   PIP_INSTALL_FLAGS  extra flags for every `pip install` (tests use
+#                      "--dry-run --no-index" to resolve against a venv)
+#   TORCH_INDEX_URL    see above (unset = the variant's default, empty = PyPI)
+#   BUILD_CA           a PEM file of extra CA certificates to trust for this
+#                      run, added to the system bundle in a temporary file
+#                      (default: /run/secrets/build_ca, the Dockerfile's build
+#                      secret, used only when present)
+#   PIP_CHECK          set to 0 to skip the final `pip check`
 set -euo pipefail
 
 usage() {
@@ -32,7 +41,10 @@ requirements=$2
 [ -f "$requirements" ] || { echo "error: $requirements not found" >&2; exit 2; }
 
 python=${PYTHON:-python}
-cpu_index=${TORCH_CPU_INDEX_URL:-https://download.pytorch.org/whl/cpu}
+case "$variant" in
+  cpu) torch_index=${TORCH_INDEX_URL-https://download.pytorch.org/whl/cpu} ;;
+  *) torch_index=${TORCH_INDEX_URL-} ;;
+esac
 read -r -a extra <<<"${PIP_INSTALL_FLAGS:-}"
 
 # Print "name==version" for an exactly pinned requirement, or fail.
@@ -52,19 +64,27 @@ pip_install() {
 }
 
 case "$variant" in
-  cuda)
-    pip_install --requirement "$requirements"
-    ;;
-  cpu)
-    torch=$(pin_of torch)
-    torchvision=$(pin_of torchvision)
-    pip_install --index-url "$cpu_index" "$torch" "$torchvision"
-    pip_install --requirement "$requirements"
-    ;;
-  *)
-    usage
-    ;;
+  cuda | cpu) ;;
+  *) usage ;;
 esac
+
+build_ca=${BUILD_CA:-/run/secrets/build_ca}
+if [ -s "$build_ca" ]; then
+  bundle=$(mktemp)
+  trap 'rm -f "$bundle"' EXIT
+  system_bundle=/etc/ssl/certs/ca-certificates.crt
+  if [ -f "$system_bundle" ]; then cat "$system_bundle" >"$bundle"; fi
+  cat "$build_ca" >>"$bundle"
+  export PIP_CERT="$bundle"
+  echo "trusting the extra CA certificates of $build_ca for this install"
+fi
+
+if [ -n "$torch_index" ]; then
+  torch=$(pin_of torch)
+  torchvision=$(pin_of torchvision)
+  pip_install --index-url "$torch_index" "$torch" "$torchvision"
+fi
+pip_install --requirement "$requirements"
 
 if [ "${PIP_CHECK:-1}" != 0 ]; then
   "$python" -m pip check

@@ -1,6 +1,6 @@
-"""Checks of docker/ that need no Docker engine.
+"""Checks of docker/ that need no container engine.
 
-No image is built here (this machine has no engine). What is checked instead:
+The images are built and run for real in tests/test_image.py (podman). Here:
 hadolint with the repo's config; the build context (.dockerignore, with
 Docker's matching rules) keeps data, models, caches, the venv and .git out
 and keeps in everything the Dockerfile copies; the Dockerfile's structure
@@ -60,6 +60,19 @@ class Stage:
     base: str
     name: str | None
     instructions: list[Instruction] = field(default_factory=list)
+
+
+def global_args(text: str) -> dict[str, str]:
+    """Defaults of the ARGs declared before the first FROM (usable in FROM lines)."""
+    defaults = {}
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line.upper().startswith("FROM "):
+            break
+        if line.upper().startswith("ARG ") and "=" in line:
+            key, _, value = line[4:].partition("=")
+            defaults[key.strip()] = value.strip()
+    return defaults
 
 
 def parse_dockerfile(text: str) -> list[Stage]:
@@ -143,7 +156,9 @@ def test_both_variants_are_targets(stages):
 def test_base_image_is_pinned(stages):
     external = [s.base for s in stages if s.base not in {t.name for t in stages if t.name}]
     assert external, "no external base image"
-    for base in external:
+    defaults = global_args(DOCKERFILE.read_text(encoding="utf-8"))
+    assert external == ["${BASE_IMAGE}"], "the base image is the BASE_IMAGE build-arg"
+    for base in (expand(b, defaults) for b in external):
         image, _, tag = base.partition(":")
         assert tag and tag != "latest", f"base image {base} has no explicit tag"
         # An exact Python patch release and Debian release, not a floating tag.
@@ -190,11 +205,76 @@ def test_runs_as_non_root_user(stages, target):
 
 
 @pytest.mark.parametrize("target", TARGETS)
-def test_entry_point_is_the_cli(stages, target):
+def test_entry_point_is_the_init_and_the_command_the_cli(stages, target):
+    """tini is PID 1 whatever the command (`cxrstudy train ...`, `make repro VENV=`), so stop/kill reach it."""
     instructions = chain_instructions(stages, target)
     entry = [ins for ins in instructions if ins.keyword == "ENTRYPOINT"]
-    assert entry, f"{target}: no ENTRYPOINT"
-    assert entry[-1].args == '["python", "-m", "cxrstudy"]', "exec form, python -m cxrstudy"
+    cmd = [ins for ins in instructions if ins.keyword == "CMD"]
+    assert entry and cmd, f"{target}: no ENTRYPOINT/CMD"
+    assert entry[-1].args == '["/usr/bin/tini", "-g", "-s", "--"]', "exec form, tini, signals to the process group"
+    assert cmd[-1].args == '["cxrstudy", "--help"]'
+    runs = " ".join(ins.args for ins in instructions if ins.keyword == "RUN")
+    assert re.search(r"apt-get install[^&]*\btini\b", runs), "tini comes from the OS packages"
+
+
+def test_no_shell_instruction_and_run_lines_are_posix_sh(stages, tmp_path):
+    """Podman's default (OCI) image format ignores SHELL: every RUN must be plain sh."""
+    dash = shutil.which("dash") or shutil.which("sh")
+    assert dash
+    for stage in stages:
+        for ins in stage.instructions:
+            assert ins.keyword != "SHELL", f"line {ins.line}: SHELL is ignored by podman's OCI format"
+            if ins.keyword != "RUN":
+                continue
+            script = re.sub(r"^(--\S+\s+)+", "", ins.args)
+            assert not script.startswith("["), f"line {ins.line}: use the shell form"
+            proc = subprocess.run([dash, "-n", "-c", script], capture_output=True, text=True)
+            assert proc.returncode == 0, f"line {ins.line} is not POSIX sh: {proc.stderr}"
+            assert not re.search(r"\[\[|\bpipefail\b|<<<|\bsource\b", script), f"line {ins.line}: a bash-ism"
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_the_user_owns_the_workspace(stages, target):
+    instructions = chain_instructions(stages, target)
+    workdir = [ins.args for ins in instructions if ins.keyword == "WORKDIR"]
+    assert workdir == ["/workspace"]
+    runs = " ".join(ins.args for ins in instructions if ins.keyword == "RUN")
+    assert re.search(r'install -d -o "\$\{APP_UID\}" -g "\$\{APP_GID\}" /workspace', runs)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_oci_labels_come_from_build_args_in_the_last_layers(stages, target):
+    own = stage_chain(stages, target)[-1].instructions
+    label = [ins for ins in own if ins.keyword == "LABEL"]
+    assert label, f"{target}: no LABEL"
+    text = label[-1].args
+    for key, arg in (("source", "SOURCE"), ("revision", "REVISION"), ("version", "VERSION")):
+        assert f'org.opencontainers.image.{key}="${{{arg}}}"' in text
+    # Declared after everything else, so a new revision rebuilds no layer but the labels (and the one
+    # RUN that reads them, which makes every builder rebuild the LABEL step when they change).
+    keywords = [ins.keyword for ins in own]
+    last_install = max(i for i, ins in enumerate(own) if ins.keyword == "COPY" or "pip install" in ins.args)
+    at_label = keywords.index("LABEL")
+    for arg in ("SOURCE", "REVISION", "VERSION"):
+        at = next(i for i, ins in enumerate(own) if ins.keyword == "ARG" and ins.args.startswith(arg))
+        assert last_install < at < at_label, f"{target}: ARG {arg} must come after the installs, before LABEL"
+    reader = [ins for ins in own[last_install + 1 : at_label] if ins.keyword == "RUN"]
+    assert reader and all(f"${{{a}}}" in reader[-1].args for a in ("VERSION", "REVISION", "SOURCE"))
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_dependency_install_caches_pip_and_takes_the_ca_as_a_secret(stages, target):
+    instructions = chain_instructions(stages, target)
+    (install,) = [ins for ins in instructions if ins.keyword == "RUN" and "install-deps.sh" in ins.args]
+    assert "--mount=type=cache,target=/root/.cache/pip" in install.args
+    assert "--mount=type=secret,id=build_ca" in install.args
+    envs = " ".join(ins.args for ins in instructions if ins.keyword == "ENV")
+    assert "PIP_NO_CACHE_DIR" not in envs, "would disable the cache mount"
+    assert not [ins for ins in instructions if ins.keyword in {"COPY", "ADD"} and "cert" in ins.args.lower()]
+    arg = [ins.args for ins in instructions if ins.keyword == "ARG" and ins.args.startswith("TORCH_INDEX_URL")]
+    assert arg, f"{target}: TORCH_INDEX_URL is not a build-arg"
+    expected = "TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu" if target == "cpu" else "TORCH_INDEX_URL="
+    assert arg[-1] == expected
 
 
 def test_cuda_target_requests_compute_capability(stages):
@@ -432,17 +512,21 @@ def stub_python(tmp_path: Path) -> tuple[Path, Path]:
     """A fake interpreter that logs `python -m pip ...` calls, one per line."""
     log = tmp_path / "pip.log"
     stub = tmp_path / "python"
-    stub.write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> "{log}"\n')
+    stub.write_text(
+        f'#!/bin/sh\nprintf "%s\\n" "$*" >> "{log}"\n'
+        f'if [ -n "$PIP_CERT" ]; then cp "$PIP_CERT" "{log}.cert"; fi\n'
+    )
     stub.chmod(0o755)
     return stub, log
 
 
 def run_install_deps(variant: str, requirements: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if k not in {"TORCH_INDEX_URL", "BUILD_CA", "PIP_CERT"}}
     return subprocess.run(
         ["bash", str(INSTALL_DEPS), variant, str(requirements)],
         capture_output=True,
         text=True,
-        env={**os.environ, **env},
+        env={**base, **env},
         cwd=ROOT,
         timeout=300,
     )
@@ -472,6 +556,41 @@ def test_install_deps_cuda_uses_only_the_pinned_file(stub_python):
     assert proc.returncode == 0, proc.stderr
     calls = log.read_text().splitlines()
     assert calls == [f"-m pip install --requirement {REQUIREMENTS}", "-m pip check"]
+
+
+def test_install_deps_empty_index_takes_everything_from_pypi(stub_python):
+    stub, log = stub_python
+    proc = run_install_deps("cpu", REQUIREMENTS, {"PYTHON": str(stub), "TORCH_INDEX_URL": ""})
+    assert proc.returncode == 0, proc.stderr
+    assert log.read_text().splitlines() == [f"-m pip install --requirement {REQUIREMENTS}", "-m pip check"]
+
+
+def test_install_deps_cuda_takes_torch_from_a_given_index(stub_python):
+    stub, log = stub_python
+    url = "https://example.invalid/whl/cu130"
+    proc = run_install_deps("cuda", REQUIREMENTS, {"PYTHON": str(stub), "TORCH_INDEX_URL": url})
+    assert proc.returncode == 0, proc.stderr
+    assert log.read_text().splitlines()[0].split() == [
+        "-m", "pip", "install", "--index-url", url, pin("torch"), pin("torchvision"),
+    ]  # fmt: skip
+
+
+def test_install_deps_trusts_the_build_ca_for_the_install_only(stub_python, tmp_path):
+    stub, log = stub_python
+    ca = tmp_path / "extra-ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\nextra\n-----END CERTIFICATE-----\n")
+    proc = run_install_deps("cuda", REQUIREMENTS, {"PYTHON": str(stub), "BUILD_CA": str(ca)})
+    assert proc.returncode == 0, proc.stderr
+    bundle = Path(f"{log}.cert").read_text()
+    assert bundle.endswith(ca.read_text()), "pip was given a bundle that ends with the extra certificates"
+    system = Path("/etc/ssl/certs/ca-certificates.crt")
+    if system.is_file():
+        assert bundle.startswith(system.read_text()[:1000]), "the system's roots stay trusted"
+    # No bundle without a CA file (the secret is optional).
+    Path(f"{log}.cert").unlink()
+    proc = run_install_deps("cuda", REQUIREMENTS, {"PYTHON": str(stub), "BUILD_CA": str(tmp_path / "none.pem")})
+    assert proc.returncode == 0, proc.stderr
+    assert not Path(f"{log}.cert").exists()
 
 
 def test_install_deps_rejects_unpinned_torch_and_bad_usage(stub_python, tmp_path):
@@ -588,10 +707,15 @@ def fake_docker(tmp_path: Path, uid: str) -> tuple[dict[str, str], Path]:
     bindir.mkdir()
     log = tmp_path / "docker.log"
     (bindir / "docker").write_text(
-        f'#!/bin/sh\nprintf "%s\\n" "$*" >> "{log}"\ncase "$*" in *"--entrypoint id"*) echo ' + uid + " ;; esac\n"
+        f'#!/bin/sh\nprintf "%s\\n" "$*" >> "{log}"\ncase "$*" in info) exit 1 ;; *" id -u") echo '
+        + uid
+        + " ;; esac\n"
     )
     (bindir / "docker").chmod(0o755)
     env = {**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}", "IMAGE": "cxrstudy:test"}
+    for key in ("ENGINE", "BASE_IMAGE", "TORCH_INDEX_URL", "BUILD_CA", "APP_UID", "APP_GID", "SOURCE"):
+        env.pop(key, None)
+    env.update({"VERSION": "9.9.9", "REVISION": "abc123", "GITHUB_REPOSITORY": "Owner/Repo"})
     return env, log
 
 
@@ -600,13 +724,39 @@ def test_docker_smoke_issues_the_expected_commands(tmp_path):
     proc = subprocess.run(["bash", str(SMOKE), "cpu", "--repro"], capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr
     calls = log.read_text().splitlines()
-    assert calls[0] == f"build --file {ROOT}/docker/Dockerfile --target cpu --tag cxrstudy:test {ROOT}"
-    assert calls[1] == "run --rm cxrstudy:test --help"
-    assert "--entrypoint id cxrstudy:test -u" in calls[2]
+    assert calls[0] == (
+        f"build --file {ROOT}/docker/Dockerfile --target cpu --tag cxrstudy:test --build-arg VERSION=9.9.9"
+        f" --build-arg REVISION=abc123 --build-arg SOURCE=https://github.com/Owner/Repo {ROOT}"
+    )
+    assert calls[1] == "run --rm cxrstudy:test"
+    assert calls[2] == "run --rm cxrstudy:test id -u"
     assert "--user 4242:4242" in calls[3] and "safe.directory /workspace" in calls[3]
     assert f"--volume {ROOT}:/workspace" in calls[3]
-    assert calls[4].endswith("--entrypoint make cxrstudy:test repro VENV=")
+    assert calls[4].endswith("cxrstudy:test make repro VENV=")
     assert f"--user {os.getuid()}:{os.getgid()}" in calls[4]
+
+
+def test_build_image_passes_the_build_args_and_the_ca_secret(tmp_path):
+    env, log = fake_docker(tmp_path, "1001")
+    ca = tmp_path / "ca.pem"
+    ca.write_text("pem")
+    env.update({"ENGINE": "docker", "BASE_IMAGE": "localhost/base:1", "TORCH_INDEX_URL": "", "BUILD_CA": str(ca)})
+    proc = subprocess.run(
+        ["sh", str(ROOT / "scripts/ci/build_image.sh"), "cuda", "t:1"], capture_output=True, text=True, env=env
+    )
+    assert proc.returncode == 0, proc.stderr
+    call = log.read_text().splitlines()[-1]
+    assert "--target cuda --tag t:1" in call
+    assert "--build-arg BASE_IMAGE=localhost/base:1" in call
+    assert "--build-arg TORCH_INDEX_URL= " in call, "an empty index is passed on (= PyPI)"
+    assert f"--secret id=build_ca,src={ca}" in call
+    env["BUILD_CA"] = str(tmp_path / "missing.pem")
+    proc = subprocess.run(
+        ["sh", str(ROOT / "scripts/ci/build_image.sh"), "cuda", "t:1"], capture_output=True, text=True, env=env
+    )
+    assert proc.returncode == 2 and "BUILD_CA" in proc.stderr
+    proc = subprocess.run(["sh", str(ROOT / "scripts/ci/build_image.sh"), "rocm", "t:1"], capture_output=True, env=env)
+    assert proc.returncode == 2
 
 
 def test_docker_smoke_fails_for_a_root_image(tmp_path):
@@ -614,3 +764,16 @@ def test_docker_smoke_fails_for_a_root_image(tmp_path):
     proc = subprocess.run(["bash", str(SMOKE), "cpu"], capture_output=True, text=True, env=env)
     assert proc.returncode != 0
     assert "runs as root" in proc.stderr
+
+
+def test_build_requirement_supports_the_license_expression():
+    """`license = "MIT"` (a PEP 639 SPDX string) is only understood by setuptools >= 77."""
+    import tomllib
+
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    requires = data["build-system"]["requires"]
+    (setuptools,) = [r for r in requires if r.startswith("setuptools")]
+    match = re.fullmatch(r"setuptools\s*>=\s*(\d+)(\.\d+)*", setuptools.replace(" ", ""))
+    assert match, f"setuptools needs a lower bound: {setuptools}"
+    if isinstance(data["project"].get("license"), str):
+        assert int(match.group(1)) >= 77, f"{setuptools}: license = {data['project']['license']!r} needs >= 77"

@@ -18,22 +18,20 @@ import re
 import shutil
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlparse
 
 import pytest
 import yaml
+
+from tests.fake_github import SHA, Served, gh_available, serve
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOW_DIR = ROOT / ".github" / "workflows"
 WORKFLOWS = sorted([*WORKFLOW_DIR.glob("*.yml"), *WORKFLOW_DIR.glob("*.yaml")])
 SCRIPTS = ROOT / "scripts" / "ci"
 BIN = Path(sys.executable).parent
-SHA = "0123456789abcdef0123456789abcdef01234567"
 
 
 def find_tool(name: str) -> str | None:
@@ -344,7 +342,7 @@ def test_pr_comment_workflow_never_touches_pr_code():
     download = next(s for s in steps(job) if str(s.get("uses", "")).startswith("actions/download-artifact@"))
     assert download["with"]["path"].startswith("${{ runner.temp }}"), "artifact must stay out of the workspace"
     assert download["with"]["run-id"] == "${{ github.event.workflow_run.id }}"
-    upsert = next(s for s in steps(job) if "upsert-comment" in run_text(s))
+    upsert = next(s for s in steps(job) if "upsert_comment.sh" in run_text(s))
     assert "--expect-head-sha" in run_text(upsert)
     assert upsert["env"]["HEAD_SHA"] == "${{ github.event.workflow_run.head_sha }}"
     # The ci run uploads what this workflow reads.
@@ -519,117 +517,33 @@ def test_comment_body_appends_to_the_step_summary(dvc_repo, tmp_path):
 
 
 # --------------------------------------------------------------------------
-# scripts/ci/github_api.py and publish_study.sh against a fake GitHub API
+# scripts/ci/upsert_comment.sh and publish_study.sh: the real `gh` against a
+# fake GitHub API on 127.0.0.1 (tests/fake_github.py)
 # --------------------------------------------------------------------------
 
 
-class FakeGitHub:
-    """Just enough of the REST API: issue comments and pull requests."""
-
-    def __init__(self) -> None:
-        self.comments: dict[int, list[dict[str, Any]]] = {}
-        self.pulls: dict[int, dict[str, Any]] = {}
-        self.requests: list[tuple[str, str]] = []
-        self.next_id = 1000
-        self.auth: set[str] = set()
-
-    def add_comment(self, number: int, body: str, login: str) -> dict[str, Any]:
-        self.next_id += 1
-        comment = {"id": self.next_id, "body": body, "user": {"login": login}, "html_url": f"c/{self.next_id}"}
-        self.comments.setdefault(number, []).append(comment)
-        return comment
-
-    def handle(self, method: str, url: str, payload: dict[str, Any] | None) -> tuple[int, Any]:
-        body: dict[str, Any] = payload or {}
-        parsed = urlparse(url)
-        path, query = parsed.path, parse_qs(parsed.query)
-        self.requests.append((method, path))
-        if m := re.fullmatch(r"/repos/o/r/issues/(\d+)/comments", path):
-            number = int(m.group(1))
-            if method == "GET":
-                page, per = int(query["page"][0]), int(query["per_page"][0])
-                items = self.comments.get(number, [])
-                return 200, items[(page - 1) * per : page * per]
-            return 201, self.add_comment(number, body["body"], "github-actions[bot]")
-        if (m := re.fullmatch(r"/repos/o/r/issues/comments/(\d+)", path)) and method == "PATCH":
-            for items in self.comments.values():
-                for c in items:
-                    if c["id"] == int(m.group(1)):
-                        c["body"] = body["body"]
-                        return 200, c
-            return 404, {"message": "Not Found"}
-        if (m := re.fullmatch(r"/repos/o/r/pulls/(\d+)", path)) and method == "GET":
-            pr = self.pulls.get(int(m.group(1)))
-            return (200, pr) if pr else (404, {"message": "Not Found"})
-        if path == "/repos/o/r/pulls" and method == "POST":
-            for pr in self.pulls.values():
-                if pr["head"]["ref"] == body["head"]:
-                    return 422, {"message": "A pull request already exists"}
-            number = len(self.pulls) + 1
-            self.pulls[number] = {
-                "number": number,
-                "head": {"ref": body["head"], "sha": SHA},
-                "base": body["base"],
-                "title": body["title"],
-                "body": body["body"],
-            }
-            return 201, self.pulls[number]
-        if path == "/repos/o/r/pulls" and method == "GET":
-            head = query["head"][0].split(":", 1)[1]
-            return 200, [pr for pr in self.pulls.values() if pr["head"]["ref"] == head]
-        return 404, {"message": f"no route {method} {path}"}
-
-
 @pytest.fixture()
-def fake_github() -> Iterator[tuple[FakeGitHub, str]]:
-    api = FakeGitHub()
-
-    class Handler(BaseHTTPRequestHandler):
-        def _serve(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            payload = json.loads(self.rfile.read(length)) if length else None
-            api.auth.add(self.headers.get("Authorization", ""))
-            status, data = api.handle(self.command, self.path, payload)
-            raw = json.dumps(data).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(raw)))
-            self.end_headers()
-            self.wfile.write(raw)
-
-        do_GET = do_POST = do_PATCH = _serve
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield api, f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+def fake_github(tmp_path: Path) -> Iterator[Served]:
+    if not gh_available():
+        pytest.fail("gh, jq and openssl are needed (apt-get install gh jq openssl; .ci/run installs them)")
+    directory = tmp_path / "fake-github"
+    directory.mkdir()
+    with serve(directory) as served:
+        yield served
 
 
-def api_env(url: str, token: str = "t0ken") -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in {"GITHUB_TOKEN", "GITHUB_OUTPUT"}}
-    env.update({"GH_TOKEN": token, "GITHUB_API_URL": url, "GITHUB_REPOSITORY": "o/r"})
-    return env
-
-
-def github_api(url: str, *args: str, token: str = "t0ken") -> subprocess.CompletedProcess[str]:
+def upsert(served: Served, *args: str, token: str = "t0ken") -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, str(SCRIPTS / "github_api.py"), *args],
+        [str(SCRIPTS / "upsert_comment.sh"), *args],
         capture_output=True,
         text=True,
-        env=api_env(url, token),
+        env=served.env(dict(os.environ), token),
         timeout=60,
     )
 
 
 def test_upsert_comment_creates_then_updates_in_place(fake_github, tmp_path):
-    api, url = fake_github
+    api = fake_github.api
     api.pulls[7] = {"number": 7, "head": {"sha": SHA}}
     api.add_comment(7, "<!-- cxrstudy-ci:sample -->\nquoted by a human", "alice")
     api.add_comment(7, "<!-- cxrstudy-ci:study -->\nother marker", "github-actions[bot]")
@@ -638,64 +552,48 @@ def test_upsert_comment_creates_then_updates_in_place(fake_github, tmp_path):
     pr.write_text(json.dumps({"number": 7, "head_sha": SHA}))
 
     body.write_text("<!-- cxrstudy-ci:sample -->\nfirst\n")
-    first = github_api(
-        url,
-        "upsert-comment",
-        "--pr-file",
-        str(pr),
-        "--expect-head-sha",
-        SHA,
-        "--marker",
-        "sample",
-        "--body-file",
-        str(body),
+    first = upsert(
+        fake_github, "--pr-file", str(pr), "--expect-head-sha", SHA, "--marker", "sample", "--body-file", str(body)
     )
     assert first.returncode == 0, first.stderr
     assert "created" in first.stdout
     body.write_text("<!-- cxrstudy-ci:sample -->\nsecond\n")
-    second = github_api(url, "upsert-comment", "--pr", "7", "--marker", "sample", "--body-file", str(body))
+    second = upsert(fake_github, "--pr", "7", "--marker", "sample", "--body-file", str(body))
     assert second.returncode == 0, second.stderr
     assert "updated" in second.stdout
 
     mine = [c for c in api.comments[7] if c["user"]["login"] == "github-actions[bot]" and "sample" in c["body"]]
-    assert len(mine) == 1 and mine[0]["body"].endswith("second\n")
+    assert len(mine) == 1 and mine[0]["body"] == "<!-- cxrstudy-ci:sample -->\nsecond\n"
     assert api.comments[7][0]["body"].endswith("quoted by a human"), "a human's comment is never edited"
     assert api.comments[7][1]["body"].endswith("other marker")
-    assert api.auth == {"Bearer t0ken"}
+    assert api.auth == {"token t0ken"}
 
 
 def test_upsert_comment_adds_the_marker_and_follows_pagination(fake_github, tmp_path):
-    api, url = fake_github
+    api = fake_github.api
     for i in range(150):
         api.add_comment(3, f"chatter {i}", "bob")
     api.add_comment(3, "<!-- cxrstudy-ci:sample -->\nold", "github-actions[bot]")
     body = tmp_path / "body.md"
     body.write_text("no marker in the file\n")
-    proc = github_api(url, "upsert-comment", "--pr", "3", "--marker", "sample", "--body-file", str(body))
+    proc = upsert(fake_github, "--pr", "3", "--marker", "sample", "--body-file", str(body))
     assert proc.returncode == 0, proc.stderr
     assert "updated" in proc.stdout
     assert api.comments[3][-1]["body"] == "<!-- cxrstudy-ci:sample -->\nno marker in the file\n"
     assert len(api.comments[3]) == 151
+    # The marked comment is on the second page: only reached by following the Link header.
+    assert api.requests.count(("GET", "/repos/o/r/issues/3/comments")) == 2
 
 
 def test_upsert_comment_skips_a_superseded_or_foreign_head(fake_github, tmp_path):
-    api, url = fake_github
+    api = fake_github.api
     api.pulls[9] = {"number": 9, "head": {"sha": "f" * 40}}
     pr = tmp_path / "pr.json"
     pr.write_text(json.dumps({"number": 9}))
     body = tmp_path / "body.md"
     body.write_text("x")
-    proc = github_api(
-        url,
-        "upsert-comment",
-        "--pr-file",
-        str(pr),
-        "--expect-head-sha",
-        SHA,
-        "--marker",
-        "sample",
-        "--body-file",
-        str(body),
+    proc = upsert(
+        fake_github, "--pr-file", str(pr), "--expect-head-sha", SHA, "--marker", "sample", "--body-file", str(body)
     )
     assert proc.returncode == 0, proc.stderr
     assert "not commenting" in proc.stdout
@@ -703,38 +601,39 @@ def test_upsert_comment_skips_a_superseded_or_foreign_head(fake_github, tmp_path
     assert ("POST", "/repos/o/r/issues/9/comments") not in api.requests
 
 
-@pytest.mark.parametrize("number", ["0", "-3", "7; curl evil", "1e3", True, None, "x" * 5, 12.5])
+@pytest.mark.parametrize("number", ["0", "-3", "7; curl evil", "1e3", True, None, "x" * 5, 12.5, "007", [7]])
 def test_upsert_comment_rejects_a_tampered_pr_number(fake_github, tmp_path, number):
-    api, url = fake_github
+    api = fake_github.api
     pr = tmp_path / "pr.json"
     pr.write_text(json.dumps({"number": number}))
     body = tmp_path / "body.md"
     body.write_text("x")
-    proc = github_api(url, "upsert-comment", "--pr-file", str(pr), "--marker", "sample", "--body-file", str(body))
+    proc = upsert(fake_github, "--pr-file", str(pr), "--marker", "sample", "--body-file", str(body))
     assert proc.returncode != 0
     assert "not a pull request number" in proc.stderr
     assert api.requests == []
 
 
-def test_upsert_comment_needs_a_token_and_a_sane_sha(fake_github, tmp_path):
-    _, url = fake_github
+def test_upsert_comment_rejects_a_pr_file_that_is_not_an_object(fake_github, tmp_path):
+    pr = tmp_path / "pr.json"
+    pr.write_text("[7]")
     body = tmp_path / "body.md"
     body.write_text("x")
-    proc = github_api(url, "upsert-comment", "--pr", "1", "--marker", "m", "--body-file", str(body), token="")
+    proc = upsert(fake_github, "--pr-file", str(pr), "--marker", "sample", "--body-file", str(body))
+    assert proc.returncode != 0 and "--pr-file" in proc.stderr
+    assert fake_github.api.requests == []
+
+
+def test_upsert_comment_needs_a_token_and_a_sane_sha(fake_github, tmp_path):
+    body = tmp_path / "body.md"
+    body.write_text("x")
+    proc = upsert(fake_github, "--pr", "1", "--marker", "m", "--body-file", str(body), token="")
     assert proc.returncode != 0 and "GH_TOKEN" in proc.stderr
-    proc = github_api(
-        url, "upsert-comment", "--pr", "1", "--expect-head-sha", "HEAD; rm", "--marker", "m", "--body-file", str(body)
-    )
+    proc = upsert(fake_github, "--pr", "1", "--expect-head-sha", "HEAD; rm", "--marker", "m", "--body-file", str(body))
     assert proc.returncode != 0 and "not a commit SHA" in proc.stderr
-
-
-def test_open_pr_returns_the_existing_one(fake_github, tmp_path):
-    api, url = fake_github
-    first = github_api(url, "open-pr", "--head", "study/run-1", "--base", "main", "--title", "t")
-    again = github_api(url, "open-pr", "--head", "study/run-1", "--base", "main", "--title", "t")
-    assert first.returncode == again.returncode == 0, first.stderr + again.stderr
-    assert first.stdout.strip() == again.stdout.strip() == "1"
-    assert len(api.pulls) == 1
+    proc = upsert(fake_github, "--pr", "1", "--marker", "Bad Marker", "--body-file", str(body))
+    assert proc.returncode != 0 and "--marker" in proc.stderr
+    assert fake_github.api.requests == []
 
 
 @pytest.fixture()
@@ -755,11 +654,11 @@ def study_checkout(tmp_path: Path) -> tuple[Path, Path]:
     return origin, work
 
 
-def publish(work: Path, url: str, tmp_path: Path, *paths: str) -> subprocess.CompletedProcess[str]:
+def publish(work: Path, served: Served, tmp_path: Path, *paths: str) -> subprocess.CompletedProcess[str]:
     comment = tmp_path / "comment.md"
     comment.write_text("<!-- cxrstudy-ci:study -->\nmetrics\n")
     output = tmp_path / "github_output"
-    env = api_env(url)
+    env = served.env(dict(os.environ))
     env.update(
         {
             "STUDY_BRANCH": "study/run-5-1",
@@ -767,7 +666,6 @@ def publish(work: Path, url: str, tmp_path: Path, *paths: str) -> subprocess.Com
             "COMMENT_FILE": str(comment),
             "GITHUB_OUTPUT": str(output),
             "COMMENT_TOKEN": "c0mment",
-            "PYTHON": sys.executable,
             "GIT_AUTHOR_NAME": "x",
             "GIT_COMMITTER_NAME": "x",
             "GIT_AUTHOR_EMAIL": "x@example.invalid",
@@ -785,14 +683,14 @@ def publish(work: Path, url: str, tmp_path: Path, *paths: str) -> subprocess.Com
 
 
 def test_publish_study_pushes_a_branch_opens_a_pr_and_comments(fake_github, study_checkout, tmp_path):
-    api, url = fake_github
+    api = fake_github.api
     origin, work = study_checkout
     (work / "reports" / "report.md").write_text("new\n")
     (work / "dvc.lock").write_text("schema: '2.0'\nstages: {}\n")
     (work / "metrics" / "eval").mkdir(parents=True)
     (work / "metrics" / "eval" / "seed_1.json").write_text("{}")
     (work / "params.yaml").write_text("profile: nih\n")  # changed by `make study`, not published
-    proc = publish(work, url, tmp_path, "dvc.lock", "reports", "metrics", "plots")
+    proc = publish(work, fake_github, tmp_path, "dvc.lock", "reports", "metrics", "plots")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "skipping missing path: plots" in proc.stdout
 
@@ -804,14 +702,27 @@ def test_publish_study_pushes_a_branch_opens_a_pr_and_comments(fake_github, stud
 
     assert api.pulls[1]["head"]["ref"] == "study/run-5-1" and api.pulls[1]["base"] == "main"
     assert api.comments[1][0]["body"] == "<!-- cxrstudy-ci:study -->\nmetrics\n"
-    assert api.auth == {"Bearer t0ken", "Bearer c0mment"}
+    assert api.auth == {"token t0ken", "token c0mment"}
     assert (tmp_path / "github_output").read_text().splitlines() == ["changed=true", "pr=1"]
 
 
+def test_publish_study_reuses_the_open_pr_of_a_rerun(fake_github, study_checkout, tmp_path):
+    api = fake_github.api
+    _, work = study_checkout
+    api.pulls[4] = {"number": 4, "head": {"ref": "study/run-5-1", "sha": SHA}, "base": "main", "state": "open"}
+    (work / "reports" / "report.md").write_text("rerun\n")
+    proc = publish(work, fake_github, tmp_path, "reports")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert list(api.pulls) == [4], "no second pull request"
+    assert ("POST", "/repos/o/r/pulls") not in api.requests
+    assert api.comments[4][0]["body"].startswith("<!-- cxrstudy-ci:study -->")
+    assert (tmp_path / "github_output").read_text().splitlines() == ["changed=true", "pr=4"]
+
+
 def test_publish_study_does_nothing_without_changes(fake_github, study_checkout, tmp_path):
-    api, url = fake_github
+    api = fake_github.api
     origin, work = study_checkout
-    proc = publish(work, url, tmp_path, "dvc.lock", "reports")
+    proc = publish(work, fake_github, tmp_path, "dvc.lock", "reports")
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "github_output").read_text().strip() == "changed=false"
     assert api.requests == []
@@ -859,4 +770,5 @@ def test_image_ref_is_lower_case():
     env = {**os.environ, "GITHUB_REPOSITORY": "Some-Org/CXR.Study", "GITHUB_SHA": SHA}
     proc = subprocess.run(["bash", str(SCRIPTS / "image_ref.sh"), "cuda"], capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout == f"image=ghcr.io/some-org/cxr.study/cxrstudy:cuda-{SHA}\n"
+    version = re.search(r'^version\s*=\s*"([^"]+)"', (ROOT / "pyproject.toml").read_text(), re.MULTILINE).group(1)
+    assert proc.stdout == f"image=ghcr.io/some-org/cxr.study/cxrstudy:cuda-{SHA}\nversion={version}\n"

@@ -3,7 +3,7 @@
 
 The body holds ``dvc metrics diff --md BASE`` (BASE against the workspace) and
 the rendered report, under a hidden marker line that lets
-``github_api.py upsert-comment`` find and update the same comment on later
+``upsert_comment.sh`` find and update the same comment on later
 pushes. Used by .github/workflows/ci.yml (sample pipeline) and
 gpu-study.yml (real study); tested in tests/test_workflows.py.
 

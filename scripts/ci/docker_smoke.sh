@@ -1,44 +1,52 @@
 #!/usr/bin/env bash
 # Build one image variant and check it the way CI uses it. Run by the `docker`
-# job of .github/workflows/ci.yml (a machine with a Docker engine); the
-# commands it issues are checked in tests/test_docker.py with a stub `docker`.
+# job of .github/workflows/ci.yml (Docker) and by tests/test_image.py (podman);
+# the commands it issues are also checked in tests/test_docker.py with a stub.
 #
 #   docker_smoke.sh [cpu|cuda] [--repro]
 #
-# 1. builds docker/Dockerfile --target VARIANT from the repository root;
-# 2. the entry point (`python -m cxrstudy --help`) runs;
+# 1. builds docker/Dockerfile --target VARIANT from the repository root
+#    (scripts/ci/build_image.sh: labels, BASE_IMAGE, TORCH_INDEX_URL, BUILD_CA);
+# 2. the default command (`cxrstudy --help`) runs;
 # 3. the default user is not root;
 # 4. as another uid with the workspace mounted (what a GitHub container job
 #    does), git trusts the workspace once safe.directory is set;
 # 5. with --repro: `make repro` of the embedded sample inside the image, as the
 #    calling user, on the mounted workspace.
+#
+# Environment: ENGINE (docker | podman, default docker), IMAGE (the tag), and
+# what build_image.sh reads.
 set -euo pipefail
 
 variant=${1:-cpu}
 repro=${2:-}
+engine=${ENGINE:-docker}
 image=${IMAGE:-cxrstudy:smoke-${variant}}
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 uid=$(id -u)
 gid=$(id -g)
 
-docker build --file "$root/docker/Dockerfile" --target "$variant" --tag "$image" "$root"
+ENGINE=$engine "$root/scripts/ci/build_image.sh" "$variant" "$image"
+if [ "$engine" = podman ]; then
+  # The repository's podman settings (scripts/ci/containers.conf) unless the caller chose others.
+  export CONTAINERS_CONF="${CONTAINERS_CONF:-$root/scripts/ci/containers.conf}"
+fi
 
-docker run --rm "$image" --help
+"$engine" run --rm "$image"
 
-user=$(docker run --rm --entrypoint id "$image" -u)
+user=$("$engine" run --rm "$image" id -u)
 if [ "$user" = 0 ]; then
   echo "error: $image runs as root" >&2
   exit 1
 fi
 
-docker run --rm --user 4242:4242 --env HOME=/tmp \
+"$engine" run --rm --user 4242:4242 --env HOME=/tmp \
   --volume "$root:/workspace" --workdir /workspace \
-  --entrypoint bash "$image" -c \
-  'git config --global --add safe.directory /workspace && git rev-parse --verify HEAD'
+  "$image" sh -c 'git config --global --add safe.directory /workspace && git rev-parse --verify HEAD'
 
 if [ "$repro" = --repro ]; then
-  docker run --rm --user "$uid:$gid" --env HOME=/tmp \
+  "$engine" run --rm --user "$uid:$gid" --env HOME=/tmp \
     --volume "$root:/workspace" --workdir /workspace \
-    --entrypoint make "$image" repro VENV=
+    "$image" make repro VENV=
 fi
-echo "docker smoke test of $image passed"
+echo "smoke test of $image passed"

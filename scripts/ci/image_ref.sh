@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Print "image=<ref>" for the study image of this commit, for $GITHUB_OUTPUT:
+# Print, for $GITHUB_OUTPUT, "image=<ref>" for the study image of this commit:
 #   ghcr.io/<owner>/<repo>/cxrstudy:<variant>-<sha>
+# and "version=<version in pyproject.toml>" (the image's version label).
 # Registry references must be lower case; GitHub owner/repo names need not be.
 # Tested in tests/test_workflows.py.
 set -euo pipefail
@@ -12,3 +13,6 @@ registry=${IMAGE_REGISTRY:-ghcr.io}
 
 repo=$(printf '%s' "$GITHUB_REPOSITORY" | tr '[:upper:]' '[:lower:]')
 printf 'image=%s/%s/cxrstudy:%s-%s\n' "$registry" "$repo" "$variant" "$GITHUB_SHA"
+root=$(cd "$(dirname "$0")/../.." && pwd)
+version=$(sed -nE 's/^version[[:space:]]*=[[:space:]]*"([^"]+)".*/\1/p' "$root/pyproject.toml" | head -n 1)
+printf 'version=%s\n' "${version:-unknown}"

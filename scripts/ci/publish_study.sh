@@ -11,10 +11,12 @@
 #   BASE_BRANCH    pull request base (required)
 #   COMMENT_FILE   body from comment_body.py (required)
 #   PR_TITLE       default "GPU study results"
-#   GH_TOKEN       token for opening the pull request
-#   COMMENT_TOKEN  token for the comment (default: GH_TOKEN)
+#   GITHUB_REPOSITORY  OWNER/NAME (set by GitHub Actions)
+#   GH_TOKEN       token for opening the pull request (gh's variable; with
+#                  GH_HOST set to another host, GH_ENTERPRISE_TOKEN)
+#   COMMENT_TOKEN  token for the comment (default: the one above)
 #   GITHUB_OUTPUT  if set, receives changed=true|false and pr=N
-#   PYTHON         default python3
+#   GH             the gh command (default gh)
 set -euo pipefail
 
 : "${STUDY_BRANCH:?set STUDY_BRANCH}"
@@ -23,7 +25,9 @@ set -euo pipefail
 [ "$#" -gt 0 ] || { echo "usage: $0 PATH..." >&2; exit 2; }
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-python=${PYTHON:-python3}
+read -r -a gh <<<"${GH:-gh}"
+: "${GITHUB_REPOSITORY:?set GITHUB_REPOSITORY}"
+repo=$GITHUB_REPOSITORY
 title=${PR_TITLE:-GPU study results}
 
 output() {
@@ -62,12 +66,23 @@ trap 'rm -f "$body"' EXIT
   echo "The outputs were pushed to the DVC remote by the same run; the metrics diff is in the comment below."
 } >"$body"
 
-pr=$("$python" "$here/github_api.py" open-pr \
-  --head "$STUDY_BRANCH" --base "$BASE_BRANCH" --title "$title" --body-file "$body")
+# The open pull request from this branch, if a rerun already made one; else a new one.
+owner=${repo%%/*}
+pr=$("${gh[@]}" api "repos/$repo/pulls?head=$owner:$STUDY_BRANCH&base=$BASE_BRANCH&state=open" --jq '.[0].number // empty')
+if [ -z "$pr" ]; then
+  pr=$("${gh[@]}" api --method POST "repos/$repo/pulls" -f "title=$title" -f "head=$STUDY_BRANCH" \
+    -f "base=$BASE_BRANCH" -F "body=@$body" --jq .number)
+fi
 echo "pull request #$pr"
 
-GH_TOKEN=${COMMENT_TOKEN:-${GH_TOKEN:-}} "$python" "$here/github_api.py" upsert-comment \
-  --pr "$pr" --marker study --body-file "$COMMENT_FILE"
+comment_token=${COMMENT_TOKEN:-${GH_TOKEN:-${GH_ENTERPRISE_TOKEN:-}}}
+if [ -n "${GH_HOST:-}" ] && [ "${GH_HOST}" != github.com ]; then
+  GH_ENTERPRISE_TOKEN=$comment_token "$here/upsert_comment.sh" --repo "$repo" \
+    --pr "$pr" --marker study --body-file "$COMMENT_FILE"
+else
+  GH_TOKEN=$comment_token "$here/upsert_comment.sh" --repo "$repo" \
+    --pr "$pr" --marker study --body-file "$COMMENT_FILE"
+fi
 
 output changed=true
 output "pr=$pr"
