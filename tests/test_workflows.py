@@ -772,3 +772,48 @@ def test_image_ref_is_lower_case():
     assert proc.returncode == 0, proc.stderr
     version = re.search(r'^version\s*=\s*"([^"]+)"', (ROOT / "pyproject.toml").read_text(), re.MULTILINE).group(1)
     assert proc.stdout == f"image=ghcr.io/some-org/cxr.study/cxrstudy:cuda-{SHA}\nversion={version}\n"
+
+
+def _env_repo(tmp_path: Path, base_env: dict | None, head_env: dict) -> Path:
+    repo = tmp_path / "envrepo"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=repo, check=True, env=dvc_env())
+    (repo / "metrics" / "eval").mkdir(parents=True)
+    (repo / "dvc.yaml").write_text("metrics:\n  - metrics/eval/seed_1.json\n")
+    seed = repo / "metrics" / "eval" / "seed_1.json"
+    seed.write_text(json.dumps({"auroc_mean": 0.81, **({"environment": base_env} if base_env else {})}))
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "base")
+    seed.write_text(json.dumps({"auroc_mean": 0.83, "environment": head_env}))
+    return repo
+
+
+ENV = {"numerics": {"isa": "avx2", "threads": 2}, "versions": {"torch": "2.14.1"},
+       "device": {"kind": "cpu", "kernels": "AVX2"}, "code": {"commit": "a" * 40, "dirty": False}}
+
+
+def test_comment_body_shows_both_environments_and_warns_when_they_can_change_numbers(tmp_path):
+    other = {**ENV, "device": {"kind": "cpu", "kernels": "AVX512"}, "code": {"commit": "b" * 40, "dirty": False}}
+    repo = _env_repo(tmp_path, ENV, other)
+    out = tmp_path / "body.md"
+    assert comment_body(repo, out, "--base", "HEAD", "--marker", "sample").returncode == 0
+    body = out.read_text()
+    assert "### Environment" in body and "| `device.kernels` ⚠ | AVX2 | AVX512 |" in body
+    assert "differ in what can change the numbers (`device.kernels`)" in body
+
+
+def test_comment_body_says_so_when_only_the_code_changed(tmp_path):
+    repo = _env_repo(tmp_path, ENV, {**ENV, "code": {"commit": "b" * 40, "dirty": False}})
+    out = tmp_path / "body.md"
+    assert comment_body(repo, out, "--base", "HEAD", "--marker", "sample").returncode == 0
+    body = out.read_text()
+    assert "Same environment in everything that can change the numbers" in body
+    assert "⚠" not in body
+
+
+def test_comment_body_says_when_the_base_recorded_no_environment(tmp_path):
+    repo = _env_repo(tmp_path, None, ENV)
+    out = tmp_path / "body.md"
+    assert comment_body(repo, out, "--base", "HEAD", "--marker", "sample").returncode == 0
+    assert "records no environment" in out.read_text()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import os
 import shutil
 import subprocess
@@ -55,6 +56,64 @@ def metrics_diff(base: str, repo_dir: Path) -> tuple[bool, str]:
     return True, proc.stdout.strip()
 
 
+SEED_METRICS = "metrics/eval"
+
+
+def _flat(tree: object, prefix: str = "") -> dict[str, object]:
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    out: dict[str, object] = {}
+    for key, value in tree.items():
+        out.update(_flat(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def environments(base: str, repo_dir: Path) -> tuple[dict[str, object] | None, dict[str, object] | None]:
+    """The environment block of the first seed's metrics file at `base` (from git) and in the workspace."""
+    head_files = sorted((repo_dir / SEED_METRICS).glob("seed_*.json"))
+    if not head_files:
+        return None, None
+    head_env = json.loads(head_files[0].read_text()).get("environment") or None
+    rel = head_files[0].relative_to(repo_dir).as_posix()
+    shown = subprocess.run(["git", "show", f"{base}:{rel}"], cwd=repo_dir, capture_output=True, text=True,
+                           check=False)
+    base_env = None
+    if shown.returncode == 0:
+        try:
+            base_env = json.loads(shown.stdout).get("environment") or None
+        except json.JSONDecodeError:
+            base_env = None
+    return base_env, head_env
+
+
+def environment_section(base_env: dict[str, object] | None, head_env: dict[str, object] | None,
+                        base: str) -> list[str]:
+    """Both environments side by side, and whether they differ in anything that can change the numbers (all but
+    the code's commit)."""
+    if head_env is None:
+        return []
+    lines = ["### Environment", "", f"| field | base `{base}` | head |", "|---|---|---|"]
+    flat_base, flat_head = _flat(base_env or {}), _flat(head_env)
+    for key in sorted(set(flat_base) | set(flat_head)):
+        b, h = flat_base.get(key, "—"), flat_head.get(key, "—")
+        mark = " ⚠" if b != h and not key.startswith("code.") else ""
+        lines.append(f"| `{key}`{mark} | {b} | {h} |")
+    lines.append("")
+    if base_env is None:
+        lines.append(f"_`{base}` records no environment: metric changes may come from its environment as well._")
+    else:
+        differ = [k for k in sorted(set(flat_base) | set(flat_head))
+                  if not k.startswith("code.") and flat_base.get(k) != flat_head.get(k)]
+        if differ:
+            lines.append("**The environments differ in what can change the numbers ("
+                         + ", ".join(f"`{k}`" for k in differ) + "): metric changes may come from that, not "
+                         "from this pull request.**")
+        else:
+            lines.append("Same environment in everything that can change the numbers: metric changes come from "
+                         "the changes themselves.")
+    return [*lines, ""]
+
+
 def build_body(
     *,
     marker: str,
@@ -66,6 +125,7 @@ def build_body(
     report_label: str,
     run_url: str | None,
     head: str | None,
+    environment: list[str] | None = None,
 ) -> str:
     parts = [marker_line(marker), f"## {title}", ""]
     meta = [f"metrics diff against `{base}`"]
@@ -81,6 +141,7 @@ def build_body(
     else:
         parts.append(f"No metric changed against `{base}`.")
     parts.append("")
+    parts += environment or []
     if report.is_file():
         text = report.read_text(encoding="utf-8").strip()
         parts += [
@@ -128,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         report_label=args.report,
         run_url=args.run_url or None,
         head=args.head or None,
+        environment=environment_section(*environments(args.base, repo_dir), args.base),
     )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
