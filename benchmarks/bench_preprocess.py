@@ -33,8 +33,8 @@ import cv2
 import numpy as np
 from common import (
     NIH_IMAGES,
-    ROOT,
     RESULTS,
+    ROOT,
     fmt_rate,
     machine,
     synthetic_xray,
