@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +87,29 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     preprocess.run(params, root / "data/raw", root / "data/processed")
     split.run(params, root / "data/raw", root / "data/splits")
     return root
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Callable[[int], Path]]:
+    """`mount(size_bytes)` mounts a tmpfs of that size and returns its folder; unmounted afterwards."""
+    if not sys.platform.startswith("linux") or os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("a real full disk needs root on Linux (mount -t tmpfs)")
+    mounted: list[Path] = []
+
+    def mount(size: int) -> Path:
+        where = tmp_path / f"disk{len(mounted)}"
+        where.mkdir()
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
+        mounted.append(where)
+        return where
+
+    yield mount
+    for where in mounted:
+        if subprocess.run(["umount", str(where)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(where)], capture_output=True)
 
 
 @pytest.fixture(autouse=True)

@@ -18,7 +18,7 @@ import sys
 import tempfile
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -324,29 +324,6 @@ def test_a_stage_with_two_outputs_replaces_both_or_neither(stage: str, tiny_data
 
 # --------------------------------------------------------------------------------------------------------------------
 # A real full disk: a tmpfs just large enough for the earlier output (root only)
-
-
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Callable[[int], Path]]:
-    """`mount(size_bytes)` mounts a tmpfs of that size and returns its folder; unmounted afterwards."""
-    if not sys.platform.startswith("linux") or os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("a real full disk needs root on Linux (mount -t tmpfs)")
-    mounted: list[Path] = []
-
-    def mount(size: int) -> Path:
-        where = tmp_path / f"disk{len(mounted)}"
-        where.mkdir()
-        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
-                              capture_output=True, text=True)
-        if proc.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
-        mounted.append(where)
-        return where
-
-    yield mount
-    for where in mounted:
-        if subprocess.run(["umount", str(where)], capture_output=True).returncode != 0:
-            subprocess.run(["umount", "-l", str(where)], capture_output=True)
 
 
 def _disk_just_too_small(tiny_data: Path, mount: Callable[[int], Path]) -> Path:

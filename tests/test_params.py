@@ -104,7 +104,8 @@ def test_a_profile_with_an_unknown_key_or_a_bad_value_is_refused(tmp_path: Path)
     with pytest.raises(InputError, match=r"p\.yaml: train\.epoch: not a parameter of params\.yaml"):
         overrides(profile, ROOT / "params.yaml")
     profile.write_text("train:\n  image_size: 16\n")
-    with pytest.raises(InputError, match=r"(?s)p\.yaml: .*train\.image_size: Input should be greater than or equal"):
+    with pytest.raises(InputError,
+                       match=r"(?s)p\.yaml: .*train\.image_size: Input should be greater than or equal to 32"):
         overrides(profile, ROOT / "params.yaml")
 
 

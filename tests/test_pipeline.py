@@ -99,11 +99,16 @@ def test_metrics_show_lists_each_seed(project: Path) -> None:
     assert {"metrics/eval/seed_1.json", "metrics/eval/seed_2.json"} <= set(files)
 
 
+def up_to_date(project: Path) -> bool:
+    """`dvc status` lists nothing but the manifest stage, which runs every time (it records the data source)."""
+    return json.loads(sh(["dvc", "status", "--json"], project).stdout) in UP_TO_DATE
+
+
 def test_a_second_repro_has_nothing_to_do(project: Path) -> None:
     out = sh(["dvc", "repro"], project).stdout
     assert set(re.findall(r"Running stage '([^']+)'", out)) == {"manifest"}  # it watches the data source
-    assert "Stage 'ingest' didn't change, skipping" in out
-    assert json.loads(sh(["dvc", "status", "--json"], project).stdout) in UP_TO_DATE
+    assert "Stage 'ingest' didn't change, skipping" in out and "Stage 'report' didn't change, skipping" in out
+    assert up_to_date(project)
 
 
 def test_a_training_parameter_reruns_only_train_evaluate_and_report(project: Path) -> None:
@@ -131,4 +136,74 @@ def test_a_bad_parameter_stops_repro_and_nothing_is_recorded(project: Path) -> N
     sh(["git", "checkout", "params.yaml"], project)
     sh(["dvc", "checkout"], project)  # DVC removed the stage's output before running it; the cache has it
     assert (project / "data/processed/images.npy").read_bytes() == before
-    assert json.loads(sh(["dvc", "status", "--json"], project).stdout) in UP_TO_DATE
+    assert up_to_date(project)
+
+
+def _commit(project: Path, message: str) -> None:
+    sh(["git", "add", "-A"], project)
+    sh(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", message, "--allow-empty"], project)
+
+
+def test_an_unknown_top_level_key_stops_repro_even_when_nothing_is_stale(project: Path) -> None:
+    """No stage depends on a key nobody reads, so only a stage that always runs (manifest) can refuse it."""
+    _commit(project, "before an unknown key")
+    assert up_to_date(project)
+    lock = (project / "dvc.lock").read_text()
+    params = project / "params.yaml"
+    params.write_text(params.read_text() + "trian:\n  epochs: 1\n")
+
+    done = sh(["dvc", "repro"], project, check=False)
+
+    assert done.returncode != 0
+    assert "trian: unknown parameter (did you mean 'train'?)" in done.stdout + done.stderr
+    assert (project / "dvc.lock").read_text() == lock
+    sh(["git", "checkout", "params.yaml"], project)
+
+
+REPORT_OUTS = ("reports/report.md", "reports/figures", "plots/report", "metrics/report.json")
+
+
+def _files(project: Path, paths: tuple[str, ...]) -> dict[str, bytes]:
+    found: dict[str, bytes] = {}
+    for name in paths:
+        path = project / name
+        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+        found.update({str(f.relative_to(project)): f.read_bytes() for f in files})
+    return found
+
+
+def test_a_failed_report_stage_is_undone_by_git_checkout_not_by_dvc_checkout(project: Path) -> None:
+    """The report's outputs are `cache: false`: DVC removes them before the stage runs and has no copy to bring
+    back; they are committed to git, which has."""
+    _commit(project, "before a failed report")
+    before = _files(project, REPORT_OUTS)
+    predictions = project / "predictions/seed_1.csv"
+    text = predictions.read_text()
+    predictions.unlink()  # never write through a link into DVC's cache
+    predictions.write_text(text.replace(",", ";"))  # the report stage refuses it
+
+    done = sh(["dvc", "repro", "--single-item", "--force", "report"], project, check=False)
+
+    assert done.returncode != 0 and "seed_1.csv" in done.stdout + done.stderr
+    assert not (project / "reports/report.md").exists(), "DVC removes a stage's outputs before running it"
+    sh(["dvc", "checkout", "--force"], project)  # brings back the predictions, which are cached
+    assert not (project / "reports/report.md").exists(), "dvc checkout has no copy of a cache: false output"
+    sh(["git", "checkout", "--", *REPORT_OUTS], project)
+    assert _files(project, REPORT_OUTS) == before
+    assert up_to_date(project)
+
+
+def test_a_configuration_run_before_comes_back_from_the_run_cache_without_training(project: Path) -> None:
+    """After a kill, `dvc repro` of a configuration that DVC has already run restores that run's outputs from its
+    run-cache instead of running (and resuming) the stage: `--no-run-cache` runs it."""
+    _commit(project, "before the run-cache")
+    committed = (project / "params.yaml").read_text()
+    write_params(project / "params.yaml", tiny_raw())  # the configuration of the first `dvc repro`
+    assert (project / "params.yaml").read_text() != committed
+
+    out = sh(["dvc", "repro"], project).stdout
+
+    assert "Running stage 'train@1'" not in out
+    assert re.search(r"Stage 'train@1' is cached - skipping run, checking out outputs", out), out
+    sh(["git", "checkout", "--", "."], project)
+    sh(["dvc", "checkout"], project)

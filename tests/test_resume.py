@@ -9,7 +9,6 @@ checkpoint; SIGTERM; SIGINT) and run again, and compare the model tensor by tens
 from __future__ import annotations
 
 import errno
-import json
 import os
 import random
 import shutil
@@ -28,7 +27,7 @@ import torch
 import yaml
 from torch import nn
 
-from cxrstudy import atomic
+from cxrstudy import atomic, numerics, train
 from cxrstudy.params import parse_params
 from cxrstudy.train import (
     EpochRecord,
@@ -236,6 +235,10 @@ def _draws(gen: torch.Generator) -> list[Any]:
     return [random.random(), float(np.random.rand()), torch.rand(3).tolist(), torch.rand(3, generator=gen).tolist()]
 
 
+# What `fingerprint` returns, for the in-process checkpoint tests.
+INPUTS = {"parameters": "p", "processed": "d", "splits": "s", "labels": "l", "code": "c"}
+
+
 def test_a_checkpoint_restores_model_optimizer_scheduler_best_so_far_and_every_rng_state(tmp_path: Path) -> None:
     model, opt, sched, gen = _tiny_training(seed=3)
     random.seed(11)
@@ -244,14 +247,14 @@ def test_a_checkpoint_restores_model_optimizer_scheduler_best_so_far_and_every_r
     best = {k: v.clone() for k, v in model.state_dict().items()}
     state = TrainState(epoch=2, best_epoch=1, best_auroc=0.61, best_model=best,
                        history=[EpochRecord(1, 0.5, 0.4, 0.61, 1e-3), EpochRecord(2, 0.3, 0.45, 0.58, 5e-4)])
-    save_checkpoint(tmp_path / "last.pt", "fp", state, model, opt, sched, gen)
+    save_checkpoint(tmp_path / "last.pt", INPUTS, state, model, opt, sched, gen)
     expected = _draws(gen)
 
     random.seed(0)  # anything else, as in a fresh process
     np.random.seed(0)
     torch.manual_seed(0)
     model2, opt2, sched2, gen2 = _tiny_training(seed=4)
-    restored = load_checkpoint(tmp_path / "last.pt", "fp", model2, opt2, sched2, gen2)
+    restored = load_checkpoint(tmp_path / "last.pt", INPUTS, model2, opt2, sched2, gen2)
 
     assert restored is not None
     assert (restored.epoch, restored.best_epoch, restored.best_auroc) == (2, 1, 0.61)
@@ -268,12 +271,14 @@ def test_a_checkpoint_from_another_configuration_is_not_resumed(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     model, opt, sched, gen = _tiny_training(seed=3)
-    save_checkpoint(tmp_path / "last.pt", "old-config", TrainState(epoch=1), model, opt, sched, gen)
+    save_checkpoint(tmp_path / "last.pt", INPUTS, TrainState(epoch=1), model, opt, sched, gen)
     model2, opt2, sched2, gen2 = _tiny_training(seed=4)
     before = [t.clone() for t in model2.state_dict().values()]
 
-    assert load_checkpoint(tmp_path / "last.pt", "new-config", model2, opt2, sched2, gen2) is None
-    assert "from another configuration; starting afresh" in capsys.readouterr().out
+    now = {**INPUTS, "parameters": "other"}
+    assert load_checkpoint(tmp_path / "last.pt", now, model2, opt2, sched2, gen2, {"parameters": "the lr"}) is None
+    assert "from another configuration: the lr changed since it was written; starting afresh" in \
+        capsys.readouterr().out
     assert all(torch.equal(a, b) for a, b in zip(before, model2.state_dict().values(), strict=True))
 
 
@@ -283,7 +288,7 @@ def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint(
 ) -> None:
     model, opt, sched, gen = _tiny_training(seed=3)
     path = tmp_path / "seed_1" / "last.pt"
-    save_checkpoint(path, "fp", TrainState(epoch=1), model, opt, sched, gen)
+    save_checkpoint(path, INPUTS, TrainState(epoch=1), model, opt, sched, gen)
     before = path.read_bytes()
     real = tempfile.mkstemp
 
@@ -294,7 +299,7 @@ def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint(
 
     monkeypatch.setattr(atomic.tempfile, "mkstemp", mkstemp)
     with pytest.raises(OSError) as err:
-        save_checkpoint(path, "fp", TrainState(epoch=2), model, opt, sched, gen)
+        save_checkpoint(path, INPUTS, TrainState(epoch=2), model, opt, sched, gen)
 
     assert err.value.errno == errno.ENOSPC
     assert path.read_bytes() == before
@@ -317,27 +322,100 @@ def test_changes_covers_every_train_stage_parameter() -> None:
     assert sorted(CHANGES) == sorted(_train_stage_params()), "add the new dvc.yaml train params to CHANGES"
 
 
+def _fingerprint(params: Any, data: Path, seed: int = SEED, world_size: int = 1) -> dict[str, str]:
+    return fingerprint(params, seed, data / "raw", data / "processed", data / "splits", world_size)
+
+
+@pytest.fixture
+def data_copy(tiny_data: Path, tmp_path: Path) -> Path:
+    """A copy of the tiny data/ folder (raw, processed, splits) that a test may change."""
+    shutil.copytree(tiny_data / "data", tmp_path / "data")
+    return tmp_path / "data"
+
+
+def _changed(before: dict[str, str], after: dict[str, str]) -> list[str]:
+    return sorted(k for k in before if before[k] != after[k])
+
+
 @pytest.mark.parametrize("param", list(CHANGES))
-def test_a_changed_train_parameter_invalidates_the_checkpoint(param: str, tmp_path: Path) -> None:
-    base = fingerprint(tiny_params(), SEED, tmp_path, world_size=1)
-    assert fingerprint(parse_params(tiny_raw(**CHANGES[param])), SEED, tmp_path, world_size=1) != base
+def test_a_changed_train_parameter_invalidates_the_checkpoint(param: str, data_copy: Path) -> None:
+    base = _fingerprint(tiny_params(), data_copy)
+    assert _changed(base, _fingerprint(parse_params(tiny_raw(**CHANGES[param])), data_copy)) == ["parameters"]
 
 
-def test_a_changed_validation_batch_size_invalidates_the_checkpoint(tmp_path: Path) -> None:
-    base = fingerprint(tiny_params(), SEED, tmp_path, world_size=1)
+def test_a_changed_validation_batch_size_invalidates_the_checkpoint(data_copy: Path) -> None:
+    base = _fingerprint(tiny_params(), data_copy)
     changed = parse_params(tiny_raw(train={"val_batch_size": 32}))  # the validation that chooses the best epoch
-    assert fingerprint(changed, SEED, tmp_path, world_size=1) != base
+    assert _changed(base, _fingerprint(changed, data_copy)) == ["parameters"]
 
 
-def test_the_fingerprint_follows_the_seed_the_data_and_the_process_count(tmp_path: Path) -> None:
+def test_the_fingerprint_follows_the_seed_and_the_process_count_not_other_stages_parameters(data_copy: Path) -> None:
     params = tiny_params()
-    base = fingerprint(params, SEED, tmp_path, world_size=1)
-    assert fingerprint(params, SEED + 1, tmp_path, world_size=1) != base
-    assert fingerprint(params, SEED, tmp_path, world_size=2) != base
-    (tmp_path / "meta.json").write_text(json.dumps({"images": 120}))
-    assert fingerprint(params, SEED, tmp_path, world_size=1) != base
-    # ... but not a parameter that training never reads
-    assert fingerprint(parse_params(tiny_raw(report={"bootstrap": 7})), SEED, tmp_path, world_size=1) == \
-        fingerprint(params, SEED, tmp_path, world_size=1)
-    assert fingerprint(parse_params(tiny_raw(evaluate={"batch_size": 7})), SEED, tmp_path, world_size=1) == \
-        fingerprint(params, SEED, tmp_path, world_size=1)
+    base = _fingerprint(params, data_copy)
+    assert _changed(base, _fingerprint(params, data_copy, seed=SEED + 1)) == ["parameters"]
+    assert _changed(base, _fingerprint(params, data_copy, world_size=2)) == ["parameters"]
+    for other in ({"report": {"bootstrap": 7}}, {"evaluate": {"batch_size": 7}}, {"split": {"seed": 9}}):
+        assert _fingerprint(parse_params(tiny_raw(**other)), data_copy) == base, other
+
+
+# Each input that decides a training result, and a change to its bytes that leaves every parameter as it was.
+def _drop_last_training_image(data: Path) -> None:
+    train = data / "splits/train.txt"
+    train.write_text("".join(f"{n}\n" for n in train.read_text().split()[:-1]))
+
+
+def _relabel_first_image(data: Path) -> None:
+    table = data / "raw/Data_Entry_2017.csv"
+    header, first, *rest = table.read_text().splitlines(keepends=True)
+    name, labels, tail = first.split(",", 2)
+    table.write_text(header + ",".join([name, "Hernia" if labels != "Hernia" else "No Finding", tail]) + "".join(rest))
+
+
+def _flip_a_pixel(data: Path) -> None:
+    images = data / "processed/images.npy"
+    raw = bytearray(images.read_bytes())
+    raw[-1] ^= 0xFF
+    images.write_bytes(bytes(raw))
+
+
+DATA_CHANGES = {
+    "splits": _drop_last_training_image,
+    "labels": _relabel_first_image,
+    "processed": _flip_a_pixel,
+}
+
+
+@pytest.mark.parametrize("part", list(DATA_CHANGES))
+def test_changed_data_bytes_invalidate_the_checkpoint(part: str, data_copy: Path) -> None:
+    """Today only processed/meta.json is fingerprinted: a new split list, relabelled rows or other pixels with the
+    same parameters resume a checkpoint trained on other data."""
+    base = _fingerprint(tiny_params(), data_copy)
+    DATA_CHANGES[part](data_copy)
+    assert _changed(base, _fingerprint(tiny_params(), data_copy)) == [part]
+
+
+def test_the_test_list_is_not_part_of_the_training_fingerprint(data_copy: Path) -> None:
+    base = _fingerprint(tiny_params(), data_copy)
+    test = data_copy / "splits/test.txt"
+    test.write_text("".join(f"{n}\n" for n in test.read_text().split()[:-1]))
+    assert _fingerprint(tiny_params(), data_copy) == base
+
+
+def test_changed_code_invalidates_the_checkpoint(data_copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    base = _fingerprint(tiny_params(), data_copy)
+    real = numerics.versions
+    monkeypatch.setattr(numerics, "versions", lambda: {**real(), "torch": "0.0.1"})
+    assert _changed(base, _fingerprint(tiny_params(), data_copy)) == ["code"]
+    monkeypatch.setattr(numerics, "versions", real)
+    source = Path(train.__file__).with_name("metrics.py")
+    monkeypatch.setattr(train, "__file__", str(_package_copy(data_copy.parent, source)))
+    assert _changed(base, _fingerprint(tiny_params(), data_copy)) == ["code"]
+
+
+def _package_copy(root: Path, changed: Path) -> Path:
+    """A copy of the package's sources with one comment added to `changed`; returns the copy of train.py."""
+    package = changed.parent
+    copy = root / "package"
+    shutil.copytree(package, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    (copy / changed.name).write_text(changed.read_text() + "\n# changed\n")
+    return copy / "train.py"

@@ -155,7 +155,7 @@ def test_a_tampered_checkpoint_is_refused_without_running_its_code(tmp_path: Pat
     sched = make_scheduler(opt, tiny_params().train, steps=4)
 
     with pytest.raises(Exception, match="(?i)weights.only"):
-        load_checkpoint(path, "fp", model, opt, sched, torch.Generator())
+        load_checkpoint(path, {"parameters": "fp"}, model, opt, sched, torch.Generator())
     assert not marker.exists()
 
 

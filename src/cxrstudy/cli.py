@@ -2,19 +2,20 @@
 
 Every stage validates the whole `params.yaml` first, then pins the numerics (`cxrstudy.numerics`) before its module,
 and with it torch, NumPy or OpenCV, is imported. Bad input exits with status 2 and a message that names the
-parameter, file or row at fault; a full disk exits with status 1 and names the output it could not write (the
-earlier output is left as it was); an interrupted training exits 128 + the signal number after its last checkpoint.
+parameter, file or row at fault; a full disk or an unwritable folder exits with status 1 and names the output it
+could not write (the earlier output is left as it was); an interrupted stage exits 128 + the signal number (training
+after its last checkpoint).
 """
 
 from __future__ import annotations
 
 import argparse
-import errno
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from cxrstudy import numerics
+from cxrstudy.atomic import DISK_FULL, OutputError
 from cxrstudy.errors import InputError, Interrupted, TrainingError
 from cxrstudy.params import DEFAULT_PARAMS, Params, load_params
 
@@ -167,18 +168,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except OSError as err:
-        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
-            raise
-        where = err.filename or "an output"
-        print(f"error: {where}: {err.strerror} while writing it; nothing was replaced (its earlier version, if any, "
-              "is intact): free some space and re-run the stage", file=sys.stderr)
-        return 1
+        if err.errno in DISK_FULL:
+            where = err.filename or "an output"
+            print(f"error: {where}: {err.strerror} while writing it; nothing was replaced (its earlier version, if "
+                  "any, is intact): free some space and re-run the stage", file=sys.stderr)
+            return 1
+        if isinstance(err, OutputError):
+            print(f"error: {err.filename}: cannot write this output there ({err.strerror}); nothing was replaced (its "
+                  "earlier version, if any, is intact): make its folder writable, or choose another output path",
+                  file=sys.stderr)
+            return 1
+        raise
     except Interrupted as err:
         print(f"interrupted: {err}; the last completed epoch is checkpointed, re-run the stage to resume",
               file=sys.stderr)
         return 128 + err.signum
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print("interrupted by SIGINT: nothing was replaced (the stage's earlier output, if any, is intact); re-run "
+              "the stage", file=sys.stderr)
         return 130
 
 

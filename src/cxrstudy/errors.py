@@ -1,4 +1,4 @@
-"""The one exception type the command line turns into a clear message and a non-zero exit."""
+"""The exceptions the command line turns into a clear message and a non-zero exit."""
 
 
 class InputError(Exception):
@@ -9,8 +9,11 @@ class TrainingError(Exception):
     """Training cannot go on (a non-finite loss, say); the message names the epoch, step and batch."""
 
 
-class Interrupted(Exception):
-    """SIGTERM or SIGINT arrived; the last epoch's checkpoint is on disk and a re-run resumes from it."""
+class Interrupted(BaseException):
+    """SIGTERM or SIGINT arrived; the last epoch's checkpoint is on disk and a re-run resumes from it.
+
+    A `BaseException`, like `KeyboardInterrupt`: no `except Exception` (a failed monitoring push, say) may swallow it.
+    """
 
     def __init__(self, signum: int, message: str) -> None:
         super().__init__(message)

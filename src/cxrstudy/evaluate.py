@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 
 from cxrstudy import numerics
-from cxrstudy.atomic import atomic_file, sync
+from cxrstudy.atomic import atomic_file, check_writable, sync
 from cxrstudy.data import XrayDataset, eval_transform, load_parts, make_loader
 from cxrstudy.labels import FINDINGS
 from cxrstudy.losses import make_criterion
@@ -68,6 +68,7 @@ def run(params: Params, seed: int, raw_dir: Path, processed_dir: Path, splits_di
         metrics_file: Path, predictions_file: Path) -> None:
     """Stage entry point: evaluate `model_dir/model.pt` on the validation and test sets."""
     cfg = params.train
+    check_writable(metrics_file, predictions_file)
     numerics.apply_threads(params.numerics)
     seed_everything(seed, cfg.deterministic)
     device = pick_device(cfg, Dist())

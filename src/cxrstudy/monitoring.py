@@ -14,6 +14,7 @@ never collide, and nothing is added to prometheus_client's global registry.
 Monitoring never stops a training run: a failed push (gateway down, slow, refusing) is reported as a
 `MonitorWarning` and counted in ``cxr_train_push_failures_total``; an endpoint that cannot bind its port is a
 warning too, and the run goes on without it (with warnings turned into errors, these are logged instead).
+A signal that stops training (`errors.Interrupted`, `KeyboardInterrupt`) is a `BaseException`: it goes through.
 Only rank 0 of a distributed run reports; the other ranks, and runs with neither an endpoint nor a gateway
 configured, get a `NullMonitor` that does nothing.
 """
@@ -253,7 +254,7 @@ class PrometheusMonitor:
                 grouping_key={"seed": str(self.seed)},
                 timeout=self.params.push_timeout_s,
             )
-        except Exception as err:  # monitoring must never stop the training run
+        except Exception as err:  # monitoring must never stop the training run (a signal is no Exception)
             self._c_push_failures.inc()
             self._warn(
                 f"push to Pushgateway {gateway} failed ({when}): {type(err).__name__}: {err}; training continues"

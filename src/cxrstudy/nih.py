@@ -43,7 +43,7 @@ from tqdm import tqdm
 from cxrstudy.errors import InputError
 from cxrstudy.imageio import ImageError, read_gray
 from cxrstudy.labels import DATA_ENTRY_FILE, read_data_entry
-from cxrstudy.params import OFFICIAL_BASE_URL, NihParams
+from cxrstudy.params import OFFICIAL_BASE_URL, NihParams, shown_address
 from cxrstudy.split import TEST_LIST, TRAIN_VAL_LIST, check_split, read_list
 
 NIH_BOX_PAGE = "https://nihcc.app.box.com/v/ChestXray-NIHCC"
@@ -202,7 +202,7 @@ def _open(url: str, offset: int, timeout: float) -> http.client.HTTPResponse:
             raise _RangeDone() from None
         if err.code >= 500 or err.code in (408, 429):
             raise _Transient(f"HTTP {err.code} {err.reason}") from None
-        raise InputError(f"{url}: HTTP {err.code} {err.reason}") from None
+        raise InputError(f"{shown_address(url, keep_name=True)}: HTTP {err.code} {err.reason}") from None
     except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
         raise _Transient(str(getattr(err, "reason", err))) from None
     return response
@@ -279,14 +279,16 @@ def download(url: str, dest: Path, md5: str | None, cfg: NihParams, label: str |
             raise InputError(f"{label}: cannot download: {err} (check ingest.nih.base_url / metadata_url)") from None
     else:
         raise InputError(
-            f"{label}: download from {url} failed {cfg.retries + 1} time(s), last: {errors[-1]}; "
+            f"{label}: download from {shown_address(url, keep_name=True)} failed {cfg.retries + 1} time(s), "
+            f"last: {errors[-1]}; "
             f"{state.size} bytes are kept in {part} and the next run resumes from there "
             "(raise ingest.nih.retries / timeout_s, or set base_url to a mirror)"
         )
     if md5 is not None and state.md5.hexdigest() != md5.lower():
         part.unlink(missing_ok=True)
         raise InputError(
-            f"{label}: MD5 mismatch: got {state.md5.hexdigest()}, expected {md5} ({origin}) for the file from {url}; "
+            f"{label}: MD5 mismatch: got {state.md5.hexdigest()}, expected {md5} ({origin}) for the file from "
+            f"{shown_address(url, keep_name=True)}; "
             "the download was deleted. A cut transfer is fixed by running again; if it mismatches again, the server "
             "holds another file than the list describes: check ingest.nih.base_url, or ingest.nih.md5_file"
         )

@@ -58,6 +58,28 @@ def _no_credentials(value: str | None, what: str) -> str | None:
     return value
 
 
+def shown_address(value: str, keep_name: bool = False) -> str:
+    """What a message may show of an address: its scheme, host and port, and with `keep_name` the last part of its
+    path (a file name). Whatever else it holds (user:password@, a token in the path, the query, the fragment) could be
+    a secret: it is left out, marked as such (with `keep_name`, only the path's omission is marked)."""
+    text = value.strip()
+    try:
+        parts = urlsplit(text if "://" in text else f"//{text}")
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port is not None else ""
+    except ValueError:
+        return "<address not shown>"
+    shown = f"{parts.scheme}://" if parts.scheme else ""
+    shown += f"[{host}]" if ":" in host else host
+    shown += port
+    segments = [seg for seg in parts.path.split("/") if seg]
+    if keep_name:
+        return shown + (("/<…>/" if len(segments) > 1 else "/") + segments[-1] if segments else "")
+    if segments or parts.username is not None or parts.password is not None or parts.query or parts.fragment:
+        shown += "/<rest not shown>"
+    return shown
+
+
 class NihParams(_Section):
     """`ingest.nih`: the real release, downloaded or linked (`cxrstudy.nih`)."""
 
@@ -87,6 +109,9 @@ class NihParams(_Section):
     @field_validator("base_url", "metadata_url")
     @classmethod
     def _urls_without_credentials(cls, value: str | None) -> str | None:
+        if value is not None and ("?" in value or "#" in value):
+            raise ValueError("the address must not carry a query (?...) or a fragment (#...): files are fetched as "
+                             "<address>/<file name>")
         return _no_credentials(value, "the address")
 
 
@@ -270,20 +295,20 @@ class Params(_Section):
         return self
 
 
-def _redact(value: Any) -> Any:
-    """What an error message may echo of a value: an address keeps only its scheme and host, since user:password@,
-    a token in the path or in the query would otherwise end up in logs."""
-    if not isinstance(value, str) or ("@" not in value and "://" not in value and "?" not in value):
+# Parameters that hold an address: an error message shows only their scheme, host and port (`shown_address`).
+ADDRESS_PARAMS = frozenset({"monitor.pushgateway", "ingest.nih.base_url", "ingest.nih.metadata_url"})
+
+
+def _redact(value: Any, where: str = "") -> Any:
+    """What an error message may echo of a value given at `where`: an address (a value of `ADDRESS_PARAMS`, or one
+    that looks like a URL or holds user:password@) only as `shown_address`, a value other than a number, a string or
+    null only by its type: user:password@, or a token in a path or a query, would otherwise end up in logs."""
+    if isinstance(value, str):
+        looks_like_address = "@" in value or "://" in value or "?" in value
+        return shown_address(value) if where in ADDRESS_PARAMS or looks_like_address else value
+    if value is None or isinstance(value, bool | int | float):
         return value
-    try:
-        parts = urlsplit(value if "://" in value else f"//{value}")
-        host = parts.hostname or ""
-        port = f":{parts.port}" if parts.port else ""
-    except ValueError:
-        return "<not shown>"
-    scheme = f"{parts.scheme}://" if parts.scheme else ""
-    hidden = parts.username is not None or parts.password is not None or parts.path not in ("", "/") or parts.query
-    return f"{scheme}{host}{port}" + ("/<rest not shown>" if hidden else "")
+    return f"<a {type(value).__name__}, not shown>"
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -347,7 +372,7 @@ def _format_error(path: Path, err: ValidationError) -> str:
         elif item["type"] == "missing":
             lines.append(f"  {where}: missing; params.yaml sets every parameter (profiles change only some)")
         else:
-            got = _redact(item.get("input"))
+            got = _redact(item.get("input"), where)
             lines.append(f"  {where}: {item['msg']} (got {got!r})")
     return "\n".join(lines)
 

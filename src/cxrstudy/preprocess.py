@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-from collections.abc import Iterator
+import signal
+from collections.abc import Generator, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -79,15 +81,37 @@ def _process_path(path: str) -> np.ndarray | str:
         return str(err)
 
 
-def process_all(paths: list[Path], cfg: PreprocessParams) -> Iterator[np.ndarray | str]:
-    """Processed images in input order; an unusable image yields its error message instead."""
+@contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """SIGINT ignored in this process while the block starts worker processes, which inherit that (through the
+    forkserver's exec too): Ctrl-C, sent to the whole process group, then stops the stage once, here, instead of
+    printing a traceback from every worker (or a bogus ImportError from one caught importing NumPy)."""
+    try:
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread: signals are not ours to handle
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def process_all(paths: list[Path], cfg: PreprocessParams) -> Generator[np.ndarray | str, None, None]:
+    """Processed images in input order; an unusable image yields its error message instead. Closing the iterator
+    early (an error, Ctrl-C) cancels the images not yet started and waits only for those in progress."""
     if cfg.workers <= 1:
         _init_worker(cfg)
         yield from (_process_path(str(p)) for p in paths)
         return
-    with ProcessPoolExecutor(mp_context=WORKER_CONTEXT, max_workers=cfg.workers, initializer=_init_worker,
-                             initargs=(cfg,)) as pool:
-        yield from pool.map(_process_path, [str(p) for p in paths], chunksize=32)
+    pool = ProcessPoolExecutor(mp_context=WORKER_CONTEXT, max_workers=cfg.workers, initializer=_init_worker,
+                               initargs=(cfg,))
+    try:
+        with _sigint_ignored():  # map() starts the workers (and the forkserver) now
+            results = pool.map(_process_path, [str(p) for p in paths], chunksize=32)
+        yield from results
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def reserve(path: Path) -> None:
@@ -116,11 +140,14 @@ def run(params: Params, raw_dir: Path, out_dir: Path) -> None:
                                           shape=(len(names), cfg.image_size, cfg.image_size))
         reserve(tmp / IMAGES_FILE)
         results = process_all(paths, cfg)
-        for i, result in enumerate(tqdm(results, total=len(paths), desc="preprocess", unit="img")):
-            if isinstance(result, str):
-                errors.append(result)
-            else:
-                array[i] = result
+        try:
+            for i, result in enumerate(tqdm(results, total=len(paths), desc="preprocess", unit="img")):
+                if isinstance(result, str):
+                    errors.append(result)
+                else:
+                    array[i] = result
+        finally:
+            results.close()  # stops the workers now, not at exit (Ctrl-C)
         if errors:
             listed = "\n  ".join(errors[:50])
             more = f"\n  ... and {len(errors) - 50} more" if len(errors) > 50 else ""
@@ -136,12 +163,21 @@ def run(params: Params, raw_dir: Path, out_dir: Path) -> None:
 
 
 def load_processed(processed_dir: Path) -> tuple[np.ndarray, list[str]]:
-    """The processed images (memory-mapped, read-only) and their names."""
-    images_path = processed_dir / IMAGES_FILE
-    if not images_path.is_file():
-        raise InputError(f"{images_path}: processed images not found; run the preprocess stage first")
-    images = np.load(images_path, mmap_mode="r")
-    names = (processed_dir / INDEX_FILE).read_text().split()
+    """The processed images (memory-mapped, read-only) and their names. A missing, truncated or foreign file is an
+    `InputError` naming it."""
+    images_path, index_path = processed_dir / IMAGES_FILE, processed_dir / INDEX_FILE
+    rerun = "re-run the preprocess stage (dvc repro preprocess, or python -m cxrstudy preprocess)"
+    for path in (images_path, index_path):
+        if not path.is_file():
+            raise InputError(f"{path}: processed data not found; {rerun}")
+    try:
+        images = np.load(images_path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:  # numpy's words for a truncated or foreign file
+        raise InputError(f"{images_path}: not a complete .npy array ({err}); {rerun}") from None
+    if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1] != images.shape[2]:
+        raise InputError(f"{images_path}: holds a {images.dtype} array of shape {images.shape}; expected uint8 "
+                         f"images N x S x S; {rerun}")
+    names = index_path.read_text().split()
     if len(names) != len(images):
-        raise InputError(f"{processed_dir}: {INDEX_FILE} lists {len(names)} names for {len(images)} images")
+        raise InputError(f"{processed_dir}: {INDEX_FILE} lists {len(names)} names for {len(images)} images; {rerun}")
     return images, names

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from cxrstudy.atomic import atomic_file, write_json
+from cxrstudy.atomic import atomic_file, check_writable, write_json
 from cxrstudy.errors import InputError
 from cxrstudy.labels import FINDINGS
 from cxrstudy.metrics import nanmean, per_class_auroc, per_class_f1, per_class_thresholds
@@ -34,7 +34,9 @@ from cxrstudy.stats import bootstrap_auroc, mean_sd, min_max
 TEMPLATE = "report.md.j2"
 CI_LEVEL = 0.95
 MAX_CHARS = 65_536  # a GitHub comment's limit: the report is posted on pull requests
-AUROC_TOLERANCE = 1e-3  # predictions are stored to 7 decimals; a larger gap means stale or mismatched files
+# The predictions hold evaluate's exact float32 probabilities and the metrics file its AUROCs to 6 decimals, so the
+# AUROCs computed here from the predictions agree to that last decimal; a larger gap means stale or mismatched files.
+AUROC_TOLERANCE = 1e-6
 DEFAULT_CLAHE_SAMPLES = 3
 SEED_FILE = re.compile(r"(?:^|/)seed_(\d+)\.json$")
 SUMMARY_FILE = "metrics/report.json"
@@ -1074,6 +1076,9 @@ def run(params: Params, metrics_dir: Path, splits_dir: Path, out_file: Path, *,
     A None input folder leaves out what needs it: predictions (bootstrap, ensemble, ROC), histories (training
     curves), raw/processed images (the CLAHE figure); a None output folder writes nothing there.
     """
+    # The figure and plot folders are written file by file: a file in each stands for them.
+    check_writable(*(p for p in (out_file, summary_file, figures_dir and figures_dir / "figure.png",
+                                 plots_dir and plots_dir / "plot.csv") if p is not None))
     seeds = [load_seed_metrics(metrics_dir / f"seed_{seed}.json") for seed in params.seeds]
     summary_path = splits_dir / "summary.json"
     split_summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None

@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import math
 import os
 import random
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import IO, TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -32,12 +33,14 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 from cxrstudy import numerics
-from cxrstudy.atomic import atomic_dir, atomic_file, sweep_stale, sync, write_json
+from cxrstudy.atomic import atomic_dir, atomic_file, check_writable, sweep_stale, sync, write_json
 from cxrstudy.data import XrayDataset, eval_transform, load_parts, make_loader, to_input, train_transform
 from cxrstudy.errors import Interrupted, TrainingError
+from cxrstudy.labels import DATA_ENTRY_FILE
 from cxrstudy.losses import Criterion, make_criterion
 from cxrstudy.metrics import nanmean, per_class_auroc
 from cxrstudy.model import build_model
+from cxrstudy.preprocess import IMAGES_FILE, INDEX_FILE, META_FILE
 
 if TYPE_CHECKING:  # type hints only: the training code runs where pydantic is not installed (GPU boxes)
     from cxrstudy.params import Params, TrainParams
@@ -93,14 +96,59 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = True
 
 
-def fingerprint(params: Params, seed: int, processed_dir: Path, world_size: int) -> str:
-    """What a checkpoint must match to be resumed: the training config, the numerics, the seed, the data and the
-    process count."""
-    meta = (processed_dir / "meta.json").read_text() if (processed_dir / "meta.json").is_file() else ""
-    payload = json.dumps({"train": params.train.model_dump(), "numerics": params.numerics.model_dump(),
-                          "split": params.split.model_dump(), "seed": seed, "data": meta, "world": world_size},
-                         sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+def _digest(files: Iterable[Path], root: Path) -> str:
+    """SHA-256 over the names (relative to `root`) and bytes of `files`; a missing file counts as such."""
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+        if path.is_file():
+            with path.open("rb") as handle:
+                digest.update(hashlib.file_digest(handle, "sha256").digest())
+        else:
+            digest.update(b"missing\0")
+    return digest.hexdigest()[:16]
+
+
+def code_digest() -> str:
+    """The version of everything that computes a training result: this package's source files, and the versions of
+    Python, torch, torchvision, NumPy, OpenCV and scikit-learn (validation AUROC picks the best epoch)."""
+    package = Path(__file__).resolve().parent
+    sources = _digest(sorted(package.rglob("*.py")), package)
+    return hashlib.sha256(json.dumps([sources, numerics.versions()], sort_keys=True).encode()).hexdigest()[:16]
+
+
+def fingerprint(params: Params, seed: int, raw_dir: Path, processed_dir: Path, splits_dir: Path,
+                world_size: int) -> dict[str, str]:
+    """What a checkpoint must match to be resumed, one digest per input (`describe_inputs` words them): the parameters
+    (training, numerics, the seed and the process count), the bytes of the processed data, of the training and
+    validation lists and of the label table, and the code's version. Whatever else changes a training result changes
+    one of them."""
+    settings = json.dumps({"train": params.train.model_dump(), "numerics": params.numerics.model_dump(),
+                           "seed": seed, "world": world_size}, sort_keys=True)
+    return {
+        "parameters": hashlib.sha256(settings.encode()).hexdigest()[:16],
+        "processed": _digest([processed_dir / name for name in (IMAGES_FILE, INDEX_FILE, META_FILE)], processed_dir),
+        "splits": _digest([splits_dir / f"{part}.txt" for part in ("train", "val")], splits_dir),
+        "labels": _digest([raw_dir / DATA_ENTRY_FILE], raw_dir),
+        "code": code_digest(),
+    }
+
+
+def fingerprint_id(inputs: Mapping[str, str]) -> str:
+    """One digest of all `fingerprint` parts (recorded in the model file)."""
+    return hashlib.sha256(json.dumps(dict(inputs), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def describe_inputs(raw_dir: Path, processed_dir: Path, splits_dir: Path) -> dict[str, str]:
+    """What each `fingerprint` part stands for, in words a message can show."""
+    return {
+        "parameters": "the training parameters (params.yaml train, numerics), the seed or the process count",
+        "processed": f"the processed images ({processed_dir})",
+        "splits": f"the training or validation list ({splits_dir / 'train.txt'}, {splits_dir / 'val.txt'})",
+        "labels": f"the labels ({raw_dir / DATA_ENTRY_FILE})",
+        "code": "the code (cxrstudy's source, or the version of Python, torch, torchvision, NumPy, OpenCV or "
+                "scikit-learn)",
+    }
 
 
 def make_optimizer(model: nn.Module, cfg: TrainParams) -> torch.optim.Optimizer:
@@ -249,10 +297,20 @@ def _state_dict_cpu(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in _unwrap(model).state_dict().items()}
 
 
-def save_checkpoint(path: Path, fp: str, state: TrainState, model: nn.Module, opt: torch.optim.Optimizer,
-                    sched: torch.optim.lr_scheduler.LRScheduler, loader_gen: torch.Generator) -> None:
+def save_torch(payload: object, handle: IO[bytes]) -> None:
+    """`torch.save` into memory, then one plain write into `handle`: torch's own zip writer reports a full disk as
+    "RuntimeError: ... unexpected pos", a plain write as the ENOSPC `OSError` that the atomic writers name."""
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    handle.write(buffer.getbuffer())
+
+
+def save_checkpoint(path: Path, inputs: Mapping[str, str], state: TrainState, model: nn.Module,
+                    opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LRScheduler,
+                    loader_gen: torch.Generator) -> None:
     payload = {
-        "fingerprint": fp,
+        "fingerprint": fingerprint_id(inputs),
+        "inputs": dict(inputs),
         "epoch": state.epoch,
         "best_epoch": state.best_epoch,
         "best_auroc": state.best_auroc,
@@ -264,17 +322,26 @@ def save_checkpoint(path: Path, fp: str, state: TrainState, model: nn.Module, op
         "rng": _rng_state(loader_gen),
     }
     with atomic_file(path, "wb") as handle:
-        torch.save(payload, handle)
+        save_torch(payload, handle)
 
 
-def load_checkpoint(path: Path, fp: str, model: nn.Module, opt: torch.optim.Optimizer,
-                    sched: torch.optim.lr_scheduler.LRScheduler, loader_gen: torch.Generator) -> TrainState | None:
-    """Restore a matching checkpoint; None when there is none or it belongs to another configuration."""
+def load_checkpoint(path: Path, inputs: Mapping[str, str], model: nn.Module, opt: torch.optim.Optimizer,
+                    sched: torch.optim.lr_scheduler.LRScheduler, loader_gen: torch.Generator,
+                    described: Mapping[str, str] | None = None) -> TrainState | None:
+    """Restore a checkpoint made from the same `inputs` (`fingerprint`); None when there is none, or when it was
+    made from other inputs: then it says which changed (`described` words them) and training starts afresh."""
     if not path.is_file():
         return None
     payload = torch.load(path, map_location="cpu", weights_only=True)
-    if payload.get("fingerprint") != fp:
-        print(f"{path}: checkpoint is from another configuration; starting afresh")
+    saved = payload.get("inputs")
+    if not isinstance(saved, dict):
+        print(f"{path}: checkpoint is from another version of cxrstudy (it records no inputs); starting afresh")
+        return None
+    changed = [key for key in sorted(inputs.keys() | saved.keys()) if saved.get(key) != inputs.get(key)]
+    if changed:
+        words = [(described or {}).get(key, key) for key in changed]
+        print(f"{path}: checkpoint is from another configuration: {'; '.join(words)} changed since it was written; "
+              "starting afresh")
         return None
     _unwrap(model).load_state_dict(payload["model"])
     opt.load_state_dict(payload["optimizer"])
@@ -325,6 +392,9 @@ def run(params: Params, seed: int, raw_dir: Path, processed_dir: Path, splits_di
     cfg = params.train
     device_kind = "cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu"
     where = init_distributed(device_kind)
+    ckpt_path = checkpoint_dir / CHECKPOINT_FILE
+    if where.is_main:  # an output that cannot be written stops the stage now, not after the last epoch
+        check_writable(out_dir, plots_file, ckpt_path)
     device = pick_device(cfg, where)
     numerics.apply_threads(params.numerics)
     seed_everything(seed, cfg.deterministic)
@@ -372,9 +442,9 @@ def run(params: Params, seed: int, raw_dir: Path, processed_dir: Path, splits_di
     opt = make_optimizer(model, cfg)
     sched = make_scheduler(opt, cfg, cfg.epochs * len(train_loader))
 
-    fp = fingerprint(params, seed, processed_dir, where.world_size)
-    ckpt_path = checkpoint_dir / CHECKPOINT_FILE
-    state = load_checkpoint(ckpt_path, fp, model, opt, sched, loader_gen) or TrainState()
+    inputs = fingerprint(params, seed, raw_dir, processed_dir, splits_dir, where.world_size)
+    state = load_checkpoint(ckpt_path, inputs, model, opt, sched, loader_gen,
+                            describe_inputs(raw_dir, processed_dir, splits_dir)) or TrainState()
     if state.epoch and where.is_main:
         print(f"train seed {seed}: resuming after epoch {state.epoch} from {ckpt_path}")
 
@@ -404,17 +474,18 @@ def run(params: Params, seed: int, raw_dir: Path, processed_dir: Path, splits_di
                                                   float(sched.get_last_lr()[0])))
                 if val_auroc > state.best_auroc:
                     state.best_epoch, state.best_auroc, state.best_model = epoch, val_auroc, _state_dict_cpu(model)
-                monitor.epoch_end(epoch=epoch, val_loss=val_loss, val_auroc=val_auroc)
                 if where.is_main:
-                    save_checkpoint(ckpt_path, fp, state, model, opt, sched, loader_gen)
+                    save_checkpoint(ckpt_path, inputs, state, model, opt, sched, loader_gen)
                     print(f"seed {seed} epoch {epoch}/{cfg.epochs}: train loss {train_loss:.4f}, "
                           f"val loss {val_loss:.4f}, val AUROC {val_auroc:.4f}")
+                # After the checkpoint: a signal during a slow push loses no finished epoch.
+                monitor.epoch_end(epoch=epoch, val_loss=val_loss, val_auroc=val_auroc)
     finally:
         monitor.close()
     seconds = time.perf_counter() - started
     if where.is_main:
         environment = numerics.environment(params.numerics, device)
-        _write_outputs(state, seed, fp, out_dir, plots_file, environment)
+        _write_outputs(state, seed, fingerprint_id(inputs), out_dir, plots_file, environment)
         ckpt_path.unlink(missing_ok=True)
         sweep_stale(ckpt_path)  # what a run killed while checkpointing left behind
         print(f"train seed {seed}: best epoch {state.best_epoch} (val AUROC {state.best_auroc:.4f}), "
@@ -430,7 +501,7 @@ def _write_outputs(state: TrainState, seed: int, fp: str, out_dir: Path, plots_f
     renamed into place. The model folder records the environment that trained it, and the machine."""
     with atomic_dir(out_dir) as tmp, atomic_file(plots_file) as handle:
         with atomic_file(tmp / MODEL_FILE, "wb") as model_out:  # a Python file: a full disk is an OSError
-            torch.save({"model": state.best_model, "seed": seed, "epoch": state.best_epoch,
+            save_torch({"model": state.best_model, "seed": seed, "epoch": state.best_epoch,
                         "val_auroc": state.best_auroc, "fingerprint": fp}, model_out)
         write_json(tmp / "summary.json", {"seed": seed, "best_epoch": state.best_epoch,
                                           "best_val_auroc": round(state.best_auroc, 6),
