@@ -413,11 +413,20 @@ def test_a_finding_without_positives_prints_na(tmp_path: Path) -> None:
     assert "Avg AUROC (13 findings)" in text
 
 
+def test_without_enough_positives_nothing_is_compared_or_claimed(tmp_path: Path) -> None:
+    study = make_study(tmp_path, seeds=[1, 2], n_test=24, n_patients=20, bootstrap=50)
+    text = study.run()
+    assert "No finding has at least 10 test positives: no mean gets an interval" in text
+    assert "## Paired comparisons" not in text and "P(ranks first)" not in text
+    best = table_after(text, "## Best Seed per Class")
+    assert set(column(best, "Best Seed").values()) <= {"not ranked (< 10 test positives)", "n/a"}
+
+
 def test_bootstrap_off_leaves_intervals_out(tmp_path: Path) -> None:
     study = make_study(tmp_path, seeds=[1, 2], bootstrap=0)
     text = study.run()
     overall = table_after(text, "## Overall Metrics Comparison (per seed)")
-    assert column(overall, "Avg AUROC, ")["1"].endswith("n/a")
+    assert "[" not in column(overall, "Avg AUROC, ")["1"]
     assert "The bootstrap is off" in text
 
 

@@ -133,7 +133,6 @@ class SeedStudy:
     ensemble: ModelSummary | None
     ensemble_note: str
     test_positives: dict[str, int]
-    val_positives: dict[str, int]
     eligible: list[str]
     lacking: dict[str, int]
     n_images: int
@@ -209,7 +208,7 @@ def seed_study(preds: Sequence[Predictions], val_preds: Sequence[Predictions] | 
         ensemble = _with_f1(ensemble, ens_pred, make_ensemble(val_preds)[0] if val_preds else None)
     means = [s.mean_over(columns) for s in scored]
     overall = contrasts(_with_ensemble(names, means, ens_scored.mean_over(columns) if ens_scored else None),
-                        settings.level)
+                        settings.level) if columns and settings.resamples else []
     flat = [(FINDINGS[k], pair) for k in columns
             for pair in _with_ensemble(names, [s.finding(k) for s in scored],
                                        ens_scored.finding(k) if ens_scored else None)]
@@ -218,14 +217,12 @@ def seed_study(preds: Sequence[Predictions], val_preds: Sequence[Predictions] | 
     for (finding, _), c in zip(flat, tested, strict=True):
         per_finding[finding].append(c)
     positives = {n: int(v) for n, v in zip(FINDINGS, first.labels.sum(axis=0), strict=True)}
-    val_positives = ({n: int(v) for n, v in zip(FINDINGS, val_preds[0].labels.sum(axis=0), strict=True)}
-                     if val_preds else {})
     lacking = dict(zip(FINDINGS, (int(v) for v in scored[0].boot.lacking()), strict=True))
     return SeedStudy(
-        settings, list(seeds), per_seed, ensemble, note, positives, val_positives, [FINDINGS[k] for k in columns],
+        settings, list(seeds), per_seed, ensemble, note, positives, [FINDINGS[k] for k in columns],
         lacking, len(first.images), len(set(first.patients.tolist())), overall, per_finding,
         best_seeds(list(seeds), scored, per_finding, positives, columns),
-        dict(zip(seeds, rank_first(means), strict=True)) if len(seeds) > 1 else {},
+        dict(zip(seeds, rank_first(means), strict=True)) if len(seeds) > 1 and overall else {},
         variance_components(means, settings.level))
 
 

@@ -74,7 +74,8 @@ def cell(value: Any) -> str:
     if isinstance(value, Estimate):
         return interval(value)
     if isinstance(value, WithCI):
-        return f"{fmt(value.estimate.value)} {interval(value.estimate)}"
+        e = value.estimate
+        return fmt(e.value) if math.isnan(e.low) else f"{fmt(e.value)} {interval(e)}"
     if isinstance(value, Diff):
         d = value.contrast.difference
         mark = " ✱" if value.contrast.beyond_noise else ""
