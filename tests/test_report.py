@@ -381,6 +381,12 @@ def test_no_unrendered_template_syntax_or_nan(four_seed_report: str) -> None:
     assert "nan" not in four_seed_report.lower().replace("n/a", "")
 
 
+def test_a_value_that_rounds_to_zero_prints_without_a_sign() -> None:
+    from cxrstudy.tables import fmt, signed
+
+    assert signed(-0.00001) == "+0.0000" and fmt(-0.00001) == "0.0000" and signed(-0.0001) == "-0.0001"
+
+
 def test_the_report_side_never_imports_torch() -> None:
     code = ("import sys; import cxrstudy.report, cxrstudy.figures, cxrstudy.experiments, cxrstudy.compare; "
             "sys.exit('torch' in sys.modules)")

@@ -46,13 +46,18 @@ class Diff:
     note: str = ""
 
 
+def _zero(value: float, digits: int) -> float:
+    """A value that rounds to zero prints as 0, never as -0."""
+    return 0.0 if round(value, digits) == 0 else value
+
+
 def fmt(value: float | None, digits: int = 4) -> str:
     """Fixed decimals; an undefined value (no positive in the test set) prints as n/a."""
-    return "n/a" if value is None or math.isnan(value) else f"{value:.{digits}f}"
+    return "n/a" if value is None or math.isnan(value) else f"{_zero(value, digits):.{digits}f}"
 
 
 def signed(value: float) -> str:
-    return "n/a" if math.isnan(value) else f"{value:+.4f}"
+    return "n/a" if math.isnan(value) else f"{_zero(value, 4):+.4f}"
 
 
 def interval(e: Estimate, sign: bool = False) -> str:
