@@ -428,6 +428,16 @@ def test_without_enough_positives_nothing_is_compared_or_claimed(tmp_path: Path)
     assert set(column(best, "Best Seed").values()) <= {"not ranked (< 10 test positives)", "n/a"}
 
 
+def test_seeds_tested_on_different_images_are_not_compared(tmp_path: Path) -> None:
+    study = make_study(tmp_path / "a", seeds=[1, 2], bootstrap=50)
+    other = make_study(tmp_path / "b", seeds=[1, 2], bootstrap=50, data_seed=8, n_test=260)
+    for path in ("metrics/eval/seed_2.json", "predictions/seed_2.csv", "predictions/val/seed_2.csv"):
+        shutil.copy(other.root / path, study.root / path)
+    text = study.run()
+    assert "The seeds were tested on different images, so no difference between them can be paired" in text
+    assert "## Paired comparisons" not in text and "## Training (seed) variance" not in text
+
+
 def test_bootstrap_off_leaves_intervals_out(tmp_path: Path) -> None:
     study = make_study(tmp_path, seeds=[1, 2], bootstrap=0)
     text = study.run()

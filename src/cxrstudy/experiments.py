@@ -276,6 +276,8 @@ def run(params: Params, exp_show: Path | None, repo: Path, out_file: Path, basel
         raise InputError("the experiments were tested on different images (or labels), so they cannot be paired: "
                          f"check {', '.join(_differing(exps)) or 'their split and ingest parameters'}")
     columns = eligible(flat[0].labels, settings_.min_positives)
+    # The baseline first, then by loss and CLAHE (on before off), whatever order `dvc exp show` lists them in.
+    exps.sort(key=lambda e: (e is not base_exp, e.loss, e.clahe != "on", e.name))
     arms = [load_arm(e, settings_, columns, preds[e.name]) for e in exps]
     base = arms[exps.index(base_exp)]
     context = {"phantom": base_exp.params.get("ingest.source") == "phantom", "settings": settings_,

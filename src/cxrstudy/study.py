@@ -33,7 +33,7 @@ from cxrstudy.inference import (
 from cxrstudy.labels import FINDINGS
 from cxrstudy.metrics import nanmean, per_class_auroc, per_class_f1, per_class_thresholds
 from cxrstudy.params import Params
-from cxrstudy.results import Predictions, make_ensemble
+from cxrstudy.results import Predictions, make_ensemble, same_images
 from cxrstudy.stats import Bootstrap, bootstrap_auroc
 
 
@@ -142,6 +142,7 @@ class SeedStudy:
     best: list[BestSeed]
     rank_first: dict[int, float]
     variance: VarianceComponents | None
+    paired: bool = True
 
     @property
     def mean_dropped(self) -> int:
@@ -181,7 +182,7 @@ def best_seeds(seeds: list[int], scored: list[Scored], per_finding: dict[str, li
             out.append(BestSeed(name, positives[name], None, math.nan, False, None, False))
             continue
         top, top_seed = ranked[0][0], -ranked[0][1]
-        if k not in columns or len(ranked) < 2:
+        if k not in columns or len(ranked) < 2 or name not in per_finding:
             out.append(BestSeed(name, positives[name], None if k not in columns else top_seed, top,
                                 k in columns, None, False))
             continue
@@ -207,13 +208,15 @@ def seed_study(preds: Sequence[Predictions], val_preds: Sequence[Predictions] | 
         ensemble = summarise(ens_scored, ens_pred, columns, settings)
         ensemble = _with_f1(ensemble, ens_pred, make_ensemble(val_preds)[0] if val_preds else None)
     means = [s.mean_over(columns) for s in scored]
+    # Differences are paired only when every seed was tested on the same images.
+    paired = same_images(preds)
     overall = contrasts(_with_ensemble(names, means, ens_scored.mean_over(columns) if ens_scored else None),
-                        settings.level) if columns and settings.resamples else []
-    flat = [(FINDINGS[k], pair) for k in columns
+                        settings.level) if columns and settings.resamples and paired else []
+    flat = [(FINDINGS[k], pair) for k in (columns if paired else [])
             for pair in _with_ensemble(names, [s.finding(k) for s in scored],
                                        ens_scored.finding(k) if ens_scored else None)]
     tested = contrasts([pair for _, pair in flat], settings.level)
-    per_finding: dict[str, list[Contrast]] = {FINDINGS[k]: [] for k in columns}
+    per_finding: dict[str, list[Contrast]] = {finding: [] for finding, _ in flat}
     for (finding, _), c in zip(flat, tested, strict=True):
         per_finding[finding].append(c)
     positives = {n: int(v) for n, v in zip(FINDINGS, first.labels.sum(axis=0), strict=True)}
@@ -223,7 +226,7 @@ def seed_study(preds: Sequence[Predictions], val_preds: Sequence[Predictions] | 
         lacking, len(first.images), len(set(first.patients.tolist())), overall, per_finding,
         best_seeds(list(seeds), scored, per_finding, positives, columns),
         dict(zip(seeds, rank_first(means), strict=True)) if len(seeds) > 1 and overall else {},
-        variance_components(means, settings.level))
+        variance_components(means, settings.level) if paired else None, paired)
 
 
 def _with_f1(summary: ModelSummary, test: Predictions, val: Predictions | None) -> ModelSummary:
