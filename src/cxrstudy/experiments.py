@@ -42,7 +42,7 @@ from cxrstudy.results import (
 )
 from cxrstudy.stats import mean_sd
 from cxrstudy.study import Settings, eligible, score, settings
-from cxrstudy.tables import Diff, MeanSd, Table, WithCI, pvalue
+from cxrstudy.tables import Diff, MeanSd, Table, WithCI, defined, pvalue
 
 SEED_FILE = re.compile(r"(?:^|/)seed_(\d+)\.json$")
 SUMMARY_FILE = "metrics/report.json"
@@ -236,11 +236,13 @@ def comparison(arms: list[Arm], base: Arm, settings_: Settings, columns: list[in
                      WithCI(estimate(a.seed_mean, level)), WithCI(ens) if ens else None,
                      MeanSd(*mean_sd([s.f1_mean for s in e.seeds])), mean_sd([s.brier_mean for s in e.seeds])[0],
                      mean_sd([s.ece_mean for s in e.seeds])[0]])
-    n_cols = len(columns)
-    arms_table = Table(["Arm", "Rev", "Loss", "CLAHE", "Seeds", f"Avg AUROC ({len(FINDINGS)} findings, mean ± sd over "
-                        "seeds)", f"Mean of seeds, {n_cols} eligible findings [{pct} CI]",
-                        f"Ensemble, {n_cols} eligible findings [{pct} CI]", "Avg F1 (validation thresholds)",
-                        "Brier", "ECE"], ["l", "l", "l", "l", "l", "r", "c", "c", "r", "r", "r"], rows)
+    n_cols, n_def = len(columns), defined(base.experiment.seeds)
+    arms_table = Table(["Arm", "Rev", "Loss", "CLAHE", "Seeds", f"Avg AUROC ({n_def} findings, mean ± sd over seeds)",
+                        f"Mean of seeds, {n_cols} eligible findings [{pct} CI]",
+                        f"Ensemble, {n_cols} eligible findings [{pct} CI]",
+                        f"Avg F1 ({n_def} findings, validation thresholds)", f"Brier ({len(FINDINGS)} findings)",
+                        f"ECE ({len(FINDINGS)} findings)"], ["l", "l", "l", "l", "l", "r", "c", "c", "r", "r", "r"],
+                       rows)
     delta_rows = [[c.first, Diff(c), Diff(t_), pvalue(t_.p_holm), "yes" if t_.beyond_noise else "no",
                    Diff(by_ensemble[c.first]) if c.first in by_ensemble else None]
                   for c, t_ in zip(sampling, total, strict=True)]

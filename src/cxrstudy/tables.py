@@ -132,8 +132,8 @@ def overall_table(seeds: list[SeedMetrics], study: SeedStudy | None) -> Table:
     then mean ± sd and min–max over seeds, and the ensemble."""
     label = f1_label(seeds[0].f1_protocol)
     header = ["Seed", "Loss", f"Avg AUROC ({defined(seeds)} findings)",
-              eligible_header(study) if study else "Avg AUROC [CI]", f"Avg F1 ({label})",
-              "Avg F1 (test-tuned, optimistic)"]
+              eligible_header(study) if study else "Avg AUROC [CI]", f"Avg F1 ({defined(seeds)} findings, {label})",
+              f"Avg F1 ({defined(seeds)} findings, test-tuned, optimistic)"]
     align = ["l", "r", "r", "c", "r", "r"]
     first = study is not None and bool(study.rank_first)
     if first:
