@@ -169,7 +169,9 @@ def plot_reliability(table: pd.DataFrame, path: Path, title: str = "") -> None:
             ensemble = model == ENSEMBLE
             ax.plot(rows["mean_prob"], rows["frequency"], marker="o", markersize=3, color=colors[model], label=model,
                     linestyle="--" if ensemble else "-", linewidth=1.6 if ensemble else 1.0)
-            counts.step(rows["low"], rows["count"], where="post", color=colors[model], linewidth=1.0)
+            if not rows.empty:  # each bin drawn across its whole width, the last one included
+                counts.step(np.r_[rows["low"], rows["high"].iloc[-1]], np.r_[rows["count"], rows["count"].iloc[-1]],
+                            where="post", color=colors[model], linewidth=1.0)
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
         ax.set_xlabel("mean predicted probability (bin)")
@@ -178,7 +180,7 @@ def plot_reliability(table: pd.DataFrame, path: Path, title: str = "") -> None:
         ax.legend(frameon=False, fontsize=8)
         counts.set_yscale("log")
         counts.set_xlim(0, 1)
-        counts.set_xlabel("predicted probability (bin start)")
+        counts.set_xlabel("predicted probability (bin)")
         counts.set_ylabel("(image, finding) pairs")
         counts.grid(color="0.9")
         if title:
