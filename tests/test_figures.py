@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import matplotlib as mpl
@@ -10,7 +11,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from cxrstudy import figures, report
+from cxrstudy import figures, plotdata
 from cxrstudy.labels import FINDINGS
 from cxrstudy.preprocess import load_processed, process_image
 from tests.conftest import tiny_params
@@ -34,37 +35,37 @@ def _history() -> pd.DataFrame:
     frames = {seed: pd.DataFrame({"epoch": [1, 2, 3], "train_loss": [0.3, 0.2, 0.1 + seed / 100],
                                   "val_loss": [0.35, 0.3, 0.28], "val_auroc": [0.6, 0.65, 0.7], "lr": 1e-3})
               for seed in (1, 2)}
-    return figures.history_table(frames)
+    return plotdata.history_table(frames)
 
 
 def test_roc_table_has_a_fixed_grid_per_finding_and_model() -> None:
-    table = figures.roc_table(_curves(), FINDINGS)
+    table = plotdata.roc_table(_curves(), FINDINGS)
     assert list(table.columns) == ["finding", "model", "point", "fpr", "tpr"]
-    assert len(table) == len(FINDINGS) * 2 * figures.ROC_POINTS
+    assert len(table) == len(FINDINGS) * 2 * plotdata.ROC_POINTS
     for _, curve in table.groupby(["finding", "model"]):
-        assert curve["fpr"].tolist() == pytest.approx(np.linspace(0, 1, figures.ROC_POINTS).tolist())
+        assert curve["fpr"].tolist() == pytest.approx(np.linspace(0, 1, plotdata.ROC_POINTS).tolist())
         assert (np.diff(curve["tpr"]) >= 0).all()
         assert curve["tpr"].iloc[-1] == 1.0
 
 
 def test_roc_table_area_is_close_to_the_auroc() -> None:
     curves = _curves()
-    table = figures.roc_table(curves, FINDINGS)
+    table = plotdata.roc_table(curves, FINDINGS)
     labels, probs = curves["seed 0"]
     for k, name in enumerate(FINDINGS[:4]):
         tpr = table[(table["finding"] == name) & (table["model"] == "seed 0")]["tpr"].to_numpy()
-        area = float(np.sum(tpr[:-1]) / (figures.ROC_POINTS - 1))  # the step curve, read from the left
+        area = float(np.sum(tpr[:-1]) / (plotdata.ROC_POINTS - 1))  # the step curve, read from the left
         assert area == pytest.approx(roc_auc_score(labels[:, k], probs[:, k]), abs=0.03)
 
 
 def test_a_finding_without_positives_has_no_roc_rows() -> None:
-    table = figures.roc_table(_curves(empty=7), FINDINGS)
+    table = plotdata.roc_table(_curves(empty=7), FINDINGS)
     assert FINDINGS[7] not in set(table["finding"])
     assert len(set(table["finding"])) == len(FINDINGS) - 1
 
 
 def test_auroc_table_leaves_undefined_values_out() -> None:
-    table = figures.auroc_table({"seed 1": {"Mass": 0.8, "Hernia": float("nan")}, "ensemble": {"Mass": 0.85}})
+    table = plotdata.auroc_table({"seed 1": {"Mass": 0.8, "Hernia": float("nan")}, "ensemble": {"Mass": 0.85}})
     assert table.to_dict("records") == [{"finding": "Mass", "model": "seed 1", "auroc": 0.8},
                                         {"finding": "Mass", "model": "ensemble", "auroc": 0.85}]
 
@@ -76,7 +77,7 @@ def test_history_table_stacks_seeds_with_a_seed_column() -> None:
 
 
 def test_plots_csv_is_plain_and_stable(tmp_path: Path) -> None:
-    figures.write_csv(tmp_path / "train.csv", _history())
+    plotdata.write_csv(tmp_path / "train.csv", _history())
     text = (tmp_path / "train.csv").read_text()
     assert text.splitlines()[0] == "seed,epoch,train_loss,val_loss,val_auroc,lr"
     assert "\r" not in text and text.endswith("\n")
@@ -85,15 +86,16 @@ def test_plots_csv_is_plain_and_stable(tmp_path: Path) -> None:
 def _draw_all(folder: Path) -> dict[str, bytes]:
     folder.mkdir(parents=True, exist_ok=True)
     curves = _curves()
-    roc = figures.roc_table(curves, FINDINGS)
+    roc = plotdata.roc_table(curves, FINDINGS)
     figures.plot_roc(roc, FINDINGS, dict.fromkeys(FINDINGS, 0.75), folder / figures.ROC_PNG)
-    dots = figures.auroc_table({m: dict.fromkeys(FINDINGS, 0.7 + 0.01 * i) for i, m in enumerate(curves)})
+    dots = plotdata.auroc_table({m: dict.fromkeys(FINDINGS, 0.7 + 0.01 * i) for i, m in enumerate(curves)})
     refs = [figures.Reference("CheXNet [random 70/10/20]", dict.fromkeys(FINDINGS, 0.8), "D")]
     figures.plot_auroc_dots(dots, FINDINGS, refs, folder / figures.AUROC_PNG)
     figures.plot_training_curves(_history(), folder / figures.TRAIN_PNG)
     image = np.arange(64 * 64, dtype=np.uint8).reshape(64, 64)
     sample = figures.ClaheSample("00000001_000.png", image, image[::-1].copy())
     figures.plot_clahe([sample, sample], "raw", "processed", folder / figures.CLAHE_PNG)
+    figures.plot_reliability(plotdata.reliability_table(curves, 10), folder / figures.RELIABILITY_PNG, "reliability")
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
 
 
@@ -104,7 +106,8 @@ def drawn(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
 
 def test_every_figure_is_a_png_drawn_twice_to_the_same_bytes(drawn: dict[str, bytes], tmp_path: Path) -> None:
     again = _draw_all(tmp_path)
-    assert set(drawn) == {figures.ROC_PNG, figures.AUROC_PNG, figures.TRAIN_PNG, figures.CLAHE_PNG}
+    assert set(drawn) == {figures.ROC_PNG, figures.AUROC_PNG, figures.TRAIN_PNG, figures.CLAHE_PNG,
+                          figures.RELIABILITY_PNG}
     for name, data in drawn.items():
         assert data.startswith(PNG_SIGNATURE), name
         assert data == again[name], f"{name} differs between two renderings"
@@ -133,9 +136,9 @@ def test_different_data_draw_different_bytes(tmp_path: Path) -> None:
 def test_clahe_samples_show_the_raw_image_resized_and_the_processed_one(tiny_data: Path) -> None:
     params = tiny_params()
     raw, processed = tiny_data / "data/raw", tiny_data / "data/processed"
-    samples, before_label, after_label = report.clahe_samples(params, raw, processed, None)
+    samples, before_label, after_label = figures.clahe_samples(params, raw, processed, None)
     images, names = load_processed(processed)
-    assert len(samples) == report.DEFAULT_CLAHE_SAMPLES
+    assert len(samples) == params.report.clahe_samples
     assert [s.name for s in samples] == sorted(s.name for s in samples)
     from cxrstudy.imageio import read_gray
 
@@ -146,21 +149,56 @@ def test_clahe_samples_show_the_raw_image_resized_and_the_processed_one(tiny_dat
     assert "CLAHE (clip 2.0, 8×8 tiles)" in after_label and "raw" in before_label
 
 
-def test_report_links_every_figure_and_writes_the_plots_data(tiny_data: Path, tmp_path: Path) -> None:
-    from tests.test_report import make_study
+def test_reliability_table_pools_findings_into_equal_width_bins() -> None:
+    labels = np.array([[1, 0], [0, 0], [1, 1], [0, 1]], dtype=float)
+    probs = np.array([[0.05, 0.15], [0.08, 0.95], [0.92, 0.97], [0.11, 0.5]])
+    table = plotdata.reliability_table({"seed 1": (labels, probs)}, 10)
+    rows = table.set_index("bin")
+    assert rows.loc[0, "count"] == 2 and rows.loc[0, "frequency"] == 0.5
+    assert rows.loc[0, "mean_prob"] == pytest.approx(0.065)
+    assert rows.loc[9, "count"] == 3 and rows.loc[9, "frequency"] == pytest.approx(2 / 3)
+    assert set(rows.index) == {0, 1, 5, 9} and int(table["count"].sum()) == labels.size
+
+
+def _figures_run(tiny_data: Path, tmp_path: Path, source: str) -> tuple[str, Path]:
+    from tests.synthetic import make_study
 
     _, names = load_processed(tiny_data / "data/processed")
-    study = make_study(tmp_path, seeds=[1, 2], bootstrap=50, n_test=60, n_patients=40, names=names)
-    out = tmp_path / "reports/report.md"
-    text = study.run(out, history_dir=study.history, raw_dir=tiny_data / "data/raw",
+    study = make_study(tmp_path, seeds=[1, 2], bootstrap=50, n_test=60, n_patients=40, names=names,
+                       ingest={"source": source})
+    text = study.run(tmp_path / "reports/report.md", history_dir=study.history, raw_dir=tiny_data / "data/raw",
                      processed_dir=tiny_data / "data/processed", figures_dir=tmp_path / "reports/figures",
                      plots_dir=tmp_path / "plots/report")
-    for png in (figures.ROC_PNG, figures.AUROC_PNG, figures.CLAHE_PNG, figures.TRAIN_PNG):
+    return text, tmp_path
+
+
+def test_report_links_every_figure_and_writes_the_plots_data(tiny_data: Path, tmp_path: Path) -> None:
+    text, root = _figures_run(tiny_data, tmp_path, "phantom")
+    for png in (figures.ROC_PNG, figures.AUROC_PNG, figures.CLAHE_PNG, figures.TRAIN_PNG, figures.RELIABILITY_PNG):
         assert f"](figures/{png})" in text
-        assert (tmp_path / "reports/figures" / png).read_bytes().startswith(PNG_SIGNATURE)
-    for csv in (figures.ROC_CSV, figures.AUROC_CSV, figures.TRAIN_CSV):
-        assert (tmp_path / "plots/report" / csv).is_file()
-    auroc = pd.read_csv(tmp_path / "plots/report" / figures.AUROC_CSV)
+        assert (root / "reports/figures" / png).read_bytes().startswith(PNG_SIGNATURE)
+    for csv in (figures.ROC_CSV, figures.AUROC_CSV, figures.TRAIN_CSV, figures.RELIABILITY_CSV):
+        assert (root / "plots/report" / csv).is_file()
+    auroc = pd.read_csv(root / "plots/report" / figures.AUROC_CSV)
     seed_1 = auroc[auroc["model"] == "seed 1"].set_index("finding")["auroc"]
-    assert seed_1.to_dict() == pytest.approx(study.metrics_of(1)["auroc"], abs=1e-5)
-    assert "CheXNet [random 70/10/20]" in set(auroc["model"])
+    metrics = json.loads((root / "metrics/eval/seed_1.json").read_text())["auroc"]
+    assert seed_1.to_dict() == pytest.approx({k: v for k, v in metrics.items() if v is not None}, abs=1e-5)
+
+
+def test_a_phantom_run_draws_no_published_number_beside_its_own(tiny_data: Path, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    drawn: dict[str, tuple[list[str], str]] = {}
+    plot = figures.plot_auroc_dots
+
+    def spy(table: pd.DataFrame, findings: list[str], refs: list[figures.Reference], path: Path, title: str = "",
+            labels: dict[str, str] | None = None) -> None:
+        drawn[path.parts[-4]] = ([r.label for r in refs], title)
+        plot(table, findings, refs, path, title, labels)
+
+    monkeypatch.setattr(figures, "plot_auroc_dots", spy)
+    _, phantom = _figures_run(tiny_data, tmp_path / "phantom", "phantom")
+    _, real = _figures_run(tiny_data, tmp_path / "real", "nih")
+    assert drawn["phantom"][0] == [] and drawn["phantom"][1].startswith("Phantom run")
+    assert drawn["real"][0] == ["CheXNet [random 70/10/20]", "seed study, mean of seeds [random 2 %, per seed]"]
+    assert set(pd.read_csv(phantom / "plots/report" / figures.AUROC_CSV)["model"]) == {"seed 1", "seed 2", "ensemble"}
+    assert "CheXNet [random 70/10/20]" in set(pd.read_csv(real / "plots/report" / figures.AUROC_CSV)["model"])

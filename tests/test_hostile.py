@@ -371,6 +371,7 @@ def _weak_study(root: Path) -> Any:
     (root / "metrics/eval/seed_1.json").write_text(json.dumps(metrics))
     names = [f"{i:08d}_000.png" for i in range(n)]
     save_predictions(root / "predictions/seed_1.csv", names, np.arange(n) // 2 + 1000, labels, probs)
+    save_predictions(root / "predictions/val/seed_1.csv", names[:150], np.arange(150) // 2 + 5000, *val)
     return metrics
 
 

@@ -1,5 +1,5 @@
-"""The report stage: numbers from the metrics files, uncertainty from the predictions, published references beside
-ours, deterministic GitHub Markdown under the comment limit, and the comparison of DVC experiments."""
+"""The report stage: numbers from the metrics files, uncertainty from the predictions, phantom first, published
+references apart from phantom numbers, deterministic GitHub Markdown under the comment limit."""
 
 from __future__ import annotations
 
@@ -7,110 +7,31 @@ import json
 import math
 import re
 import shutil
-import time
-from dataclasses import dataclass
+import subprocess
+import sys
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from cxrstudy import report
+from cxrstudy import references
 from cxrstudy.errors import InputError
-from cxrstudy.evaluate import compute_metrics, save_predictions
 from cxrstudy.labels import FINDINGS
-from cxrstudy.params import Params
-from tests.conftest import tiny_params
+from cxrstudy.render import MAX_CHARS
+from cxrstudy.results import read_predictions
+from cxrstudy.stats import patient_counts
+from tests.conftest import ROOT, tiny_params
+from tests.synthetic import STUDY_SEEDS, Study, make_study
 
-STUDY_SEEDS = [12, 22, 32, 42]
-
-
-# ------------------------------------------------------------------------------------------------ synthetic study
-
-
-@dataclass
-class Study:
-    """Metrics, predictions and histories of a synthetic seed study, in the pipeline's layout under `root`."""
-
-    root: Path
-    params: Params
-
-    @property
-    def metrics(self) -> Path:
-        return self.root / "metrics/eval"
-
-    @property
-    def predictions(self) -> Path:
-        return self.root / "predictions"
-
-    @property
-    def history(self) -> Path:
-        return self.root / "plots/train"
-
-    def metrics_of(self, seed: int) -> dict[str, Any]:
-        return json.loads((self.metrics / f"seed_{seed}.json").read_text())
-
-    def run(self, out: Path | None = None, **paths: Any) -> str:
-        out = out or self.root / "reports/report.md"
-        kwargs: dict[str, Any] = {"predictions_dir": self.predictions, "history_dir": None, "raw_dir": None,
-                                  "processed_dir": None, "figures_dir": None, "plots_dir": None,
-                                  "summary_file": self.root / "metrics/report.json"}
-        kwargs.update(paths)
-        report.run(self.params, self.metrics, self.root / "data/splits", out, **kwargs)
-        return out.read_text()
-
-
-def _labels(rng: np.random.Generator, n: int, empty: tuple[str, ...]) -> np.ndarray:
-    prevalence = rng.uniform(0.04, 0.2, len(FINDINGS))
-    labels = (rng.random((n, len(FINDINGS))) < prevalence).astype(np.float32)
-    for k, name in enumerate(FINDINGS):
-        if name in empty:
-            labels[:, k] = 0
-        elif labels[:, k].sum() == 0:
-            labels[0, k] = 1
-    return labels
-
-
-def _probs(rng: np.random.Generator, labels: np.ndarray, strength: np.ndarray, shared: np.ndarray) -> np.ndarray:
-    """Image difficulty shared by all seeds plus a little seed noise, as with real seeds."""
-    logits = strength * (2 * labels - 1) + shared + rng.normal(0, 0.35, labels.shape) - 1.5
-    return 1 / (1 + np.exp(-logits))
-
-
-def make_study(root: Path, seeds: list[int] | None = None, n_test: int = 280, n_patients: int = 190,
-               empty: tuple[str, ...] = (), bootstrap: int = 200, epochs: int = 3,
-               names: list[str] | None = None) -> Study:
-    """A seed study with the real file formats (written by the evaluate stage's own functions)."""
-    seeds = seeds or STUDY_SEEDS
-    params = tiny_params(seeds=seeds, report={"bootstrap": bootstrap, "bootstrap_seed": 0},
-                         ingest={"source": "phantom"}, split={"method": "official"})
-    data = np.random.default_rng(7)
-    test_labels = _labels(data, n_test, empty)
-    val_labels = _labels(data, 150, ())
-    patients = np.sort(data.integers(0, n_patients, n_test)) + 1000
-    names = names[:n_test] if names else [f"{i:08d}_000.png" for i in range(n_test)]
-    strength = data.uniform(0.3, 1.2, len(FINDINGS))
-    test_shared, val_shared = data.normal(0, 1.0, test_labels.shape), data.normal(0, 1.0, val_labels.shape)
-    for seed in seeds:
-        rng = np.random.default_rng(seed)
-        test_probs = _probs(rng, test_labels, strength, test_shared)
-        val = (val_labels, _probs(rng, val_labels, strength, val_shared))
-        metrics = compute_metrics(seed, 0.04 + seed / 1e4, val, (test_labels, test_probs))
-        (root / "metrics/eval").mkdir(parents=True, exist_ok=True)
-        (root / f"metrics/eval/seed_{seed}.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
-        save_predictions(root / f"predictions/seed_{seed}.csv", names, patients, test_labels, test_probs)
-        history = pd.DataFrame({"epoch": range(1, epochs + 1), "train_loss": np.linspace(0.3, 0.1, epochs) + seed / 1e3,
-                                "val_loss": np.linspace(0.35, 0.2, epochs), "val_auroc": np.linspace(0.6, 0.7, epochs),
-                                "lr": 1e-3})
-        (root / "plots/train").mkdir(parents=True, exist_ok=True)
-        history.to_csv(root / f"plots/train/seed_{seed}.csv", index=False)
-    return Study(root, params)
+# Two findings below the 10-positive threshold (one with 2 positives: many resamples draw none), one separable.
+COUNTS = {"Pneumothorax": 2, "Edema": 6}
+STRENGTH = {"Emphysema": 8.0}
 
 
 @pytest.fixture(scope="module")
 def four_seeds(tmp_path_factory: pytest.TempPathFactory) -> Study:
-    return make_study(tmp_path_factory.mktemp("study"))
+    return make_study(tmp_path_factory.mktemp("study"), counts=COUNTS, strength=STRENGTH, offset={42: 0.5})
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +43,7 @@ def four_seed_report(four_seeds: Study) -> str:
 
 
 def tables(text: str) -> list[list[list[str]]]:
-    """Every Markdown table in `text` as rows of cells (header first, the rule row left out)."""
+    """Every Markdown table in `text` as rows of cells (header first, the rule row kept)."""
     out: list[list[list[str]]] = []
     current: list[list[str]] = []
     previous = ""
@@ -145,15 +66,28 @@ def _cells(line: str) -> list[str]:
 
 def table_after(text: str, heading: str, index: int = 0) -> list[list[str]]:
     """The `index`-th table after the line `heading`, rule row dropped."""
-    section = text.split(heading, 1)[1]
-    found = tables(section)[index]
+    found = tables(text.split(heading, 1)[1])[index]
     return [found[0], *found[2:]]
 
 
 def column(table: list[list[str]], name: str) -> dict[str, str]:
-    """{first cell: the cell under header `name`} for every body row."""
-    k = table[0].index(name)
+    """{first cell: the cell under the header that starts with `name`} for every body row."""
+    k = next(i for i, h in enumerate(table[0]) if h.startswith(name))
     return {row[0]: row[k] for row in table[1:]}
+
+
+def section(text: str, heading: str) -> str:
+    return text.split(heading, 1)[1].split("\n## ", 1)[0]
+
+
+def interval(cell: str) -> tuple[float, float]:
+    low, high = re.search(r"\[([-+]?\d\.\d{4}), ([-+]?\d\.\d{4})\]", cell).groups()  # type: ignore[union-attr]
+    return float(low), float(high)
+
+
+def eligible(study: Study) -> list[str]:
+    positives = study.metrics_of(STUDY_SEEDS[0])["test_positives"]
+    return [n for n in FINDINGS if positives[n] >= study.params.report.min_positives]
 
 
 # ------------------------------------------------------------------------------------------------ the numbers
@@ -161,21 +95,57 @@ def column(table: list[list[str]], name: str) -> dict[str, str]:
 
 def test_overall_table_holds_every_seeds_metrics(four_seeds: Study, four_seed_report: str) -> None:
     overall = table_after(four_seed_report, "## Overall Metrics Comparison (per seed)")
-    assert overall[0][:3] == ["Seed", "Loss", "Avg AUROC"]
+    assert overall[0][:3] == ["Seed", "Loss", "Avg AUROC (14 findings)"]
     for seed in STUDY_SEEDS:
         m = four_seeds.metrics_of(seed)
         row = next(r for r in overall if r[0] == str(seed))
         assert row[1:3] == [f"{m['loss']:.4f}", f"{m['auroc_mean']:.4f}"]
-        assert column(overall, "Avg F1 (validation thresholds)")[str(seed)] == f"{m['f1_mean']:.4f}"
-        assert column(overall, "Avg F1 (test-tuned, optimistic)")[str(seed)] == f"{m['f1_test_tuned_mean']:.4f}"
+        f1, tuned = column(overall, "Avg F1 (14 findings, validation"), column(overall, "Avg F1 (14 findings, test")
+        assert f1[str(seed)] == f"{m['f1_mean']:.4f}" and tuned[str(seed)] == f"{m['f1_test_tuned_mean']:.4f}"
 
 
-def test_per_class_table_lists_all_14_findings_per_seed(four_seeds: Study, four_seed_report: str) -> None:
+def test_the_interval_column_names_its_findings_and_brackets_their_mean(four_seeds: Study,
+                                                                       four_seed_report: str) -> None:
+    names = eligible(four_seeds)
+    assert len(names) == 12
+    overall = table_after(four_seed_report, "## Overall Metrics Comparison (per seed)")
+    header = f"Avg AUROC, {len(names)} findings with ≥ 10 test positives [95% CI]"
+    assert header in overall[0]
+    for seed in STUDY_SEEDS:
+        auroc = four_seeds.metrics_of(seed)["auroc"]
+        point = np.mean([auroc[n] for n in names])
+        cell = column(overall, header)[str(seed)]
+        assert cell.startswith(f"{point:.4f} [")
+        low, high = interval(cell)
+        assert low < point < high and 0.005 < high - low < 0.3
+
+
+def test_per_class_table_lists_all_14_findings_per_seed_with_both_positive_counts(four_seeds: Study,
+                                                                                 four_seed_report: str) -> None:
     per_class = table_after(four_seed_report, "## Per-Class AUROC Comparison (per seed)")
     assert [r[0] for r in per_class[1:]] == list(FINDINGS)
+    m = four_seeds.metrics_of(12)
     for seed in STUDY_SEEDS:
         auroc = four_seeds.metrics_of(seed)["auroc"]
         assert column(per_class, f"Seed {seed}") == {n: f"{auroc[n]:.4f}" for n in FINDINGS}
+    assert column(per_class, "Val positives") == {n: str(m["val_positives"][n]) for n in FINDINGS}
+    tests = column(per_class, "Test positives")
+    assert tests["Pneumothorax"] == "2 (< 10)" and tests["Edema"] == "6 (< 10)"
+    assert tests["Infiltration"] == str(m["test_positives"]["Infiltration"])
+
+
+def test_resamples_without_a_positive_are_counted(four_seeds: Study, four_seed_report: str) -> None:
+    """Pneumothorax has 2 positives: a resample lacks them exactly when it draws neither patient."""
+    pred = read_predictions(four_seeds.predictions / "seed_12.csv")
+    ids, index = np.unique(pred.patients, return_inverse=True)
+    holders = np.unique(index[pred.labels[:, FINDINGS.index("Pneumothorax")] == 1])
+    counts = patient_counts(len(ids), 200, 0)
+    expected = int((counts[:, holders].sum(axis=1) == 0).sum())
+    assert expected > 0
+    per_class = table_after(four_seed_report, "## Per-Class AUROC Comparison (per seed)")
+    lacking = column(per_class, "Resamples without a positive (of 200)")
+    assert lacking["Pneumothorax"] == str(expected)
+    assert lacking["Infiltration"] == "0"
 
 
 def test_mean_sd_and_range_over_seeds_match_the_metrics(four_seeds: Study, four_seed_report: str) -> None:
@@ -185,83 +155,179 @@ def test_mean_sd_and_range_over_seeds_match_the_metrics(four_seeds: Study, four_
     assert mean_row[2] == f"{np.mean(values):.4f} ± {np.std(values, ddof=1):.4f}"
     range_row = next(r for r in overall if r[0] == "min–max")
     assert range_row[2] == f"{min(values):.4f}–{max(values):.4f}"
-    per_class = table_after(four_seed_report, "## Per-Class AUROC Comparison (per seed)")
-    cardio = [four_seeds.metrics_of(s)["auroc"]["Cardiomegaly"] for s in STUDY_SEEDS]
-    assert column(per_class, "Mean ± sd")["Cardiomegaly"] == f"{np.mean(cardio):.4f} ± {np.std(cardio, ddof=1):.4f}"
 
 
-def test_best_seed_table_names_the_argmax_for_all_14_findings(four_seeds: Study, four_seed_report: str) -> None:
+def test_best_seed_table_lists_all_14_and_ranks_only_findings_with_enough_positives(four_seeds: Study,
+                                                                                    four_seed_report: str) -> None:
     best = table_after(four_seed_report, "## Best Seed per Class")
-    assert len(best) == 1 + 14
+    assert [r[0] for r in best[1:]] == list(FINDINGS)
     for name in FINDINGS:
         scores = {s: four_seeds.metrics_of(s)["auroc"][name] for s in STUDY_SEEDS}
         top = max(scores, key=lambda s: (scores[s], -s))
-        assert column(best, "Best Seed")[name] == str(top)
         assert column(best, "Highest AUROC")[name] == f"{scores[top]:.4f}"
+        if name in COUNTS:
+            assert column(best, "Best Seed")[name] == "not ranked (< 10 test positives)"
+            assert column(best, "Beats every other seed")[name] == "—"
+        else:
+            assert column(best, "Best Seed")[name] == str(top)
+    summary = section(four_seed_report, "## Summary")
+    claims = summary.split("Best seed per finding", 1)[1].split("\n", 1)[0]
+    assert "Pneumothorax (2)" in claims and "Edema (6)" in claims
+    assert "for Pneumothorax" not in claims and "for Edema" not in claims
 
 
-def test_bootstrap_interval_brackets_each_seeds_mean_auroc(four_seeds: Study, four_seed_report: str) -> None:
+def test_a_best_seed_is_claimed_only_when_it_beats_every_other_seed(four_seed_report: str) -> None:
+    best = table_after(four_seed_report, "## Best Seed per Class")
+    per_finding = table_after(four_seed_report, "## Paired comparisons", 1)
+    for name, seed in column(best, "Best Seed").items():
+        if not seed.isdigit():
+            continue
+        row = next(r for r in per_finding if r[0] == name)
+        pairs = [cell for header, cell in zip(per_finding[0], row, strict=True) if f"seed {seed}" in header
+                 and "ensemble" not in header]
+        assert len(pairs) == 3
+        claimed = column(best, "Beats every other seed")[name] == "yes"
+        assert claimed == all(cell.endswith("✱") for cell in pairs), name
+
+
+def test_a_truly_better_seed_is_found_beyond_noise(four_seed_report: str) -> None:
+    """Seed 42 gets extra signal on every finding: every pair with it differs, and it ranks first most often."""
+    contrasts = table_after(four_seed_report, "## Paired comparisons")
+    verdicts = column(contrasts, "Beyond test-sampling noise")
+    for other in (12, 22, 32):
+        assert verdicts[f"seed {other} − seed 42"] == "yes"
+        low, high = interval(column(contrasts, "95% CI")[f"seed {other} − seed 42"])
+        assert high < 0
     overall = table_after(four_seed_report, "## Overall Metrics Comparison (per seed)")
-    intervals = column(overall, "95% CI (patient bootstrap)")
-    for seed in STUDY_SEEDS:
-        low, high = (float(x) for x in intervals[str(seed)].strip("[]").split(", "))
-        assert low < four_seeds.metrics_of(seed)["auroc_mean"] < high
-        assert 0.01 < high - low < 0.3
+    first = {k: float(v) for k, v in column(overall, "P(ranks first)").items() if k.isdigit()}
+    assert sum(first.values()) == pytest.approx(1.0, abs=1e-3)
+    assert max(first, key=first.__getitem__) == "42" and first["42"] > 0.9
+
+
+def test_identical_seeds_differ_by_nothing(tmp_path: Path) -> None:
+    study = make_study(tmp_path, seeds=[1, 2], noise=0.0, bootstrap=100)
+    text = study.run()
+    contrasts = table_after(text, "## Paired comparisons")
+    row = next(r for r in contrasts if r[0] == "seed 1 − seed 2")
+    assert row[1] == "+0.0000" and row[-1] == "no"
+
+
+def test_the_seed_verdict_follows_the_variance_decomposition(four_seeds: Study, four_seed_report: str) -> None:
+    variance = table_after(four_seed_report, "## Training (seed) variance and test-sampling variance")
+    low, high = (float(x) for x in column(variance, "95% interval")["training (seed) sd"].strip("[]").split(", "))
+    summary = section(four_seed_report, "## Summary")
+    sentence = next(line for line in summary.splitlines() if line.startswith("- Training (seed) sd"))
+    assert f"interval {low:.4f}–{high:.4f}" in sentence
+    assert ("differ by more than re-drawing" in sentence) == (low > 0)
+    contrasts = table_after(four_seed_report, "## Paired comparisons")
+    beyond = [r for r in contrasts[1:] if "ensemble" not in r[0] and r[-1] == "yes"]
+    assert f"{len(beyond)} of 6 seed pairs differ beyond test-sampling noise" in sentence
 
 
 def test_ensemble_row_is_the_auroc_of_the_mean_probability(four_seeds: Study, four_seed_report: str) -> None:
     from cxrstudy.metrics import nanmean, per_class_auroc
 
-    preds = [report.read_predictions(four_seeds.predictions / f"seed_{s}.csv") for s in STUDY_SEEDS]
+    preds = [read_predictions(four_seeds.predictions / f"seed_{s}.csv") for s in STUDY_SEEDS]
     mean_probs = np.mean([p.probs for p in preds], axis=0)
-    expected = nanmean(per_class_auroc(preds[0].labels, mean_probs))
     overall = table_after(four_seed_report, "## Overall Metrics Comparison (per seed)")
     row = next(r for r in overall if r[0].startswith("ensemble"))
-    assert row[2] == f"{expected:.4f}"
+    assert row[2] == f"{nanmean(per_class_auroc(preds[0].labels, mean_probs)):.4f}"
 
 
-def test_spread_sentence_compares_seed_sd_with_bootstrap_sd(four_seed_report: str) -> None:
-    sentence = next(line for line in four_seed_report.splitlines() if line.startswith("- The spread between seeds"))
-    seed_sd, sampling_sd = (float(x) for x in re.findall(r"sd (\d\.\d{4})", sentence)[:2])
-    assert ("is larger than" in sentence) == (seed_sd > sampling_sd)
-    assert ("no larger than" in sentence) == (seed_sd <= sampling_sd)
+def test_the_ensemble_f1_uses_thresholds_from_its_validation_predictions(four_seeds: Study,
+                                                                        four_seed_report: str) -> None:
+    from cxrstudy.metrics import nanmean, per_class_f1, per_class_thresholds
+
+    test = [read_predictions(four_seeds.predictions / f"seed_{s}.csv") for s in STUDY_SEEDS]
+    val = [read_predictions(four_seeds.predictions / "val" / f"seed_{s}.csv") for s in STUDY_SEEDS]
+    test_probs, val_probs = np.mean([p.probs for p in test], axis=0), np.mean([p.probs for p in val], axis=0)
+    expected = nanmean(per_class_f1(test[0].labels, test_probs, per_class_thresholds(val[0].labels, val_probs)))
+    overall = table_after(four_seed_report, "## Overall Metrics Comparison (per seed)")
+    f1 = column(overall, "Avg F1 (14 findings, validation thresholds)")
+    assert f1["ensemble (mean of 4 seeds' probabilities)"] == f"{expected:.4f}"
 
 
-def test_summary_section_leads_with_mean_sd_over_seeds(four_seeds: Study, four_seed_report: str) -> None:
-    values = [four_seeds.metrics_of(s)["auroc_mean"] for s in STUDY_SEEDS]
-    summary = four_seed_report.split("## Summary", 1)[1].split("##", 1)[0]
-    assert f"- Mean AUROC over 4 seeds: {np.mean(values):.4f} ± {np.std(values, ddof=1):.4f}" in summary
-    assert "- The ensemble (mean of the 4 seeds' predicted probabilities)" in summary
+def test_calibration_table_holds_brier_and_ece_per_seed_and_for_the_ensemble(four_seeds: Study,
+                                                                            four_seed_report: str) -> None:
+    calibration = table_after(four_seed_report, "## Calibration")
+    for seed in STUDY_SEEDS:
+        m = four_seeds.metrics_of(seed)
+        assert column(calibration, "Brier")[f"seed {seed}"] == f"{m['brier_mean']:.4f}"
+        assert column(calibration, "ECE")[f"seed {seed}"] == f"{m['ece_mean']:.4f}"
+    preds = [read_predictions(four_seeds.predictions / f"seed_{s}.csv") for s in STUDY_SEEDS]
+    labels, probs = preds[0].labels, np.mean([p.probs for p in preds], axis=0)
+    assert column(calibration, "Brier")["ensemble"] == f"{np.mean((probs - labels) ** 2):.4f}"
+    ece = []
+    for k in range(len(FINDINGS)):  # ten equal-width bins, weighted by their share of the images
+        bins = np.minimum((probs[:, k] * 10).astype(int), 9)
+        ece.append(sum(abs(labels[bins == b, k].sum() - probs[bins == b, k].sum()) for b in range(10)) / len(bins))
+    assert column(calibration, "ECE")["ensemble"] == f"{np.mean(ece):.4f}"
+
+
+def test_an_auroc_of_one_gets_an_exact_bound_not_a_collapsed_interval(four_seed_report: str) -> None:
+    per_class = table_after(four_seed_report, "## Per-Class AUROC Comparison (per seed)")
+    assert column(per_class, "Ensemble")["Emphysema"] == "1.0000"
+    cell = column(per_class, "Ensemble 95% CI")["Emphysema"]
+    assert cell.endswith("(exact)")
+    low, high = interval(cell)
+    assert 0.5 < low < 0.99 and high == 1.0
 
 
 def test_summary_metrics_file_repeats_the_headline_numbers(four_seeds: Study, four_seed_report: str) -> None:
     summary = json.loads((four_seeds.root / "metrics/report.json").read_text())
     values = [four_seeds.metrics_of(s)["auroc_mean"] for s in STUDY_SEEDS]
-    assert summary["seeds"] == 4
+    assert summary["seeds"] == 4 and summary["eligible_findings"] == 12
     assert summary["seed_auroc"]["mean"] == pytest.approx(np.mean(values), abs=1e-6)
-    assert summary["seed_auroc"]["sd"] == pytest.approx(np.std(values, ddof=1), abs=1e-6)
     ensemble = summary["ensemble_auroc"]
-    assert ensemble["ci_low"] < ensemble["value"] < ensemble["ci_high"]
+    assert ensemble["ci_low"] < ensemble["eligible"] < ensemble["ci_high"]
+    assert summary["training_sd"]["ci_low"] <= summary["training_sd"]["value"] <= summary["training_sd"]["ci_high"]
+    assert set(summary["ensemble_calibration"]) == {"brier", "ece"}
 
 
-# ------------------------------------------------------------------------------------------------ references and F1
+# ------------------------------------------------------------------------------------------------ phantom first
 
 
-def test_published_references_sit_beside_ours_labelled_with_their_split(four_seed_report: str) -> None:
-    refs = report.load_references()
-    per_class = table_after(four_seed_report, "## Published References", 2)
+def test_a_phantom_report_says_phantom_before_any_number(four_seed_report: str) -> None:
+    before = re.split(r"\d", four_seed_report, maxsplit=1)[0]
+    assert four_seed_report.startswith("# Phantom run")
+    assert "phantom" in before.lower()
+    banner = four_seed_report.split("\n\n", 2)[1]
+    assert banner.startswith("> **Phantom run.**") and "not chest radiographs" in banner
+    assert "not chest radiographs" in section(four_seed_report, "## Summary").split("\n- ", 2)[1]
+
+
+def test_a_phantom_report_sets_no_published_number_beside_its_own(four_seed_report: str) -> None:
+    published = ("CheXNet", "Seed study", "seed study", "Wang et al.")
+    ours = four_seed_report.split("## Published References", 1)[0]
+    for table in tables(ours):
+        assert not any(p in cell for row in table for cell in row for p in published), table[0]
+    refs = section(four_seed_report, "## Published References")
+    assert "(real data; not comparable with this phantom run)" in four_seed_report
+    for table in tables(refs):
+        assert not any("This run" in h or "this run" in row[0] for h in table[0] for row in table), table[0]
+
+
+def test_the_phantom_split_is_called_what_it_is(four_seed_report: str) -> None:
+    ours = four_seed_report.split("## Published References", 1)[0]
+    assert "the phantom's own patient-wise test list" in ours
+    assert "official" not in ours.lower()
+
+
+def test_on_the_real_data_published_references_sit_beside_ours_labelled_with_their_split(four_seeds: Study,
+                                                                                        tmp_path: Path) -> None:
+    params = tiny_params(seeds=STUDY_SEEDS, report={"bootstrap": 50, "bootstrap_seed": 0},
+                         ingest={"source": "nih"}, split={"method": "official"})
+    text = four_seeds.run(tmp_path / "nih.md", params=params, summary_file=None)
+    assert text.startswith("# DenseNet-121") and "Phantom run" not in text
+    refs = references.load_references()
+    per_class = table_after(text, "## Published References", 2)
     assert column(per_class, "CheXNet [random 70/10/20]") == {n: f"{refs.chexnet[n]:.4f}" for n in FINDINGS}
     assert column(per_class, "Seed study 42 [random 2 %, per seed]")["Pneumothorax"] == "0.8902"
-    assert "This run, mean of seeds [phantom, official-style]" in per_class[0]
-    legend = next(line for line in four_seed_report.splitlines() if line.startswith("Test splits in the headers"))
-    for short, long in [("random 70/10/20", "random 70/10/20 patient split"),
-                        ("random 2 %, per seed", "random 2 % patient test split, redrawn with each seed"),
-                        ("phantom, official-style", "the phantom's official-style test list")]:
-        assert f"[{short}] {long}" in legend
-    means = table_after(four_seed_report, "## Published References", 0)
-    splits = column(means, "Test split")
-    assert splits["Wang et al. 2017"] == "official NIH test list"
-    assert splits["CheXNet"] == "random 70/10/20 patient split"
+    assert "This run, mean of seeds [official]" in per_class[0]
+    legend = next(line for line in text.splitlines() if line.startswith("Test splits in the headers"))
+    assert "[official] official NIH test list" in legend
+    means = table_after(text, "## Published References", 0)
+    assert column(means, "Test split")["Wang et al. 2017"] == "official NIH test list"
 
 
 def test_every_f1_column_names_its_threshold_protocol(four_seed_report: str) -> None:
@@ -273,7 +339,7 @@ def test_every_f1_column_names_its_threshold_protocol(four_seed_report: str) -> 
 
 
 def test_references_file_matches_the_seed_study_report() -> None:
-    refs = report.load_references()
+    refs = references.load_references()
     assert sorted(refs.study) == STUDY_SEEDS
     for seed, metrics in refs.study.items():
         # The study's per-class columns average to its per-seed means (to its rounding).
@@ -283,12 +349,12 @@ def test_references_file_matches_the_seed_study_report() -> None:
 
 
 def test_a_reference_with_an_unknown_split_is_an_error(tmp_path: Path) -> None:
-    text = report.references_path().read_text().replace("split: random-70-10-20\n  source: Rajpurkar",
-                                                        "split: random-50\n  source: Rajpurkar")
+    text = references.references_path().read_text().replace("split: random-70-10-20\n  source: Rajpurkar",
+                                                            "split: random-50\n  source: Rajpurkar")
     bad = tmp_path / "references.yaml"
     bad.write_text(text)
     with pytest.raises(InputError, match=r"references.yaml.*random-50"):
-        report.load_references(bad)
+        references.load_references(bad)
 
 
 # ------------------------------------------------------------------------------------------------ Markdown validity
@@ -296,18 +362,18 @@ def test_a_reference_with_an_unknown_split_is_an_error(tmp_path: Path) -> None:
 
 def test_every_table_row_has_as_many_cells_as_its_header(four_seed_report: str) -> None:
     found = tables(four_seed_report)
-    assert len(found) >= 8
+    assert len(found) >= 12
     for table in found:
         assert all(len(row) == len(table[0]) for row in table), table[0]
         assert all(re.fullmatch(r":?-+:?", c) for c in table[1]), table[1]
 
 
 def test_report_fits_in_a_github_comment(four_seed_report: str) -> None:
-    assert len(four_seed_report) < report.MAX_CHARS
+    assert len(four_seed_report) < MAX_CHARS
 
 
 def test_report_is_deterministic(four_seeds: Study, four_seed_report: str, tmp_path: Path) -> None:
-    assert four_seeds.run(tmp_path / "again.md") == four_seed_report
+    assert four_seeds.run(tmp_path / "again.md", summary_file=None) == four_seed_report
 
 
 def test_no_unrendered_template_syntax_or_nan(four_seed_report: str) -> None:
@@ -315,44 +381,75 @@ def test_no_unrendered_template_syntax_or_nan(four_seed_report: str) -> None:
     assert "nan" not in four_seed_report.lower().replace("n/a", "")
 
 
+def test_a_value_that_rounds_to_zero_prints_without_a_sign() -> None:
+    from cxrstudy.tables import fmt, signed
+
+    assert signed(-0.00001) == "+0.0000" and fmt(-0.00001) == "0.0000" and signed(-0.0001) == "-0.0001"
+
+
+def test_the_report_side_never_imports_torch() -> None:
+    code = ("import sys; import cxrstudy.report, cxrstudy.figures, cxrstudy.experiments, cxrstudy.compare; "
+            "sys.exit('torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr or "torch was imported"
+
+
 # ------------------------------------------------------------------------------------------------ edge cases
 
 
-def test_one_seed_renders_without_spread_or_ensemble(tmp_path: Path) -> None:
+def test_one_seed_renders_without_spread_comparisons_or_ensemble(tmp_path: Path) -> None:
     study = make_study(tmp_path, seeds=[42])
     text = study.run()
     overall = table_after(text, "## Overall Metrics Comparison (per seed)")
     assert [r[0] for r in overall[1:]] == ["42"]
     assert "One seed (42) was run" in text
-    assert "no between-seed spread" in text
+    assert "## Paired comparisons" not in text and "no training variance to estimate" in text
     for table in tables(text):
         assert all(len(row) == len(table[0]) for row in table)
 
 
 def test_a_finding_without_positives_prints_na(tmp_path: Path) -> None:
-    study = make_study(tmp_path, seeds=[1, 2], empty=("Hernia",))
+    study = make_study(tmp_path, seeds=[1, 2], counts={"Hernia": 0})
     assert study.metrics_of(1)["auroc"]["Hernia"] is None
     text = study.run()
     per_class = table_after(text, "## Per-Class AUROC Comparison (per seed)")
     assert column(per_class, "Seed 1")["Hernia"] == "n/a"
     assert column(per_class, "Ensemble")["Hernia"] == "n/a"
+    assert column(table_after(text, "## Best Seed per Class"), "Best Seed")["Hernia"] == "n/a"
+    assert "Avg AUROC (13 findings)" in text
+
+
+def test_without_enough_positives_nothing_is_compared_or_claimed(tmp_path: Path) -> None:
+    study = make_study(tmp_path, seeds=[1, 2], n_test=24, n_patients=20, bootstrap=50)
+    text = study.run()
+    assert "No finding has at least 10 test positives: no mean gets an interval" in text
+    assert "## Paired comparisons" not in text and "P(ranks first)" not in text
     best = table_after(text, "## Best Seed per Class")
-    assert column(best, "Best Seed")["Hernia"] == "n/a"
-    assert "of 13 findings" in text
+    assert set(column(best, "Best Seed").values()) <= {"not ranked (< 10 test positives)", "n/a"}
+
+
+def test_seeds_tested_on_different_images_are_not_compared(tmp_path: Path) -> None:
+    study = make_study(tmp_path / "a", seeds=[1, 2], bootstrap=50)
+    other = make_study(tmp_path / "b", seeds=[1, 2], bootstrap=50, data_seed=8, n_test=260)
+    for path in ("metrics/eval/seed_2.json", "predictions/seed_2.csv", "predictions/val/seed_2.csv"):
+        shutil.copy(other.root / path, study.root / path)
+    text = study.run()
+    assert "The seeds were tested on different images, so no difference between them can be paired" in text
+    assert "## Paired comparisons" not in text and "## Training (seed) variance" not in text
 
 
 def test_bootstrap_off_leaves_intervals_out(tmp_path: Path) -> None:
     study = make_study(tmp_path, seeds=[1, 2], bootstrap=0)
     text = study.run()
     overall = table_after(text, "## Overall Metrics Comparison (per seed)")
-    assert column(overall, "95% CI (patient bootstrap)")["1"] == "n/a"
+    assert "[" not in column(overall, "Avg AUROC, ")["1"]
     assert "The bootstrap is off" in text
 
 
 def test_without_predictions_the_report_still_renders_the_metrics(four_seeds: Study, tmp_path: Path) -> None:
-    text = four_seeds.run(tmp_path / "r.md", predictions_dir=None)
+    text = four_seeds.run(tmp_path / "r.md", predictions_dir=None, summary_file=None)
     overall = table_after(text, "## Overall Metrics Comparison (per seed)")
-    assert column(overall, "Avg AUROC")["12"] == f"{four_seeds.metrics_of(12)['auroc_mean']:.4f}"
+    assert column(overall, "Avg AUROC (14")["12"] == f"{four_seeds.metrics_of(12)['auroc_mean']:.4f}"
     assert not any(r[0].startswith("ensemble") for r in overall)
 
 
@@ -371,10 +468,11 @@ def test_a_malformed_metrics_file_is_an_error_naming_it(tmp_path: Path, content:
         study.run()
 
 
-def test_a_missing_predictions_file_is_an_error_naming_it(tmp_path: Path) -> None:
+@pytest.mark.parametrize("path", ["seed_1.csv", "val/seed_1.csv"])
+def test_a_missing_predictions_file_is_an_error_naming_it(tmp_path: Path, path: str) -> None:
     study = make_study(tmp_path, seeds=[1, 2])
-    (study.predictions / "seed_1.csv").unlink()
-    with pytest.raises(InputError, match=r"seed_1\.csv: predictions file not found"):
+    (study.predictions / path).unlink()
+    with pytest.raises(InputError, match=rf"{re.escape(path)}: predictions file not found"):
         study.run()
 
 
@@ -398,219 +496,4 @@ def test_tiny_pipeline_params_render(tmp_path: Path) -> None:
     study = make_study(tmp_path, seeds=list(params.seeds), n_test=40, n_patients=25)
     text = study.run()
     assert f"training seeds {', '.join(str(s) for s in params.seeds)}" in text
-
-
-def test_report_stage_takes_seconds_on_the_sample_size(tmp_path: Path) -> None:
-    """~280 test images, 4 seeds, 1000 resamples: the statistics stay well inside the stage's budget."""
-    study = make_study(tmp_path, bootstrap=1000)
-    start = time.perf_counter()
-    study.run()
-    assert time.perf_counter() - start < 20
-
-
-# ------------------------------------------------------------------------------------------------ experiments
-
-
-def _exp_metrics(seed: int, auroc: float) -> dict[str, Any]:
-    # As `dvc exp show --json` prints a metrics file: null values are dropped.
-    return {"data": {"seed": seed, "loss": 0.04, "auroc_mean": auroc, "f1_mean": 0.3, "f1_test_tuned_mean": 0.35,
-                     "f1_protocol": "per-class thresholds maximising F1 on the validation set", "n_test": 280,
-                     "auroc": {n: auroc for n in FINDINGS if n != "Hernia"}, "f1": {n: 0.3 for n in FINDINGS}}}
-
-
-def _exp_rev(rev: str, name: str | None, loss: str, clahe: bool, aurocs: list[float],
-             ensemble: float | None = None) -> dict[str, Any]:
-    metrics = {f"metrics/eval/seed_{s}.json": _exp_metrics(s, a) for s, a in zip([12, 22], aurocs, strict=False)}
-    if ensemble is not None:
-        metrics["metrics/report.json"] = {"data": {"seeds": 2, "ensemble_auroc": {"value": ensemble},
-                                                   "test_sampling_sd": 0.012}}
-    return {"rev": rev, "name": name, "data": {
-        "rev": rev, "timestamp": "2025-01-01T00:00:00",
-        "params": {"params.yaml": {"data": {"seeds": [12, 22], "preprocess": {"clahe": clahe, "clip_limit": 2.0},
-                                            "train": {"loss": {"name": loss, "alpha": -1, "gamma": 2.0}}}}},
-        "metrics": metrics, "deps": {}, "outs": {}, "meta": {}}, "error": None, "experiments": None}
-
-
-def exp_show_sample() -> list[dict[str, Any]]:
-    """`dvc exp show --json` as DVC 3.x prints it: workspace, the baseline commit, its experiments (one queued)."""
-    base = _exp_rev("a" * 40, "main", "focal", True, [0.80, 0.82], ensemble=0.83)
-    base["experiments"] = [
-        {"revs": [_exp_rev("b" * 40, "bce-noclahe", "bce", False, [0.75, 0.77])], "executor": None,
-         "name": "bce-noclahe"},
-        {"revs": [_exp_rev("c" * 40, "focal-noclahe", "focal", False, [0.78, 0.78])], "executor": None,
-         "name": "focal-noclahe"},
-        {"revs": [{**_exp_rev("d" * 40, "wbce-clahe", "weighted_bce", True, []),
-                   "data": {**_exp_rev("d" * 40, None, "weighted_bce", True, [])["data"], "metrics": {}}}],
-         "executor": {"state": "queued", "name": "dvc-task", "local": None}, "name": "wbce-clahe"},
-    ]
-    workspace = _exp_rev("workspace", None, "focal", True, [0.80, 0.82])
-    return [workspace, base]
-
-
-def test_exp_show_json_is_parsed_into_experiments() -> None:
-    experiments, skipped = report.parse_exp_show(exp_show_sample())
-    assert [e.name for e in experiments] == ["main", "bce-noclahe", "focal-noclahe"]
-    assert experiments[0].baseline and not experiments[1].baseline
-    assert [s.seed for s in experiments[1].seeds] == [12, 22]
-    assert math.isnan(experiments[1].seeds[0].auroc["Hernia"]), "a null dropped by DVC reads as NaN"
-    assert experiments[1].loss == "bce" and experiments[1].clahe == "off"
-    assert skipped == ["wbce-clahe (queued)"]
-
-
-def test_comparison_renders_mean_over_seeds_and_delta_vs_baseline(tmp_path: Path) -> None:
-    exp_json = tmp_path / "exp.json"
-    exp_json.write_text(json.dumps(exp_show_sample()))
-    out = tmp_path / "comparison.md"
-    report.run_comparison(tiny_params(), exp_json, out)
-    text = out.read_text()
-    overall = tables(text)[0]
-    overall = [overall[0], *overall[2:]]
-    auroc = column(overall, "Avg AUROC (mean ± sd over seeds)")
-    assert auroc["main (baseline)"] == f"0.8100 ± {np.std([0.80, 0.82], ddof=1):.4f}"
-    assert column(overall, "Δ AUROC vs baseline")["bce-noclahe"] == "-0.0500"
-    assert column(overall, "Ensemble AUROC") == {"main (baseline)": "0.8300", "bce-noclahe": "—",
-                                                  "focal-noclahe": "—"}
-    assert "CLAHE on minus off, mean AUROC over seeds: +0.0300 with focal loss." in text
-    assert "moves one seed's mean AUROC by sd 0.0120" in text
-    assert "Not like for like" not in text
-    assert "Not compared (no metrics yet): wbce-clahe (queued)." in text
-    for table in tables(text):
-        assert all(len(row) == len(table[0]) for row in table)
-
-
-def test_comparison_of_a_captured_dvc_exp_show_json(tmp_path: Path) -> None:
-    """The parser reads a real `dvc exp show --json` (DVC 3.67) capture, trimmed to two findings."""
-    captured = json.loads(CAPTURED_EXP_SHOW)
-    experiments, skipped = report.parse_exp_show(captured)
-    assert [(e.name, e.loss, e.clahe) for e in experiments] == [
-        ("master", "focal", "on"), ("bce-noclahe", "bce", "off")]
-    assert experiments[1].seeds[1].auroc_mean == 0.72
-    assert skipped == ["bce-clahe (queued)"]
-
-
-def test_experiments_on_different_splits_are_flagged() -> None:
-    sample = exp_show_sample()
-    sample[1]["experiments"][0]["revs"][0]["data"]["params"]["params.yaml"]["data"]["split"] = {"seed": 5}
-    experiments, skipped = report.parse_exp_show(sample)
-    text = " ".join(report.comparison_sentences(experiments, skipped))
-    assert "Not like for like: split.seed differs" in text
-
-
-def test_a_file_that_is_not_exp_show_output_is_an_error(tmp_path: Path) -> None:
-    bad = tmp_path / "exp.json"
-    bad.write_text('{"rev": "workspace"}')
-    with pytest.raises(InputError, match=r"exp\.json: not `dvc exp show --json` output"):
-        report.run_comparison(tiny_params(), bad, tmp_path / "c.md")
-
-
-# Captured from `dvc exp show --json` (DVC 3.67.1) in a throwaway repository with a two-seed toy pipeline.
-CAPTURED_EXP_SHOW = """[
- {
-  "rev": "workspace",
-  "name": null,
-  "data": {
-   "rev": "workspace",
-   "timestamp": null,
-   "params": {
-    "params.yaml": {"data": {"seeds": [1, 2], "preprocess": {"clahe": true}, "train": {"loss": {"name": "focal"}}}}
-   },
-   "metrics": {
-    "metrics/eval/seed_1.json": {"data": {"seed": 1, "auroc_mean": 0.74, "auroc": {"Hernia": 0.74}, "loss": 0.04}},
-    "metrics/eval/seed_2.json": {"data": {"seed": 2, "auroc_mean": 0.75, "auroc": {"Hernia": 0.75}, "loss": 0.04}}
-   },
-   "deps": {"run.py": {"hash": "a07240e5d87999ffeb4afe06b0334a21", "size": 340, "nfiles": null}},
-   "outs": {},
-   "meta": {}
-  },
-  "error": null,
-  "experiments": null
- },
- {
-  "rev": "fd4d8eac447779b7a7bdc550251cd593ed1ef683",
-  "name": "master",
-  "data": {
-   "rev": "fd4d8eac447779b7a7bdc550251cd593ed1ef683",
-   "timestamp": "2026-11-26T04:39:51",
-   "params": {
-    "params.yaml": {"data": {"seeds": [1, 2], "preprocess": {"clahe": true}, "train": {"loss": {"name": "focal"}}}}
-   },
-   "metrics": {
-    "metrics/eval/seed_1.json": {"data": {"seed": 1, "auroc_mean": 0.74, "auroc": {"Hernia": 0.74}, "loss": 0.04}},
-    "metrics/eval/seed_2.json": {"data": {"seed": 2, "auroc_mean": 0.75, "auroc": {"Hernia": 0.75}, "loss": 0.04}}
-   },
-   "deps": {"run.py": {"hash": "a07240e5d87999ffeb4afe06b0334a21", "size": 340, "nfiles": null}},
-   "outs": {},
-   "meta": {}
-  },
-  "error": null,
-  "experiments": [
-   {
-    "revs": [
-     {
-      "rev": "db201670a5ad98bc2d30c62f7e948a39f8acb2dc",
-      "name": "bce-noclahe",
-      "data": {
-       "rev": "db201670a5ad98bc2d30c62f7e948a39f8acb2dc",
-       "timestamp": "2026-11-26T04:39:53",
-       "params": {
-        "params.yaml": {
-         "data": {"seeds": [1, 2], "preprocess": {"clahe": false}, "train": {"loss": {"name": "bce"}}}
-        }
-       },
-       "metrics": {
-        "metrics/eval/seed_1.json": {
-         "data": {"seed": 1, "auroc_mean": 0.71, "auroc": {"Hernia": 0.71}, "loss": 0.04}
-        },
-        "metrics/eval/seed_2.json": {
-         "data": {"seed": 2, "auroc_mean": 0.72, "auroc": {"Hernia": 0.72}, "loss": 0.04}
-        }
-       },
-       "deps": {"run.py": {"hash": "a07240e5d87999ffeb4afe06b0334a21", "size": 340, "nfiles": null}},
-       "outs": {},
-       "meta": {}
-      },
-      "error": null,
-      "experiments": null
-     }
-    ],
-    "executor": null,
-    "name": "bce-noclahe"
-   },
-   {
-    "revs": [
-     {
-      "rev": "edcf475354c2c92cc52264ed513df1c7b493c765",
-      "name": "bce-clahe",
-      "data": {
-       "rev": "edcf475354c2c92cc52264ed513df1c7b493c765",
-       "timestamp": "2026-11-26T04:40:46",
-       "params": {
-        "params.yaml": {
-         "data": {"seeds": [1, 2], "preprocess": {"clahe": true}, "train": {"loss": {"name": "bce"}}}
-        }
-       },
-       "metrics": {},
-       "deps": {"run.py": {"hash": "a07240e5d87999ffeb4afe06b0334a21", "size": 340, "nfiles": null}},
-       "outs": {},
-       "meta": {}
-      },
-      "error": null,
-      "experiments": null
-     }
-    ],
-    "executor": {
-     "state": "queued",
-     "name": "dvc-task",
-     "local": {
-      "root": null,
-      "log": null,
-      "pid": null,
-      "returncode": null,
-      "task_id": "edcf475354c2c92cc52264ed513df1c7b493c765"
-     }
-    },
-    "name": "bce-clahe"
-   }
-  ]
- }
-]"""
+    assert not math.isnan(len(text))

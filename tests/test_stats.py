@@ -1,4 +1,5 @@
-"""The patient-level bootstrap: a fast weighted AUROC equal to scikit-learn's, resampling patients, deterministic."""
+"""The patient-level bootstrap and jackknife: a fast weighted AUROC equal to scikit-learn's, resampling patients,
+deterministic."""
 
 from __future__ import annotations
 
@@ -9,7 +10,15 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from cxrstudy import stats
-from cxrstudy.stats import Bootstrap, bootstrap_auroc, mean_sd, min_max, patient_counts, patient_weighted_auroc
+from cxrstudy.stats import (
+    Bootstrap,
+    bootstrap_auroc,
+    mean_sd,
+    min_max,
+    patient_counts,
+    patient_jackknife_auroc,
+    patient_weighted_auroc,
+)
 
 
 def _data(seed: int, n: int = 300, patients: int = 120, columns: int = 5) -> tuple[np.ndarray, ...]:
@@ -98,32 +107,43 @@ def test_bootstrap_does_not_depend_on_row_order() -> None:
     np.testing.assert_allclose(a.per_class, b.per_class, rtol=0, atol=1e-12)
 
 
-def test_interval_brackets_the_point_estimate_and_narrows_with_more_patients() -> None:
+def test_the_bootstrap_spread_narrows_with_more_patients() -> None:
     small = _data(8, n=200, patients=100, columns=3)
     large = _data(8, n=2000, patients=1000, columns=3)
-    widths = []
-    for labels, scores, patient in (small, large):
-        boot = bootstrap_auroc(labels, scores, patient, 300, seed=0)
-        low, high = boot.mean_interval()
-        point = np.mean([roc_auc_score(labels[:, k], scores[:, k]) for k in range(3)])
-        assert low < point < high
-        widths.append(high - low)
-    assert widths[1] < widths[0] / 2
+    spreads = [np.std(bootstrap_auroc(*data, 300, seed=0).per_class.mean(axis=1)) for data in (small, large)]
+    assert spreads[1] < spreads[0] / 2
 
 
-def test_no_resamples_gives_no_interval() -> None:
+def test_no_resamples_gives_no_draws() -> None:
     labels, scores, patient = _data(9)
     boot = bootstrap_auroc(labels, scores, patient, 0, seed=0)
-    assert boot.resamples == 0
-    assert all(math.isnan(v) for v in boot.mean_interval())
-    assert math.isnan(boot.mean_sd())
+    assert boot.resamples == 0 and boot.per_class.shape == (0, labels.shape[1])
 
 
-def test_bootstrap_summaries() -> None:
-    boot = Bootstrap(np.array([[0.6, np.nan], [0.8, 0.7], [0.7, 0.9]]), level=0.5)
-    np.testing.assert_allclose(boot.mean_auroc(), [0.6, 0.75, 0.8])
-    assert boot.class_interval(0) == pytest.approx((0.65, 0.75))
-    assert boot.class_sd(1) == pytest.approx(np.std([0.7, 0.9], ddof=1))
+def test_lacking_counts_the_resamples_without_a_positive() -> None:
+    boot = Bootstrap(np.array([[0.6, np.nan], [0.8, 0.7], [np.nan, np.nan]]), np.empty((0, 2)))
+    assert boot.lacking().tolist() == [1, 2]
+
+
+def test_the_jackknife_equals_the_auroc_with_each_patient_left_out() -> None:
+    labels, scores, patient = _data(10, n=240, patients=60)
+    leave_one_out = np.ones((60, 60)) - np.eye(60)
+    expected = patient_weighted_auroc(labels, scores, patient, leave_one_out)
+    np.testing.assert_allclose(patient_jackknife_auroc(labels, scores, patient, 60), expected, rtol=0, atol=1e-12)
+
+
+def test_the_jackknife_is_nan_where_the_only_positive_patient_is_left_out() -> None:
+    labels = np.array([1, 1, 0, 0, 0], dtype=np.float32)
+    scores = np.array([0.9, 0.8, 0.1, 0.7, 0.2])
+    got = patient_jackknife_auroc(labels, scores, np.array([0, 0, 1, 2, 2]), 3)[:, 0]
+    assert math.isnan(got[0])
+    assert got[1] == pytest.approx(roc_auc_score([1, 1, 0, 0], [0.9, 0.8, 0.7, 0.2]))
+
+
+def test_bootstrap_carries_the_jackknife_in_sorted_patient_order() -> None:
+    labels, scores, patient = _data(11, n=200, patients=50)
+    boot = bootstrap_auroc(labels, scores, patient + 500, 20, seed=0)
+    np.testing.assert_array_equal(boot.jackknife, patient_jackknife_auroc(labels, scores, patient, 50))
 
 
 def test_mean_sd_and_min_max_skip_undefined_values() -> None:

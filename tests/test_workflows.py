@@ -478,6 +478,7 @@ def test_comment_body_reports_a_failed_diff_without_failing(dvc_repo, tmp_path):
     assert "::warning" in proc.stderr
     body = out.read_text()
     assert "`dvc metrics diff` failed" in body
+    assert "`cxrstudy compare` could not say" in body, "no predictions at the base: said, not hidden"
     assert "| Effusion | 0.85 |" in body
 
 

@@ -59,6 +59,17 @@ def metrics_diff(base: str, repo_dir: Path) -> tuple[bool, str]:
 SEED_METRICS = "metrics/eval"
 
 
+def paired_changes(base: str, repo_dir: Path) -> list[str]:
+    """`cxrstudy compare`: head − base mean AUROC per seed and for the ensemble, with paired patient-bootstrap
+    intervals on the same test patients; its error, as a text block, when it cannot say (no predictions at base)."""
+    proc = subprocess.run([sys.executable, "-m", "cxrstudy", "compare", "--base", base], cwd=repo_dir,
+                          capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        err = (proc.stderr or proc.stdout).strip()[-2000:]
+        return ["### Is the change real?", "", "`cxrstudy compare` could not say:", "", "```text", err, "```", ""]
+    return [proc.stdout.strip(), ""]
+
+
 def _flat(tree: object, prefix: str = "") -> dict[str, object]:
     if not isinstance(tree, dict):
         return {prefix: tree}
@@ -126,6 +137,7 @@ def build_body(
     run_url: str | None,
     head: str | None,
     environment: list[str] | None = None,
+    changes: list[str] | None = None,
 ) -> str:
     parts = [marker_line(marker), f"## {title}", ""]
     meta = [f"metrics diff against `{base}`"]
@@ -141,6 +153,7 @@ def build_body(
     else:
         parts.append(f"No metric changed against `{base}`.")
     parts.append("")
+    parts += changes or []
     parts += environment or []
     if report.is_file():
         text = report.read_text(encoding="utf-8").strip()
@@ -190,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         run_url=args.run_url or None,
         head=args.head or None,
         environment=environment_section(*environments(args.base, repo_dir), args.base),
+        changes=paired_changes(args.base, repo_dir) if (repo_dir / "dvc.yaml").is_file() else None,
     )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

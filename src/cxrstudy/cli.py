@@ -1,4 +1,5 @@
-"""Command line: one sub-command per DVC stage (`python -m cxrstudy <stage> --help`), and `profile`.
+"""Command line: one sub-command per DVC stage (`python -m cxrstudy <stage> --help`), and three tools: `profile`,
+`experiments` (a comparison of DVC experiments) and `compare` (head against base on the same test patients).
 
 Every stage validates the whole `params.yaml` first, then pins the numerics (`cxrstudy.numerics`) before its module,
 and with it torch, NumPy or OpenCV, is imported. Bad input exits with status 2 and a message that names the
@@ -68,18 +69,29 @@ def _evaluate(p: Params, a: argparse.Namespace) -> None:
     _check_seed(p, a.seed)
     evaluate.run(p, a.seed, a.raw, a.processed, a.splits, a.model or Path(f"models/seed_{a.seed}"),
                  a.metrics or Path(f"metrics/eval/seed_{a.seed}.json"),
-                 a.predictions or Path(f"predictions/seed_{a.seed}.csv"))
+                 a.predictions or Path(f"predictions/seed_{a.seed}.csv"),
+                 a.val_predictions or Path(f"predictions/val/seed_{a.seed}.csv"))
 
 
 def _report(p: Params, a: argparse.Namespace) -> None:
     from cxrstudy import report
 
-    if a.compare is not None:
-        report.run_comparison(p, a.compare, a.out or Path("reports/comparison.md"))
-        return
-    report.run(p, a.metrics, a.splits, a.out or Path("reports/report.md"), predictions_dir=a.predictions,
-               history_dir=a.history, raw_dir=a.raw, processed_dir=a.processed, figures_dir=a.figures,
-               plots_dir=a.plots, summary_file=a.summary)
+    report.run(p, a.metrics, a.splits, a.out, predictions_dir=a.predictions, history_dir=a.history, raw_dir=a.raw,
+               processed_dir=a.processed, figures_dir=a.figures, plots_dir=a.plots, summary_file=a.summary)
+
+
+def _experiments(p: Params, a: argparse.Namespace) -> None:
+    from cxrstudy import experiments
+
+    experiments.run(p, a.exp_show, a.repo, a.out, baseline=a.baseline)
+
+
+def _compare(p: Params, a: argparse.Namespace) -> None:
+    from cxrstudy import compare
+
+    if (a.base is None) == (a.base_dir is None):
+        raise InputError("compare: give exactly one of --base REV (predictions in git) or --base-dir DIR")
+    compare.run(p, a.head, a.out, base_rev=a.base, base_dir=a.base_dir, repo=a.repo)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -122,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--model", type=Path, help="model folder (default: models/seed_SEED)")
             p.add_argument("--metrics", type=Path, help="metrics JSON (default: metrics/eval/seed_SEED.json)")
             p.add_argument("--predictions", type=Path, help="test predictions CSV (default: predictions/seed_SEED.csv)")
+            p.add_argument("--val-predictions", type=Path,
+                           help="validation predictions CSV (default: predictions/val/seed_SEED.csv)")
 
     p = stage("report", _report, "render reports/report.md (and its figures) from the metrics and predictions")
     p.add_argument("--metrics", type=Path, default=Path("metrics/eval"))
@@ -133,10 +147,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--figures", type=Path, default=Path("reports/figures"))
     p.add_argument("--plots", type=Path, default=Path("plots/report"))
     p.add_argument("--summary", type=Path, default=Path("metrics/report.json"))
-    p.add_argument("--out", type=Path, default=None,
-                   help="report file (default: reports/report.md, or reports/comparison.md with --compare)")
-    p.add_argument("--compare", type=Path, default=None, metavar="EXP_JSON",
-                   help="compare DVC experiments from `dvc exp show --json` output (a file, or - for stdin)")
+    p.add_argument("--out", type=Path, default=Path("reports/report.md"))
+
+    p = stage("experiments", _experiments, "render DVC experiments (the loss × CLAHE grid) into one comparison, each "
+                                           "arm against the baseline on the same test patients")
+    p.add_argument("--exp-show", type=Path, default=None, metavar="JSON",
+                   help="`dvc exp show --json` output (a file, or - for stdin; default: run it in --repo)")
+    p.add_argument("--repo", type=Path, default=Path("."),
+                   help="git repository holding the experiments' commits, read for their predictions")
+    p.add_argument("--baseline", default=None, metavar="NAME",
+                   help="the arm the others are compared with (default: the one with the baseline commit's params)")
+    p.add_argument("--out", type=Path, default=Path("reports/experiments.md"))
+
+    p = stage("compare", _compare, "paired patient-bootstrap intervals of head - base mean AUROC per seed and for "
+                                   "the ensemble, as a Markdown block (for a pull-request comment)")
+    p.add_argument("--base", default=None, metavar="REV", help="git revision whose committed predictions/ is the base")
+    p.add_argument("--base-dir", type=Path, default=None, help="a predictions folder to use as the base instead")
+    p.add_argument("--head", type=Path, default=Path("predictions"), help="the head's predictions folder")
+    p.add_argument("--repo", type=Path, default=Path("."), help="git repository to read --base from")
+    p.add_argument("--out", type=Path, default=Path("-"), help="Markdown file (default: - for standard output)")
 
     p = sub.add_parser("profile", help="apply a profile (only the keys it changes) with `dvc exp run --set-param`",
                        description="Validate params.yaml + PROFILE with the schema and print the --set-param "

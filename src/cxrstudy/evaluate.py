@@ -1,7 +1,10 @@
-"""The evaluate stage: test-set loss, per-class AUROC and F1 for one seed, as DVC metrics; test predictions saved.
+"""The evaluate stage: test-set loss, per-class AUROC, F1 and calibration for one seed, as DVC metrics; the test and
+validation predictions saved.
 
 F1 thresholds are chosen per class on the validation set (never on the test set). The test-tuned F1 that the
-original study reported is computed too, under its own key, labelled optimistic wherever it is shown.
+original study reported is computed too, under its own key, labelled optimistic wherever it is shown. Calibration
+(Brier score, ECE with `evaluate.calibration_bins` equal-width bins) is measured on the test set. The validation
+predictions let the report choose thresholds for the ensemble the same way.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import torch
 
 from cxrstudy import numerics
 from cxrstudy.atomic import atomic_file, check_writable, sync
+from cxrstudy.calibration import calibration
 from cxrstudy.data import XrayDataset, eval_transform, load_parts, make_loader
 from cxrstudy.labels import FINDINGS
 from cxrstudy.losses import make_criterion
@@ -36,9 +40,13 @@ def _by_class(values: list[float]) -> dict[str, float | None]:
     return {name: _clean(v) for name, v in zip(FINDINGS, values, strict=True)}
 
 
+def _counts(labels: np.ndarray) -> dict[str, int]:
+    return {n: int(v) for n, v in zip(FINDINGS, labels.sum(axis=0), strict=True)}
+
+
 def compute_metrics(seed: int, loss: float, val: tuple[np.ndarray, np.ndarray],
-                    test: tuple[np.ndarray, np.ndarray], environment: dict[str, object] | None = None
-                    ) -> dict[str, object]:
+                    test: tuple[np.ndarray, np.ndarray], environment: dict[str, object] | None = None,
+                    calibration_bins: int = 10) -> dict[str, object]:
     """Metrics from (labels, probabilities) of the validation and test sets."""
     val_labels, val_probs = val
     test_labels, test_probs = test
@@ -46,6 +54,7 @@ def compute_metrics(seed: int, loss: float, val: tuple[np.ndarray, np.ndarray],
     thresholds = per_class_thresholds(val_labels, val_probs)
     f1 = per_class_f1(test_labels, test_probs, thresholds)
     tuned = per_class_f1(test_labels, test_probs, per_class_thresholds(test_labels, test_probs))
+    calib = calibration(test_labels, test_probs, calibration_bins)
     return {
         "seed": seed,
         "loss": _clean(loss),
@@ -59,16 +68,26 @@ def compute_metrics(seed: int, loss: float, val: tuple[np.ndarray, np.ndarray],
         "threshold": _by_class(thresholds),
         "n_val": int(len(val_labels)),
         "n_test": int(len(test_labels)),
-        "test_positives": {n: int(v) for n, v in zip(FINDINGS, test_labels.sum(axis=0), strict=True)},
+        "test_positives": _counts(test_labels),
+        "val_positives": _counts(val_labels),
+        "brier": _by_class(list(calib.brier)),
+        "brier_mean": _clean(calib.brier_mean),
+        "ece": _by_class(list(calib.ece)),
+        "ece_mean": _clean(calib.ece_mean),
+        "calibration_bins": calibration_bins,
+        "mean_prob": _clean(calib.mean_prob),
+        "prevalence": _clean(calib.prevalence),
         "environment": environment or {},
     }
 
 
 def run(params: Params, seed: int, raw_dir: Path, processed_dir: Path, splits_dir: Path, model_dir: Path,
-        metrics_file: Path, predictions_file: Path) -> None:
-    """Stage entry point: evaluate `model_dir/model.pt` on the validation and test sets."""
+        metrics_file: Path, predictions_file: Path, val_predictions_file: Path | None = None) -> None:
+    """Stage entry point: evaluate `model_dir/model.pt` on the validation and test sets. The validation predictions
+    go to `val_predictions_file` (default: a `val` folder beside the test predictions, same file name)."""
+    val_predictions_file = val_predictions_file or predictions_file.parent / "val" / predictions_file.name
     cfg = params.train
-    check_writable(metrics_file, predictions_file)
+    check_writable(metrics_file, predictions_file, val_predictions_file)
     numerics.apply_threads(params.numerics)
     seed_everything(seed, cfg.deterministic)
     device = pick_device(cfg, Dist())
@@ -89,22 +108,24 @@ def run(params: Params, seed: int, raw_dir: Path, processed_dir: Path, splits_di
     test_logits, test_labels = infer(test_part)
     criterion = make_criterion(cfg.loss, train_part.labels)
     loss = float(criterion(torch.from_numpy(test_logits), torch.from_numpy(test_labels)))
-    test_probs = sigmoid(test_logits)
-    metrics = compute_metrics(seed, loss, (val_labels, sigmoid(val_logits)), (test_labels, test_probs),
-                              numerics.environment(params.numerics, device))
-    # Both files or neither: each is written and synced before either replaces its earlier version.
-    with atomic_file(metrics_file) as metrics_out, atomic_file(predictions_file) as predictions_out:
+    test_probs, val_probs = sigmoid(test_logits), sigmoid(val_logits)
+    metrics = compute_metrics(seed, loss, (val_labels, val_probs), (test_labels, test_probs),
+                              numerics.environment(params.numerics, device), params.evaluate.calibration_bins)
+    # All three files or none: each is written and synced before any replaces its earlier version.
+    with (atomic_file(metrics_file) as metrics_out, atomic_file(predictions_file) as predictions_out,
+          atomic_file(val_predictions_file) as val_out):
         json.dump(metrics, metrics_out, indent=2, sort_keys=True)
         metrics_out.write("\n")
         write_predictions(predictions_out, test_part.names, test_part.patients, test_labels, test_probs)
-        sync(metrics_out, predictions_out)
+        write_predictions(val_out, val_part.names, val_part.patients, val_labels, val_probs)
+        sync(metrics_out, predictions_out, val_out)
     print(f"evaluate seed {seed}: test loss {metrics['loss']}, mean AUROC {metrics['auroc_mean']}, "
           f"mean F1 {metrics['f1_mean']} -> {metrics_file}")
 
 
 def write_predictions(handle: IO[str], names: list[str], patients: np.ndarray, labels: np.ndarray,
                       probs: np.ndarray) -> None:
-    """One row per test image: name, patient, the 14 labels and the 14 predicted probabilities, written with the
+    """One row per image: name, patient, the 14 labels and the 14 predicted probabilities, written with the
     9 significant digits that give back every float32 exactly (so the report's AUROCs equal evaluate's)."""
     frame = pd.DataFrame({"image": names, "patient": patients})
     for k, name in enumerate(FINDINGS):

@@ -1,18 +1,20 @@
-"""The report's figures: long-format tables (also DVC plots data) and byte-deterministic PNGs drawn from them.
+"""The report's figures: byte-deterministic PNGs drawn from the tables of `cxrstudy.plotdata` (also DVC plots data).
 
-Each figure is drawn from the same table that is written as CSV for `dvc plots`, so the PNG linked from the report and
-the interactive plot show the same numbers. Matplotlib is used through `Figure` + the Agg canvas (no pyplot, no global
-figure state), under matplotlib's default style whatever the user's matplotlibrc says, at a fixed dpi, and without
-the "Software" PNG metadata: the same tables give the same bytes.
+Matplotlib is used through `Figure` + the Agg canvas (no pyplot, no global figure state), under matplotlib's default
+style whatever the user's matplotlibrc says, at a fixed dpi, and without the "Software" PNG metadata: the same
+tables give the same bytes. In a phantom run every figure's title says so, and no published (real-data) number is
+drawn beside the phantom's.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import matplotlib.style
 import numpy as np
@@ -21,12 +23,20 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
-from sklearn.metrics import roc_curve
 
+from cxrstudy import plotdata
 from cxrstudy.atomic import atomic_file
+from cxrstudy.errors import InputError
+from cxrstudy.labels import FINDINGS
+from cxrstudy.params import Params
+from cxrstudy.results import Predictions, SeedMetrics, make_ensemble, read_history
+from cxrstudy.stats import mean_sd
+
+if TYPE_CHECKING:
+    from cxrstudy.references import References
+    from cxrstudy.study import SeedStudy
 
 DPI = 100
-ROC_POINTS = 101  # false-positive-rate grid (steps of 0.01) of the ROC tables, whatever the test set's size
 ENSEMBLE = "ensemble"
 
 # File names under reports/figures/ (the report links them) and under the plots folder (dvc.yaml names them).
@@ -34,54 +44,15 @@ ROC_PNG = "roc_curves.png"
 AUROC_PNG = "auroc_by_seed.png"
 CLAHE_PNG = "clahe_before_after.png"
 TRAIN_PNG = "training_curves.png"
+RELIABILITY_PNG = "reliability.png"
 ROC_CSV = "roc.csv"
 AUROC_CSV = "auroc.csv"
 TRAIN_CSV = "train.csv"
+RELIABILITY_CSV = "reliability.csv"
 
 
 def model_name(seed: int) -> str:
     return f"seed {seed}"
-
-
-def roc_table(curves: dict[str, tuple[np.ndarray, np.ndarray]], findings: Sequence[str]) -> pd.DataFrame:
-    """ROC curves on a fixed false-positive-rate grid: columns finding, model, point, fpr, tpr.
-
-    `curves` maps a model's name to its test (labels, probabilities), N x C each. The tpr at a grid fpr is the
-    highest one reached at or below it (the ROC step curve read from the left), so the table has `ROC_POINTS` rows
-    per finding and model. A finding with one class only in a model's test set has no rows for it.
-    """
-    grid = np.linspace(0.0, 1.0, ROC_POINTS)
-    frames = []
-    for k, finding in enumerate(findings):
-        for model, (labels, probs) in curves.items():
-            y = labels[:, k]
-            if not 0 < y.sum() < len(y):
-                continue
-            fpr, tpr, _ = roc_curve(y, probs[:, k])
-            at = np.searchsorted(fpr, grid, side="right") - 1
-            frames.append(pd.DataFrame({"finding": finding, "model": model, "point": np.arange(ROC_POINTS),
-                                        "fpr": grid, "tpr": tpr[at]}))
-    columns = ["finding", "model", "point", "fpr", "tpr"]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
-
-
-def auroc_table(auroc_by_model: dict[str, dict[str, float]]) -> pd.DataFrame:
-    """Per-class AUROC, one row per (finding, model); undefined values are left out. Columns finding, model, auroc."""
-    rows = [(finding, model, value) for model, by_class in auroc_by_model.items()
-            for finding, value in by_class.items() if not math.isnan(value)]
-    return pd.DataFrame(rows, columns=["finding", "model", "auroc"])
-
-
-def history_table(histories: dict[int, pd.DataFrame]) -> pd.DataFrame:
-    """The train stage's per-epoch histories, stacked with a seed column first."""
-    frames = [frame.assign(seed=seed)[["seed", *frame.columns]] for seed, frame in sorted(histories.items())]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["seed", "epoch"])
-
-
-def write_csv(path: Path, table: pd.DataFrame, float_format: str = "%.6g") -> None:
-    """A DVC plots data file: fixed float format, '\\n' line ends, no index."""
-    with atomic_file(path) as handle:
-        table.to_csv(handle, index=False, lineterminator="\n", float_format=float_format)
 
 
 def _new_figure(width: float, height: float) -> Figure:
@@ -106,7 +77,8 @@ def _style() -> AbstractContextManager[None]:
     return matplotlib.style.context("default")
 
 
-def plot_roc(table: pd.DataFrame, findings: Sequence[str], aurocs: dict[str, float], path: Path) -> None:
+def plot_roc(table: pd.DataFrame, findings: Sequence[str], aurocs: dict[str, float], path: Path,
+             title: str = "") -> None:
     """One panel per finding, one line per model (the ensemble dashed, black), the chance diagonal in grey."""
     models = list(dict.fromkeys(table["model"]))
     colors = _colors(models)
@@ -123,6 +95,8 @@ def plot_roc(table: pd.DataFrame, findings: Sequence[str], aurocs: dict[str, flo
             axes[-1].legend(handles, names, loc="center", title="model", frameon=False)
         fig.supxlabel("false positive rate")
         fig.supylabel("true positive rate")
+        if title:
+            fig.suptitle(title)
         save_png(fig, path)
 
 
@@ -151,8 +125,9 @@ class Reference:
 
 
 def plot_auroc_dots(table: pd.DataFrame, findings: Sequence[str], references: Sequence[Reference],
-                    path: Path) -> None:
-    """Per-class AUROC: a row per finding, a dot per seed (nudged apart), the ensemble as a cross, references hollow."""
+                    path: Path, title: str = "", labels: dict[str, str] | None = None) -> None:
+    """Per-class AUROC: a row per finding (`labels` may rename them), a dot per seed (nudged apart), the ensemble as
+    a cross, references hollow."""
     models = list(dict.fromkeys(table["model"]))
     colors = _colors(models)
     seeds = [m for m in models if m != ENSEMBLE]
@@ -170,11 +145,46 @@ def plot_auroc_dots(table: pd.DataFrame, findings: Sequence[str], references: Se
             ys = [y_of[f] + nudge for f in rows["finding"]]
             ax.scatter(rows["auroc"], ys, color=colors[model], label=model, zorder=3,
                        marker="x" if model == ENSEMBLE else "o", s=40 if model == ENSEMBLE else 22)
-        ax.set_yticks([y_of[f] for f in findings], list(findings))
+        ax.set_yticks([y_of[f] for f in findings], [(labels or {}).get(f, f) for f in findings])
         ax.set_ylim(-0.7, len(findings) - 0.3)
         ax.set_xlabel("test AUROC")
+        if title:
+            ax.set_title(title, fontsize=10)
         ax.grid(axis="x", color="0.9")
         fig.legend(loc="outside lower center", ncols=3, frameon=False, fontsize=8)
+        save_png(fig, path)
+
+
+def plot_reliability(table: pd.DataFrame, path: Path, title: str = "") -> None:
+    """Observed positive rate against mean predicted probability per bin, one line per model, the diagonal grey;
+    beside it, how many (image, finding) pairs fall in each bin (log scale)."""
+    models = list(dict.fromkeys(table["model"]))
+    colors = _colors(models)
+    with _style():
+        fig = _new_figure(11, 4.6)
+        ax, counts = fig.subplots(1, 2)
+        ax.plot([0, 1], [0, 1], color="0.75", linewidth=0.8)
+        for model in models:
+            rows = table[table["model"] == model]
+            ensemble = model == ENSEMBLE
+            ax.plot(rows["mean_prob"], rows["frequency"], marker="o", markersize=3, color=colors[model], label=model,
+                    linestyle="--" if ensemble else "-", linewidth=1.6 if ensemble else 1.0)
+            if not rows.empty:  # each bin drawn across its whole width, the last one included
+                counts.step(np.r_[rows["low"], rows["high"].iloc[-1]], np.r_[rows["count"], rows["count"].iloc[-1]],
+                            where="post", color=colors[model], linewidth=1.0)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("mean predicted probability (bin)")
+        ax.set_ylabel("observed positive rate")
+        ax.grid(color="0.9")
+        ax.legend(frameon=False, fontsize=8)
+        counts.set_yscale("log")
+        counts.set_xlim(0, 1)
+        counts.set_xlabel("predicted probability (bin)")
+        counts.set_ylabel("(image, finding) pairs")
+        counts.grid(color="0.9")
+        if title:
+            fig.suptitle(title)
         save_png(fig, path)
 
 
@@ -228,3 +238,104 @@ def plot_clahe(samples: Sequence[ClaheSample], before_label: str, after_label: s
 
 def _fmt(value: float) -> str:
     return "n/a" if math.isnan(value) else f"{value:.4f}"
+
+
+# ------------------------------------------------------------------------------------------------ the report's set
+
+
+@dataclass(frozen=True)
+class FigurePaths:
+    figures: Path
+    plots: Path | None
+    report_dir: Path
+    history: Path | None
+    raw: Path | None
+    processed: Path | None
+
+
+def relative_link(target: Path, report_dir: Path) -> str:
+    """A Markdown link from the report's folder to `target`, with forward slashes."""
+    return Path(os.path.relpath(target, report_dir)).as_posix()
+
+
+def draw_figures(params: Params, seeds: list[SeedMetrics], preds: list[Predictions] | None,
+                 study: SeedStudy | None, refs: References, paths: FigurePaths) -> dict[str, str]:
+    """Write the report's PNGs (and, with `paths.plots`, the DVC plots data they are drawn from); return their
+    links by name (roc, auroc, clahe, training, reliability)."""
+    phantom = params.ingest.source == "phantom"
+    tag = "Phantom run (synthetic images): " if phantom else ""
+
+    def emit(png: str, csv: str | None, table: pd.DataFrame | None, float_format: str = "%.6g") -> str:
+        if csv is not None and table is not None and paths.plots is not None:
+            plotdata.write_csv(paths.plots / csv, table, float_format)
+        return relative_link(paths.figures / png, paths.report_dir)
+
+    paths.figures.mkdir(parents=True, exist_ok=True)
+    names = {s.seed: model_name(s.seed) for s in seeds}
+    links: dict[str, str] = {}
+    aurocs: dict[str, dict[str, float]] = {names[s.seed]: s.auroc for s in seeds}
+    if study is not None and study.ensemble is not None:
+        aurocs[ENSEMBLE] = study.ensemble.auroc
+    dots = plotdata.auroc_table(aurocs)
+    references: list[Reference] = []
+    if not phantom:  # published numbers are real-data numbers: never drawn beside a phantom's
+        study_mean = {n: mean_sd([s.auroc[n] for s in refs.study.values()])[0] for n in FINDINGS}
+        references = [Reference(f"CheXNet [{refs.chexnet_split.short}]", refs.chexnet, "D"),
+                      Reference(f"seed study, mean of seeds [{refs.study_split.short}]", study_mean, "s")]
+    positives = seeds[0].test_positives
+    labels = {n: f"{n} ({positives[n]})" for n in FINDINGS if n in positives}
+    plot_auroc_dots(dots, FINDINGS, references, paths.figures / AUROC_PNG,
+                    f"{tag}test AUROC per finding (test positives)", labels)
+    links["auroc"] = emit(AUROC_PNG, AUROC_CSV,
+                          pd.concat([dots, *[plotdata.auroc_table({r.label: r.auroc}) for r in references]]))
+    if preds is not None:
+        curves = {names[s.seed]: (p.labels, p.probs) for s, p in zip(seeds, preds, strict=True)}
+        ensemble, _ = make_ensemble(preds)
+        if ensemble is not None:
+            curves[ENSEMBLE] = (ensemble.labels, ensemble.probs)
+        roc = plotdata.roc_table(curves, FINDINGS)
+        mean_auroc = {n: mean_sd([s.auroc[n] for s in seeds])[0] for n in FINDINGS}
+        plot_roc(roc, FINDINGS, mean_auroc, paths.figures / ROC_PNG, f"{tag}ROC curves per finding")
+        links["roc"] = emit(ROC_PNG, ROC_CSV, roc, "%.4g")  # 4 digits draw a curve; the file stays small
+        bins = params.evaluate.calibration_bins
+        points = plotdata.reliability_table(curves, bins)
+        plot_reliability(points, paths.figures / RELIABILITY_PNG,
+                         f"{tag}reliability, all findings pooled ({bins} bins)")
+        links["reliability"] = emit(RELIABILITY_PNG, RELIABILITY_CSV, points)
+    if paths.history is not None:
+        history = plotdata.history_table({s.seed: read_history(paths.history / f"seed_{s.seed}.csv") for s in seeds})
+        plot_training_curves(history, paths.figures / TRAIN_PNG)
+        links["training"] = emit(TRAIN_PNG, TRAIN_CSV, history)
+    if paths.raw is not None and paths.processed is not None:
+        samples, before, after = clahe_samples(params, paths.raw, paths.processed, preds[0].images if preds else None)
+        plot_clahe(samples, before, after, paths.figures / CLAHE_PNG)
+        links["clahe"] = emit(CLAHE_PNG, None, None)
+    return links
+
+
+def clahe_samples(params: Params, raw_dir: Path, processed_dir: Path,
+                  candidates: list[str] | None) -> tuple[list[Any], str, str]:
+    """A few images (evenly spaced through the sorted test images) before and after preprocessing, same size."""
+    from cxrstudy.imageio import ImageError, read_gray
+    from cxrstudy.preprocess import load_processed, process_image
+
+    images, names = load_processed(processed_dir)
+    row_of = {n: i for i, n in enumerate(names)}
+    pool = sorted(n for n in (candidates or names) if n in row_of)
+    if not pool:
+        raise InputError(f"{processed_dir}: none of the test images is among the processed images")
+    count = min(params.report.clahe_samples, len(pool))
+    picks = [pool[int(i)] for i in np.linspace(0, len(pool) - 1, count).round()]
+    cfg = params.preprocess
+    plain = cfg.model_copy(update={"clahe": False})
+    samples = []
+    for name in picks:
+        try:
+            before = process_image(read_gray(raw_dir / "images" / name), plain)
+        except ImageError as err:
+            raise InputError(f"CLAHE figure: {err}") from None
+        samples.append(ClaheSample(name, before, np.asarray(images[row_of[name]])))
+    size = cfg.image_size
+    after = (f"CLAHE (clip {cfg.clip_limit}, {cfg.tile_grid}×{cfg.tile_grid} tiles), {size} px" if cfg.clahe
+             else f"processed (CLAHE off), {size} px")
+    return samples, f"raw, resized to {size} px", after

@@ -192,11 +192,17 @@ class TrainParams(_Section):
 
 class EvaluateParams(_Section):
     batch_size: Annotated[int, Field(ge=1, le=4096)]
+    # Equal-width probability bins of the expected calibration error (ECE) and of the reliability diagram.
+    calibration_bins: Annotated[int, Field(ge=2, le=100)]
 
 
 class ReportParams(_Section):
     bootstrap: Annotated[int, Field(ge=0, le=100000)]
     bootstrap_seed: int
+    # Confidence level of every interval; 1 - level is also the family-wise error rate of each Holm-corrected family.
+    level: Annotated[float, Field(gt=0.5, lt=1.0)]
+    # Findings with fewer test positives are flagged, left out of best-seed claims and of the means given intervals.
+    min_positives: Annotated[int, Field(ge=1, le=100000)]
     clahe_samples: Annotated[int, Field(ge=1, le=12)]
 
 

@@ -1,17 +1,19 @@
-"""Uncertainty for the report: a patient-level bootstrap of per-class AUROC, and seed-spread summaries.
+"""Resampling for the report: a patient-level bootstrap and a patient jackknife of per-class AUROC.
 
 A bootstrap resample draws the test set's *patients* with replacement (their images go with them: images of one
 patient are not independent). Drawing n patients with replacement is the same as giving each patient a multinomial
 count, so a resample is a row of patient counts and an image weighs its patient's count. The AUROC of a resample is
 then a weighted Mann-Whitney statistic, computed for all resamples at once as one matrix product with a
 per-patient table of "negatives below each positive", so 1000 resamples x 14 findings x 5 models take about a second
-on the embedded sample and well under a minute per model on the full NIH test set.
+on the embedded sample and well under a minute per model on the full NIH test set. The draws depend only on the
+seed and the set of patients, so every model scored on the same patients sees the same resamples: differences
+taken within a draw are a paired bootstrap. The jackknife (each patient left out once, for the BCa intervals of
+`cxrstudy.inference`) reads the same table in closed form.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -106,68 +108,65 @@ def patient_counts(n_patients: int, resamples: int, seed: int) -> np.ndarray:
     return rng.multinomial(n_patients, np.full(n_patients, 1.0 / n_patients), size=resamples).astype(np.float64)
 
 
+def patient_jackknife_auroc(labels: np.ndarray, scores: np.ndarray, patient: np.ndarray,
+                            n_patients: int) -> np.ndarray:
+    """AUROC with each patient left out in turn: P x C (NaN where the rest has one class only).
+
+    Leaving patient i out removes every pair with one of its images: U_(-i) = U - (pairs of i's positives) - (pairs
+    of i's negatives) + (pairs within i, removed twice), all read off the "negatives below each positive" table.
+    """
+    labels = labels.reshape(len(labels), -1).astype(bool)
+    scores = scores.reshape(len(scores), -1)
+    out = np.full((n_patients, labels.shape[1]), np.nan)
+    for k in range(labels.shape[1]):
+        terms = _class_terms(labels[:, k], scores[:, k], patient, n_patients)
+        if terms is None:
+            continue
+        below = terms.below.astype(np.float64)
+        per_positive = below.sum(axis=0)
+        own = below[terms.pos_patient, np.arange(len(terms.pos_patient))]
+        kept = (per_positive.sum() - np.bincount(terms.pos_patient, weights=per_positive, minlength=n_patients)
+                - below.sum(axis=1) + np.bincount(terms.pos_patient, weights=own, minlength=n_patients))
+        pairs = (terms.positives.sum() - terms.positives) * (terms.negatives.sum() - terms.negatives)
+        out[:, k] = np.where(pairs > 0, kept / np.where(pairs > 0, pairs, 1), np.nan)
+    return out
+
+
 @dataclass(frozen=True)
 class Bootstrap:
-    """Per-class AUROC on every resample (B x C, NaN where a resample has no positive) and its summaries."""
+    """Per-class AUROC on every resample (B x C) and with each patient left out (P x C); NaN where undefined (no
+    positive, or no negative, in that resample)."""
 
     per_class: np.ndarray
-    level: float = 0.95
+    jackknife: np.ndarray
 
     @property
     def resamples(self) -> int:
         return int(self.per_class.shape[0])
 
-    def mean_auroc(self) -> np.ndarray:
-        """The mean over findings of each resample (findings undefined in a resample are left out of its mean)."""
-        if self.resamples == 0:
-            return np.empty(0)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # a resample with no finding defined stays NaN
-            return np.nanmean(self.per_class, axis=1)
-
-    def interval(self, values: np.ndarray) -> tuple[float, float]:
-        """Percentile interval at `level`; NaNs when there are no finite resamples."""
-        finite = values[np.isfinite(values)]
-        if finite.size == 0:
-            return math.nan, math.nan
-        tail = (1.0 - self.level) / 2.0
-        low, high = np.quantile(finite, [tail, 1.0 - tail])
-        return float(low), float(high)
-
-    def sd(self, values: np.ndarray) -> float:
-        finite = values[np.isfinite(values)]
-        return float(np.std(finite, ddof=1)) if finite.size > 1 else math.nan
-
-    def mean_interval(self) -> tuple[float, float]:
-        return self.interval(self.mean_auroc())
-
-    def mean_sd(self) -> float:
-        return self.sd(self.mean_auroc())
-
-    def class_interval(self, k: int) -> tuple[float, float]:
-        return self.interval(self.per_class[:, k])
-
-    def class_sd(self, k: int) -> float:
-        return self.sd(self.per_class[:, k])
+    def lacking(self) -> np.ndarray:
+        """Per class: how many resamples have no positive (or no negative), so that its AUROC is undefined there."""
+        return np.isnan(self.per_class).sum(axis=0)
 
 
-def bootstrap_auroc(labels: np.ndarray, probs: np.ndarray, patients: np.ndarray, resamples: int, seed: int,
-                    level: float = 0.95) -> Bootstrap:
-    """Patient-level bootstrap of per-class AUROC for one model's test predictions.
+def bootstrap_auroc(labels: np.ndarray, probs: np.ndarray, patients: np.ndarray, resamples: int,
+                    seed: int) -> Bootstrap:
+    """Patient-level bootstrap (and patient jackknife) of per-class AUROC for one model's predictions.
 
     `labels` and `probs` are N x C, `patients` the N patient ids. The draws depend only on `seed` and the sorted set
-    of patient ids, so two models scored on the same test patients see the same resamples (a paired bootstrap).
+    of patient ids, so two models scored on the same test patients see the same resamples (a paired bootstrap);
+    the jackknife rows follow the sorted patient ids, so they pair the same way.
     """
     n_classes = labels.shape[1]
-    if resamples <= 0:
-        return Bootstrap(np.empty((0, n_classes)), level)
     ids, image_patient = np.unique(np.asarray(patients), return_inverse=True)
+    if resamples <= 0:
+        return Bootstrap(np.empty((0, n_classes)), np.empty((0, n_classes)))
     counts = patient_counts(len(ids), resamples, seed)
     # Many mid-sized products: one BLAS thread is as fast on an idle machine and far faster on a busy one (threads
     # oversubscribed by other processes stall OpenBLAS). The results are exact either way (see `_class_terms`).
     with threadpool_limits(limits=1, user_api="blas"):
         out = patient_weighted_auroc(labels, probs, image_patient, counts)
-    return Bootstrap(out, level)
+    return Bootstrap(out, patient_jackknife_auroc(labels, probs, image_patient, len(ids)))
 
 
 def mean_sd(values: list[float]) -> tuple[float, float]:

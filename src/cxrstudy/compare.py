@@ -1,0 +1,104 @@
+"""`python -m cxrstudy compare`: does a change move the numbers beyond test-sampling noise?
+
+Head and base are two revisions' predictions on the same test patients (head: a predictions folder; base: a git
+revision, whose committed `predictions/` is read with `git show`, or another folder). For each seed's mean AUROC,
+the mean over seeds and the ensemble, the block gives head − base with its paired patient-bootstrap interval
+(`cxrstudy.inference`), Holm-corrected over its rows, as Markdown for a pull-request comment.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from cxrstudy.atomic import atomic_file
+from cxrstudy.errors import InputError
+from cxrstudy.inference import Contrast, Stat, VarianceComponents, contrasts, mean_of, variance_components
+from cxrstudy.labels import FINDINGS
+from cxrstudy.params import Params
+from cxrstudy.render import render
+from cxrstudy.results import Predictions, make_ensemble, predictions_at, read_predictions, same_images
+from cxrstudy.study import Settings, eligible, score, settings
+
+TEMPLATE = "compare.md.j2"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One compared model: its base and head values and the paired difference."""
+
+    name: str
+    base: float
+    head: float
+    contrast: Contrast
+
+
+@dataclass(frozen=True)
+class Comparison:
+    rows: list[Row]
+    eligible: list[str]
+    settings: Settings
+    n_patients: int
+    n_images: int
+    head_variance: VarianceComponents | None
+
+    @property
+    def changed(self) -> list[Row]:
+        return [r for r in self.rows if r.contrast.beyond_noise]
+
+
+def compare(base: dict[int, Predictions], head: dict[int, Predictions], settings_: Settings) -> Comparison:
+    """Head − base for every seed both have, their mean and their ensembles, paired by test patient."""
+    seeds = [s for s in head if s in base]
+    if not seeds:
+        raise InputError(f"no seed in common: head has {sorted(head)}, base has {sorted(base)}")
+    everything = [base[s] for s in seeds] + [head[s] for s in seeds]
+    if not same_images(everything):
+        raise InputError("head and base were tested on different images (or labels): there is nothing to pair; "
+                         "a change to the data or the split needs a fresh baseline, not a paired comparison")
+    columns = eligible(everything[0].labels, settings_.min_positives)
+
+    def means(side: dict[int, Predictions]) -> tuple[list[Stat], Stat | None]:
+        stats = [score(f"seed {s}", side[s], settings_).mean_over(columns) for s in seeds]
+        ensemble, _ = make_ensemble([side[s] for s in seeds])
+        return stats, score("ensemble", ensemble, settings_).mean_over(columns) if ensemble else None
+
+    (base_stats, base_ens), (head_stats, head_ens) = means(base), means(head)
+    named = [(f"seed {s}", h, b) for s, h, b in zip(seeds, head_stats, base_stats, strict=True)]
+    if len(seeds) > 1:
+        named.append((f"mean of {len(seeds)} seeds", mean_of(head_stats), mean_of(base_stats)))
+    if head_ens is not None and base_ens is not None:
+        named.append(("ensemble", head_ens, base_ens))
+    tested = contrasts([(name, "base", h - b) for name, h, b in named], settings_.level)
+    rows = [Row(name, b.point, h.point, c) for (name, h, b), c in zip(named, tested, strict=True)]
+    first = everything[0]
+    return Comparison(rows, [FINDINGS[k] for k in columns], settings_, len(set(first.patients.tolist())),
+                      len(first.images), variance_components(head_stats, settings_.level))
+
+
+def read_side(params: Params, folder: Path | None, rev: str | None, repo: Path) -> dict[int, Predictions]:
+    """Every seed's test predictions from a folder, or as committed at a git revision."""
+    if folder is not None:
+        return {s: read_predictions(folder / f"seed_{s}.csv") for s in params.seeds}
+    assert rev is not None
+    return {s: predictions_at(repo, rev, f"predictions/seed_{s}.csv") for s in params.seeds}
+
+
+def markdown(result: Comparison, base_label: str, head_label: str) -> str:
+    return render(TEMPLATE, c=result, base=base_label, head=head_label)
+
+
+def run(params: Params, head_dir: Path, out_file: Path, *, base_rev: str | None = None, base_dir: Path | None = None,
+        repo: Path = Path(".")) -> None:
+    """Write the Markdown block (to standard output when `out_file` is "-")."""
+    base = read_side(params, base_dir, base_rev, repo)
+    head = read_side(params, head_dir, None, repo)
+    text = markdown(compare(base, head, settings(params)), f"`{base_rev}`" if base_rev else f"`{base_dir}`",
+                    f"`{head_dir}`")
+    if str(out_file) == "-":
+        sys.stdout.write(text)
+        return
+    with atomic_file(out_file) as handle:
+        handle.write(text)
+    print(f"compare: {len(text)} characters -> {out_file}", file=sys.stderr)

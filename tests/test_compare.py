@@ -1,0 +1,128 @@
+"""`python -m cxrstudy compare`: head − base on the same test patients, with paired intervals, for a PR comment."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cxrstudy import compare
+from cxrstudy.errors import InputError
+from cxrstudy.results import read_predictions
+from cxrstudy.study import settings
+from tests.conftest import tiny_raw, write_params
+from tests.synthetic import STUDY_SEEDS, Study, make_study
+
+
+def rows(text: str) -> dict[str, list[str]]:
+    lines = [line for line in text.splitlines() if line.startswith("| ")][1:]
+    return {cells[0]: cells[1:] for cells in ([c.strip() for c in line.strip("|").split("|")] for line in lines)}
+
+
+def sides(study: Study) -> dict[int, object]:
+    return {s: read_predictions(study.predictions / f"seed_{s}.csv") for s in STUDY_SEEDS}
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory: pytest.TempPathFactory) -> Study:
+    return make_study(tmp_path_factory.mktemp("base"), bootstrap=300)
+
+
+def test_the_same_predictions_change_nothing(base: Study) -> None:
+    result = compare.compare(sides(base), sides(base), settings(base.params))  # type: ignore[arg-type]
+    assert [r.name for r in result.rows] == [*(f"seed {s}" for s in STUDY_SEEDS), "mean of 4 seeds", "ensemble"]
+    assert all(r.contrast.difference.value == 0 and not r.contrast.beyond_noise for r in result.rows)
+    assert "No change goes beyond test-sampling noise." in compare.markdown(result, "`main`", "`predictions`")
+
+
+def test_a_better_seed_is_reported_beyond_noise_and_the_others_are_not(base: Study, tmp_path: Path) -> None:
+    head = make_study(tmp_path, bootstrap=300, offset={42: 0.6})
+    result = compare.compare(sides(base), sides(head), settings(base.params))  # type: ignore[arg-type]
+    by_name = {r.name: r for r in result.rows}
+    assert by_name["seed 42"].contrast.beyond_noise and by_name["seed 42"].contrast.difference.low > 0
+    assert all(by_name[f"seed {s}"].contrast.difference.value == 0 for s in (12, 22, 32))
+    text = compare.markdown(result, "`main`", "`predictions`")
+    table = rows(text)
+    assert table["seed 42"][-1] == "yes" and table["seed 12"][-1] == "no"
+    assert table["seed 42"][2] == f"{by_name['seed 42'].head - by_name['seed 42'].base:+.4f}"
+    assert re.search(r"Beyond test-sampling noise: seed 42", text)
+    assert "training (seed) sd" in text
+
+
+def test_different_test_sets_cannot_be_paired(base: Study, tmp_path: Path) -> None:
+    other = make_study(tmp_path, bootstrap=300, data_seed=8)
+    with pytest.raises(InputError, match="different images"):
+        compare.compare(sides(base), sides(other), settings(base.params))  # type: ignore[arg-type]
+
+
+def _git(repo: Path, *args: str) -> None:
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=repo, check=True,
+                   capture_output=True)
+
+
+def _cli(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "cxrstudy", "--params", "params.yaml", "compare", *args], cwd=repo,
+                          capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
+
+
+def _repo_with_a_better_head(base: Study, tmp_path: Path) -> Path:
+    """A git repo whose committed predictions are `base` and whose workspace has seed 12 clearly better."""
+    repo = tmp_path / "repo"
+    shutil.copytree(base.predictions, repo / "predictions")
+    write_params(repo / "params.yaml", tiny_raw(seeds=STUDY_SEEDS, report={"bootstrap": 200}))
+    _git(repo, "init", "-q")
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-qm", "base")
+    better = make_study(tmp_path / "head", bootstrap=300, offset={12: 0.6})
+    shutil.rmtree(repo / "predictions")
+    shutil.copytree(better.predictions, repo / "predictions")
+    return repo
+
+
+def test_the_command_reads_the_base_from_a_git_revision(base: Study, tmp_path: Path) -> None:
+    repo = _repo_with_a_better_head(base, tmp_path)
+    done = _cli(repo, "--base", "HEAD")
+    assert done.returncode == 0, done.stderr
+    assert rows(done.stdout)["seed 12"][-1] == "yes"
+    assert "head (`predictions`) minus base (`HEAD`)" in done.stdout
+
+
+def test_a_base_revision_without_predictions_is_an_error_naming_it(base: Study, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    shutil.copytree(base.predictions, repo / "predictions")
+    write_params(repo / "params.yaml", tiny_raw(seeds=STUDY_SEEDS))
+    (repo / "README").write_text("x\n")
+    _git(repo, "init", "-q")
+    _git(repo, "add", "README", "params.yaml")
+    _git(repo, "commit", "-qm", "no predictions")
+    done = _cli(repo, "--base", "HEAD", "--out", "comment.md")
+    assert done.returncode == 2
+    assert "HEAD:predictions/seed_12.csv: not in git at that revision" in done.stderr
+    assert "Traceback" not in done.stderr and not (repo / "comment.md").exists()
+
+
+def test_the_command_wants_exactly_one_base(tmp_path: Path) -> None:
+    write_params(tmp_path / "params.yaml", tiny_raw())
+    done = _cli(tmp_path)
+    assert done.returncode == 2 and "exactly one of --base REV" in done.stderr
+
+
+def test_the_pr_comment_carries_the_paired_block(base: Study, tmp_path: Path) -> None:
+    """scripts/ci/comment_body.py puts `compare --base` into the comment, under the metrics diff."""
+    repo = _repo_with_a_better_head(base, tmp_path)
+    (repo / "dvc.yaml").write_text("stages: {}\n")
+    out = tmp_path / "body.md"
+    script = Path(__file__).resolve().parents[1] / "scripts" / "ci" / "comment_body.py"
+    done = subprocess.run([sys.executable, str(script), "--repo-dir", str(repo), "--out", str(out), "--base", "HEAD",
+                           "--marker", "t"], capture_output=True, text=True,
+                          env={k: v for k, v in os.environ.items() if k != "GITHUB_STEP_SUMMARY"})
+    assert done.returncode == 0, done.stderr
+    body = out.read_text()
+    assert "head (`predictions`) minus base (`HEAD`)" in body
+    assert rows(body.split("head (`predictions`)")[1])["seed 12"][-1] == "yes"
+    assert "could not say" not in body
