@@ -177,6 +177,22 @@ def reserve(path: Path) -> None:
         os.close(fd)
 
 
+def process_into(images: Path, archives: Sequence[Path], names: Sequence[str], cfg: PreprocessParams,
+                 progress: bool = True) -> Findings:
+    """Create `images` (an N × S × S uint8 .npy whose row i is `names[i]`) and fill it from the archives; return
+    what was found (`Findings.finish` lists the unusable images)."""
+    array = np.lib.format.open_memmap(images, mode="w+", dtype=np.uint8,
+                                      shape=(len(names), cfg.image_size, cfg.image_size))
+    reserve(images)
+    del array
+    found = Findings(names)
+    with tqdm(total=len(names), desc="preprocess", unit="img", disable=not progress) as bar:
+        for result in process_archives(archives, names, images, cfg):
+            found.add(result)
+            bar.update(len(result.seen))
+    return found
+
+
 def _refuse(found: Findings, bad: list[tuple[str, str]], listing: Path) -> None:
     """One error naming every broken archive and every unusable image (the first MAX_LISTED; all in `listing`)."""
     lines = []
@@ -221,15 +237,7 @@ def run(params: Params, raw_dir: Path, out_dir: Path) -> None:
                          "stage first (dvc repro ingest)")
     listing = out_dir.parent / BAD_IMAGES_FILE  # the full list when the stage stops on bad images
     with atomic_dir(out_dir) as tmp:
-        array = np.lib.format.open_memmap(tmp / IMAGES_FILE, mode="w+", dtype=np.uint8,
-                                          shape=(len(names), cfg.image_size, cfg.image_size))
-        reserve(tmp / IMAGES_FILE)
-        del array
-        found = Findings(names)
-        with tqdm(total=len(names), desc="preprocess", unit="img") as bar:
-            for result in process_archives(archives, names, tmp / IMAGES_FILE, cfg):
-                found.add(result)
-                bar.update(len(result.seen))
+        found = process_into(tmp / IMAGES_FILE, archives, names, cfg)
         bad = found.finish(raw_dir / ARCHIVES_DIR)
         if found.broken or (bad and (cfg.on_bad_image == "error" or len(bad) == len(names))):
             _refuse(found, bad, listing)
