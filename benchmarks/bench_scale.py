@@ -18,7 +18,8 @@ stage's command alone (a `python` shim first on PATH records it), DVC's share (t
 the largest process and of the whole process tree. Then a no-op `dvc status` and a no-op `dvc repro split` (three
 times each), and `dvc status` after one image's pixel is changed in data/raw (it must show). With `--layouts` it
 also measures DVC alone on the raw-layout options: a folder of N PNG links (the layout before the archives), the
-same in 12 folders as 12 outputs, the 12 archives, and the archives with `core.checksum_jobs 1`.
+same in 12 folders as 12 outputs, and the 12 archives with DVC's default `core.checksum_jobs` (half the cores, at
+most 4) and with the project's 12 (`.dvc/config`: one hashing thread per archive).
 
 Prints a table and writes JSON. The scratch folder is deleted at the end unless `--keep`.
 """
@@ -274,6 +275,15 @@ def pipeline_run(work: Path, header: bytes, lines: list[bytes], args: argparse.N
         result["stages"][stage] = measured
     raw, processed = project / "data" / "raw", project / "data" / "processed"
     result["bytes"] = {"data/raw": folder_bytes(raw), "data/processed": folder_bytes(processed)}
+    # DVC's share is mostly hashing what the stage wrote: its bytes / the MD5 rate / DVC's hashing threads (files
+    # over 1 MiB are hashed `core.checksum_jobs` at a time when there are at least two of them).
+    jobs = int(subprocess.run(dvc("config", "core.checksum_jobs"), cwd=project, capture_output=True,
+                              text=True).stdout.strip() or 1)
+    for stage, folder in (("ingest", raw), ("preprocess", processed)):
+        big = [p.stat().st_size for p in folder.rglob("*") if p.is_file() and p.stat().st_size > 2**20]
+        threads = min(jobs, len(big), os.cpu_count() or 1) if len(big) > 1 else 1
+        result["stages"][stage]["output_bytes"] = folder_bytes(folder)
+        result["stages"][stage]["md5_estimate_s"] = round(folder_bytes(folder) / args.md5_rate / threads, 2)
     statuses = [runner.run(*dvc("status")) for _ in range(3)]
     repros = [runner.run(*dvc("repro", "split")) for _ in range(3)]
     for r in repros:
@@ -366,10 +376,11 @@ def layouts_run(work: Path, shim: Path, release: Path, n: int) -> list[dict[str,
         os.link(archive, arch / archive.name)
     sources = {"images": images, "shards": shards, "archives": arch}
     results = []
+    default_jobs = max(1, min(4, (os.cpu_count() or 1) // 2))  # DVC's own default: half the cores, at most 4
     for label, layout, jobs in (("a folder of PNG links (before)", "folder", None),
                                 ("12 folders, 12 outputs (sharded)", "shards", None),
-                                ("12 archives (chosen)", "archives", None),
-                                ("12 archives, core.checksum_jobs 1", "archives", 1)):
+                                (f"12 archives, DVC's default core.checksum_jobs ({default_jobs})", "archives", None),
+                                ("12 archives, core.checksum_jobs 12 (chosen)", "archives", 12)):
         print(f"   layout: {label}", flush=True)
         project = layout_project(work / f"layout-{layout}-{jobs or 'default'}", layout, sources, jobs)
         runner = Runner(project, shim)
@@ -398,22 +409,24 @@ def median(values: Sequence[float]) -> float:
 def summary(results: list[dict[str, Any]]) -> str:
     blocks = []
     for r in results:
-        rows = [[stage, f"{s['command_s']:.1f}", f"{s['dvc_s']:.1f}", f"{s['wall_s']:.1f}",
+        rows = [[stage, f"{s['command_s']:.1f}", f"{s['dvc_s']:.1f}",
+                 f"{s['md5_estimate_s']:.1f}" if "md5_estimate_s" in s else "-", f"{s['wall_s']:.1f}",
                  f"{s['peak_rss_mb_largest_process']:.0f}", f"{s['peak_rss_mb_tree']:.0f}"]
                 for stage, s in r["stages"].items()]
         noop = r["noop"]
-        rows.append(["no-op dvc status", "-", f"{median(noop['dvc_status_s']):.1f}",
+        rows.append(["no-op dvc status", "-", f"{median(noop['dvc_status_s']):.1f}", "-",
                      f"{median(noop['dvc_status_s']):.1f}", "-", "-"])
         rows.append(["no-op dvc repro split", f"{median(noop['dvc_repro_split_manifest_command_s']):.1f}",
-                     f"{median(noop['dvc_repro_split_dvc_s']):.1f}", f"{median(noop['dvc_repro_split_s']):.1f}",
+                     f"{median(noop['dvc_repro_split_dvc_s']):.1f}", "-", f"{median(noop['dvc_repro_split_s']):.1f}",
                      "-", "-"])
         changed = r["one_pixel_changed"]
-        rows.append(["dvc status, one pixel changed", "-", f"{changed['dvc_status_s']:.1f}",
+        rows.append(["dvc status, one pixel changed", "-", f"{changed['dvc_status_s']:.1f}", "-",
                      f"{changed['dvc_status_s']:.1f}", "-", "shown" if changed["shown"] else "NOT SHOWN"])
         blocks.append(table(
             f"{r['images']:,} images of {r['image_px']} px ({r['release']['archive_bytes'] / 1e9:.2f} GB in "
             f"{r['release']['archives']} archives), stored at {r['stored_px']} px",
-            ["step", "command s", "DVC s", "total s", "peak MB (largest)", "peak MB (tree)"], rows))
+            ["step", "command s", "DVC s", "of which MD5 (est.)", "total s", "peak MB (largest)",
+             "peak MB (tree)"], rows))
         if r.get("layouts"):
             blocks.append(table(
                 f"raw-layout options at {r['images']:,} images, DVC alone (seconds of DVC, not of the commands)",
@@ -465,6 +478,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               "Data_Entry_2017_v2020.csv(.gz) (from NIH's Box page, or the copy in the torchxrayvision wheel)",
               file=sys.stderr)
         return 2
+    args.md5_rate = md5_rate()
     work = Path(tempfile.mkdtemp(prefix="cxr-scale-", dir=args.work))
     results: list[dict[str, Any]] = []
     try:
@@ -487,7 +501,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(table("targets", ["target", "measured", "verdict"], target_rows(targets)))
     write_result(args.out, {
         "machine": machine(dvc=subprocess.run(dvc("--version"), capture_output=True, text=True).stdout.strip(),
-                           md5_mb_s_one_core=round(md5_rate() / 1e6)),
+                           md5_mb_s_one_core=round(args.md5_rate / 1e6)),
         "settings": {"size": args.size, "stored": args.stored, "workers": args.workers,
                      "data_entry": "NIH's Data_Entry_2017_v2020.csv" if args.data_entry else "packaged sample"},
         "runs": results, "targets": targets,

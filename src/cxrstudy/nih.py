@@ -226,6 +226,7 @@ def _local_sources(cfg: NihParams, root: Path, checksums: Mapping[str, str], cac
     if not root.is_dir():
         raise InputError(f"ingest.nih.local_path: {root} is not a folder; expected NIH's archives "
                          "(images_001.tar.gz ...) or extracted images (images/*.png) plus the metadata files")
+    metadata = _resolve_metadata(cfg, [root, cache], lambda _name: None)  # first: it is cheap to find missing
     names = archive_names(checksums)
     present = {n: root / n for n in names if (root / n).is_file()}
     image_dirs = _image_dirs(root)
@@ -241,7 +242,6 @@ def _local_sources(cfg: NihParams, root: Path, checksums: Mapping[str, str], cac
     else:
         raise InputError(f"ingest.nih.local_path: {root} has neither NIH's archives ({names[0]} ...) nor extracted "
                          "images (images/*.png or images_NNN/images/*.png)")
-    metadata = _resolve_metadata(cfg, [root, cache], lambda _name: None)
     return Sources(archives, metadata)
 
 

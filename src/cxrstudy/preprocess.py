@@ -133,7 +133,8 @@ def process_archives(archives: Sequence[Path], names: Sequence[str], images: Pat
         return
     with ProcessPoolExecutor(mp_context=WORKER_CONTEXT, max_workers=workers, initializer=_init_worker,
                              initargs=(work,)) as pool:
-        futures = [pool.submit(process_archive, str(a)) for a in archives]
+        largest_first = sorted(archives, key=lambda a: -a.stat().st_size)  # the last to finish is a small one
+        futures = [pool.submit(process_archive, str(a)) for a in largest_first]
         yield from (future.result() for future in as_completed(futures))
 
 
