@@ -128,7 +128,7 @@ def xray_base(size: int) -> np.ndarray:
 
 
 def synthetic_xray(seed: int, size: int = 1024, base: np.ndarray | None = None) -> np.ndarray:
-    """A chest-like 8-bit grey image with quantum-like noise, as in bench_ingest.py: as a PNG at compression 6 it
+    """A chest-like 8-bit grey image with quantum-like noise: as a PNG at compression 6 it
     weighs what an NIH image does (~370 KB at 1024 px), so it decodes at the same speed. Pass `base` (from
     `xray_base`) to draw many images quickly."""
     rng = np.random.default_rng(seed)

@@ -381,11 +381,13 @@ def evaluation(report: Report, sizes: Sizes, device: Any, data: Path, cfg: Any) 
 
 
 def preprocess_rate(sizes: Sizes) -> dict[str, Any]:
-    """The stage's `process_all` at one process on a few NIH-sized PNGs: images/s per core on this machine."""
+    """The stage's `process_into` at one process on a few NIH-sized PNGs (in an NIH-style archive, as the stage reads
+    them): images/s per core on this machine."""
     import cv2
     from common import synthetic_xray, xray_base
 
-    from cxrstudy.preprocess import process_all
+    from cxrstudy.imageio import write_archive
+    from cxrstudy.preprocess import process_into
 
     with tempfile.TemporaryDirectory(prefix="gpu-check-png-") as tmp:
         base = xray_base(sizes.preprocess_source)
@@ -394,17 +396,21 @@ def preprocess_rate(sizes: Sizes) -> dict[str, Any]:
             path = Path(tmp) / f"{i:08d}_000.png"
             cv2.imwrite(str(path), synthetic_xray(i, sizes.preprocess_source, base), [cv2.IMWRITE_PNG_COMPRESSION, 6])
             paths.append(path)
+        archive = Path(tmp) / "images_001.tar.gz"
+        write_archive(archive, ((p.name, p.read_bytes()) for p in paths))
+        names = [p.name for p in paths]
         cfg = PreprocessConfig(image_size=min(256, sizes.preprocess_source))
-        list(process_all(paths[:1], cfg))  # type: ignore[arg-type]
+        process_into(Path(tmp) / "warm.npy", [archive], names[:1], cfg, progress=False)  # type: ignore[arg-type]
         start = time.perf_counter()
-        out = list(process_all(paths, cfg))  # type: ignore[arg-type]
+        found = process_into(Path(tmp) / "images.npy", [archive], names, cfg, progress=False)  # type: ignore[arg-type]
         seconds = time.perf_counter() - start
         decode_start = time.perf_counter()
         for p in paths:
             cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
         decode_s = time.perf_counter() - decode_start
-    if any(isinstance(o, str) for o in out):
-        raise RuntimeError(f"preprocess failed: {[o for o in out if isinstance(o, str)][:3]}")
+        bad = found.finish(Path(tmp))
+    if bad or found.broken:
+        raise RuntimeError(f"preprocess failed: {bad[:3]} {found.broken}")
     return {"source_px": sizes.preprocess_source, "images": len(paths), "cpus": os.cpu_count(),
             "img_s_per_core": round(len(paths) / seconds, 1),
             "decode_only_img_s_per_core": round(len(paths) / decode_s, 1)}

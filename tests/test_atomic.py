@@ -374,15 +374,15 @@ SLOW_PREPROCESS = """
     from pathlib import Path
     import cxrstudy.preprocess as preprocess
 
-    _process_all = preprocess.process_all
+    _process_archives = preprocess.process_archives
 
-    def process_all(paths, cfg):
+    def process_archives(*args):
         Path("started").touch()
-        for result in _process_all(paths, cfg):
-            time.sleep(0.05)
+        for result in _process_archives(*args):
+            time.sleep(0.5)
             yield result
 
-    preprocess.process_all = process_all
+    preprocess.process_archives = process_archives
 """
 
 
@@ -395,7 +395,7 @@ def _kill_preprocess_half_way(ws: Path) -> None:
             assert proc.poll() is None, f"preprocess ended (exit {proc.returncode}) before it started writing"
             assert time.monotonic() < deadline, "preprocess did not start in 120 s"
             time.sleep(0.05)
-        time.sleep(1.0)  # about 20 of the 124 images written into the new output
+        time.sleep(1.0)  # about 2 of the 12 archives written into the new output
         assert proc.poll() is None, "preprocess finished before the kill"
     finally:
         proc.send_signal(signal.SIGKILL)

@@ -101,6 +101,29 @@ def test_bench_loader(tmp_path: Path) -> None:
     check_targets(r)
 
 
+@pytest.mark.slow
+def test_bench_scale(tmp_path: Path) -> None:
+    out = tmp_path / "scale.json"
+    stdout, r = run_script("bench_scale.py", "--n", "40,60", "--size", "64", "--stored", "32", "--workers", "2",
+                           "--jobs", "2", "--layouts", "--work", str(tmp_path), out=out, timeout=900)
+    assert "no-op dvc status" in stdout and "raw-layout options at 60 images" in stdout
+    assert [run["images"] for run in r["runs"]] == [40, 60]
+    for run in r["runs"]:
+        assert run["release"]["archives"] == 12 and run["release"]["archive_bytes"] > 0
+        assert set(run["stages"]) == {"manifest", "ingest", "preprocess", "split"}
+        for stage in run["stages"].values():
+            assert stage["command_s"] > 0 and stage["wall_s"] >= stage["command_s"]
+            assert stage["peak_rss_mb_largest_process"] > 0 and stage["peak_rss_mb_tree"] > 0
+        assert len(run["noop"]["dvc_status_s"]) == 3 and len(run["noop"]["dvc_repro_split_s"]) == 3
+        assert run["one_pixel_changed"]["shown"] is True  # versioned: one changed pixel shows in dvc status
+        assert run["bytes"]["data/processed"] > 0
+    layouts = r["runs"][1]["layouts"]
+    assert [x["files"] for x in layouts] == [60, 60, 12, 12]
+    assert all(len(x["noop_dvc_status_s"]) == 3 for x in layouts)
+    assert not list(tmp_path.glob("cxr-scale-*"))  # the scratch folder is gone
+    check_targets(r)
+
+
 @pytest.fixture(scope="module")
 def gpu_smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, Any], Path]:
     out = tmp_path_factory.mktemp("gpu") / "gpu_check.json"

@@ -1,9 +1,13 @@
-"""Distributed training: `torchrun --nproc_per_node=2` trains one seed on two gloo processes (CPU).
+"""Distributed training: `torchrun` trains one seed on two gloo processes (CPU), launched two ways:
 
-Checked: the run exits 0 with rank-0 side effects only (one model, one history, one summary line); the model it
-writes evaluates; the validation metrics it records are those of the whole validation set, each image once (an odd
-count, where DistributedSampler would pad one rank with a duplicate), equal to what one process computes from the
-saved model; and every rank saw the same gathered predictions, losses and weights (per-rank records written under
+- "processes": one machine, `--nproc_per_node=2 --standalone`;
+- "nodes": two `torchrun` agents, each a "node" with one process, meeting through a c10d rendezvous on 127.0.0.1
+  (`--nnodes=2 --rdzv-backend=c10d`): the launch of a multi-node GPU run (docs/performance.md), on one machine.
+
+Checked for each: the run exits 0 with rank-0 side effects only (one model, one history, one summary line); the model
+it writes evaluates; the validation metrics it records are those of the whole validation set, each image once (an
+odd count, where DistributedSampler would pad one rank with a duplicate), equal to what one process computes from
+the saved model; and every rank saw the same gathered predictions, losses and weights (per-rank records written under
 $CXRSTUDY_RANK_LOG).
 """
 
@@ -13,8 +17,10 @@ import csv
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,16 +51,50 @@ class DdpRun:
     data: Path
     splits: Path
     params: Params
-    proc: subprocess.CompletedProcess[str]
+    proc: subprocess.CompletedProcess[str]  # for two nodes: exit status 0 only if both are, their output joined
 
     @property
     def model_dir(self) -> Path:
         return self.root / "model"
 
 
-@pytest.fixture(scope="module")
-def ddp_run(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> DdpRun:
-    root = tmp_path_factory.mktemp("ddp")
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def launchers(launch: str) -> list[list[str]]:
+    """The torchrun command line(s) of one launch: one agent with 2 processes, or 2 agents ("nodes") of one each."""
+    torchrun = [sys.executable, "-m", "torch.distributed.run"]
+    if launch == "processes":
+        return [[*torchrun, f"--nproc_per_node={NPROC}", "--standalone"]]
+    endpoint, run_id = f"127.0.0.1:{free_port()}", uuid.uuid4().hex[:8]
+    return [[*torchrun, f"--nnodes={NPROC}", "--nproc_per_node=1", "--rdzv-backend=c10d",
+             f"--rdzv-endpoint={endpoint}", f"--rdzv-id={run_id}", "--local-addr=127.0.0.1",
+             f"--rdzv-conf=is_host={int(node == 0)},join_timeout=300"] for node in range(NPROC)]
+
+
+def run_all(commands: list[list[str]], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Start every command at once, wait for all (each rendezvous waits for the others), join their results."""
+    procs = [subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for cmd in commands]
+    outputs = []
+    try:
+        outputs = [proc.communicate(timeout=900) for proc in procs]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    code = next((p.returncode for p in procs if p.returncode), 0)
+    stdout, stderr = "".join(out for out, _ in outputs), "".join(err for _, err in outputs)
+    return subprocess.CompletedProcess(commands[0], code, stdout, stderr)
+
+
+@pytest.fixture(scope="module", params=["processes", "nodes"])
+def ddp_run(request: pytest.FixtureRequest, tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> DdpRun:
+    root = tmp_path_factory.mktemp(f"ddp-{request.param}")
     splits = root / "splits"
     shutil.copytree(tiny_data / "data/splits", splits)
     val = (splits / "val.txt").read_text().split()
@@ -62,13 +102,13 @@ def ddp_run(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> DdpRun
         (splits / "val.txt").write_text("".join(f"{n}\n" for n in val[:-1]))
     raw = tiny_raw()
     params_file = write_params(root / "params.yaml", raw)
-    env = {**os.environ, "CXRSTUDY_RANK_LOG": str(root / "ranks"), "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={NPROC}", "--standalone",
-           "-m", "cxrstudy", "--params", str(params_file), "train", "--seed", str(SEED),
-           "--raw", str(tiny_data / "data/raw"), "--processed", str(tiny_data / "data/processed"),
-           "--splits", str(splits), "--out", str(root / "model"), "--plots", str(root / "history.csv"),
-           "--checkpoints", str(root / "ckpt")]
-    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=900)
+    env = {**os.environ, "CXRSTUDY_RANK_LOG": str(root / "ranks"), "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1",
+           "GLOO_SOCKET_IFNAME": "lo"}  # gloo over the loopback interface: both "nodes" are this machine
+    train = ["-m", "cxrstudy", "--params", str(params_file), "train", "--seed", str(SEED),
+             "--raw", str(tiny_data / "data/raw"), "--processed", str(tiny_data / "data/processed"),
+             "--splits", str(splits), "--out", str(root / "model"), "--plots", str(root / "history.csv"),
+             "--checkpoints", str(root / "ckpt")]
+    proc = run_all([[*launcher, *train] for launcher in launchers(request.param)], root, env)
     return DdpRun(root, tiny_data, splits, tiny_params(), proc)
 
 

@@ -422,7 +422,7 @@ def test_matcher_follows_docker_semantics():
 @pytest.mark.parametrize(
     "path",
     [
-        "data/raw/images/00000001_000.png",
+        "data/raw/archives/images_001.tar.gz",
         "data/processed/sample.npz",
         "models/seed_0/model.pt",
         ".dvc/cache/files/md5/ab/cdef",

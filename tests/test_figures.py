@@ -140,12 +140,12 @@ def test_clahe_samples_show_the_raw_image_resized_and_the_processed_one(tiny_dat
     images, names = load_processed(processed)
     assert len(samples) == params.report.clahe_samples
     assert [s.name for s in samples] == sorted(s.name for s in samples)
-    from cxrstudy.imageio import read_gray
+    from cxrstudy.imageio import read_raw_image
 
     plain = params.preprocess.model_copy(update={"clahe": False})
     for sample in samples:
         np.testing.assert_array_equal(sample.after, images[names.index(sample.name)])
-        np.testing.assert_array_equal(sample.before, process_image(read_gray(raw / "images" / sample.name), plain))
+        np.testing.assert_array_equal(sample.before, process_image(read_raw_image(raw, sample.name), plain))
     assert "CLAHE (clip 2.0, 8×8 tiles)" in after_label and "raw" in before_label
 
 

@@ -1,8 +1,12 @@
-"""Reading PNGs as they really are: one 8-bit channel out, or an `ImageError` that names the file."""
+"""Reading PNGs as they really are: one 8-bit channel out, or an `ImageError` that names the file; and reading them
+out of NIH-style tar(.gz) archives, which are written byte-for-byte reproducibly."""
 
 from __future__ import annotations
 
+import io
 import struct
+import tarfile
+import time
 import zlib
 from pathlib import Path
 
@@ -10,7 +14,19 @@ import cv2
 import numpy as np
 import pytest
 
-from cxrstudy.imageio import ImageError, decode_gray, read_gray, to_gray8, write_png
+from cxrstudy.imageio import (
+    ARCHIVES_DIR,
+    ArchiveError,
+    ImageError,
+    archive_paths,
+    decode_gray,
+    iter_pngs,
+    read_gray,
+    read_raw_images,
+    to_gray8,
+    write_archive,
+    write_png,
+)
 
 
 def raw_png(pixels: np.ndarray, color_type: int) -> bytes:
@@ -114,3 +130,65 @@ def test_float_images_are_refused() -> None:
 def test_write_then_read_round_trips(tmp_path: Path) -> None:
     write_png(tmp_path / "r.png", ramp())
     assert np.array_equal(read_gray(tmp_path / "r.png"), ramp())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Archives
+
+
+def members(n: int = 3) -> list[tuple[str, bytes]]:
+    return [(f"0000000{i}_000.png", encoded(ramp(16 + i))) for i in range(n)]
+
+
+@pytest.mark.parametrize("compresslevel", [1, None])
+def test_archives_round_trip_in_order(tmp_path: Path, compresslevel: int | None) -> None:
+    path = tmp_path / "a.tar.gz"
+    assert write_archive(path, members(), compresslevel=compresslevel) == 3
+    assert list(iter_pngs(path)) == members()
+    with tarfile.open(path) as tar:  # NIH's layout inside: images/<name>
+        assert tar.getnames() == [f"images/{name}" for name, _ in members()]
+
+
+def test_the_same_images_give_the_same_archive_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_archive(tmp_path / "a.tar.gz", members())
+    monkeypatch.setattr(time, "time", lambda: 2_000_000_000.0)  # another day: nothing of the clock gets in
+    write_archive(tmp_path / "b.tar.gz", members())
+    assert (tmp_path / "a.tar.gz").read_bytes() == (tmp_path / "b.tar.gz").read_bytes()
+
+
+def test_only_regular_png_members_are_read_and_folders_dropped(tmp_path: Path) -> None:
+    buf = io.BytesIO()
+    data = encoded(ramp())
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, kind, payload in (("images", tarfile.DIRTYPE, b""), ("images/a.png", tarfile.REGTYPE, data),
+                                    ("images/._a.png", tarfile.REGTYPE, b"mac"), ("README", tarfile.REGTYPE, b"x"),
+                                    ("deep/er/b.PNG", tarfile.REGTYPE, data), ("images/c.png", tarfile.SYMTYPE, b"")):
+            info = tarfile.TarInfo(name)
+            info.type, info.size = kind, len(payload)
+            info.linkname = "/etc/passwd" if kind == tarfile.SYMTYPE else ""
+            tar.addfile(info, io.BytesIO(payload))
+    (tmp_path / "x.tar").write_bytes(buf.getvalue())
+    assert [name for name, _ in iter_pngs(tmp_path / "x.tar")] == ["a.png", "b.PNG"]
+
+
+@pytest.mark.parametrize("damage", ["cut", "garbage"])
+def test_a_damaged_archive_is_named_with_how_far_it_got(tmp_path: Path, damage: str) -> None:
+    path = tmp_path / "images_001.tar.gz"
+    write_archive(path, members(), compresslevel=1)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - 200] if damage == "cut" else b"not an archive at all")
+    with pytest.raises(ArchiveError, match=r"images_001\.tar\.gz: not a readable tar\(.gz\) archive"):
+        list(iter_pngs(path))
+
+
+def test_raw_images_are_found_across_archives_and_a_missing_one_named(tmp_path: Path) -> None:
+    folder = tmp_path / ARCHIVES_DIR
+    folder.mkdir()
+    write_archive(folder / "images_001.tar.gz", members()[:2])
+    write_archive(folder / "images_002.tar", members()[2:], compresslevel=None)
+    (folder / "notes.txt").write_text("not an archive")
+    assert [p.name for p in archive_paths(tmp_path)] == ["images_001.tar.gz", "images_002.tar"]
+    found = read_raw_images(tmp_path, ["00000000_000.png", "00000002_000.png"])
+    assert np.array_equal(found["00000002_000.png"], ramp(18)) and found["00000000_000.png"].shape == (16, 16)
+    with pytest.raises(ImageError, match=r"00000009_000\.png: missing image file \(in no archive of"):
+        read_raw_images(tmp_path, ["00000001_000.png", "00000009_000.png"])

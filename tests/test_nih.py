@@ -1,4 +1,5 @@
-"""The real-data ingest (`cxrstudy.nih`), on small releases in NIH's exact layout made here.
+"""The real-data ingest (`cxrstudy.nih`, `cxrstudy.download`, `cxrstudy.release`), on small releases in NIH's exact
+layout made here: the raw data are NIH's archives, verified and linked, never extracted; no image is decoded.
 
 A local HTTP server on 127.0.0.1 (a thread, port 0) stands in for NIH's address or a mirror: it answers Range
 requests and can cut a connection half-way, stall, fail once with 503, or 404. Nothing reaches the internet.
@@ -26,10 +27,14 @@ import pandas as pd
 import pytest
 from pydantic import ValidationError
 
-from cxrstudy import nih
+from cxrstudy import download as downloads
+from cxrstudy import imageio, nih
+from cxrstudy import release as nih_release
+from cxrstudy.download import download
 from cxrstudy.errors import InputError
+from cxrstudy.imageio import ARCHIVES_DIR, iter_pngs
 from cxrstudy.labels import DATA_ENTRY_FILE, write_data_entry
-from cxrstudy.nih import download, ingest_nih
+from cxrstudy.nih import ingest_nih
 from cxrstudy.params import NihParams
 from tests.conftest import project_params, section, tiny_params
 
@@ -226,6 +231,11 @@ def local_copy(tmp_path: Path, release: Release, archives: bool = False) -> Path
 # Download
 
 
+def raw_images(raw: Path) -> dict[str, bytes]:
+    """Every image in `raw`'s archives, by name."""
+    return {name: data for archive in imageio.archive_paths(raw) for name, data in iter_pngs(archive)}
+
+
 def test_full_download_writes_nih_layout(tmp_path: Path, server: tuple[str, ServerState]) -> None:
     url, state = server
     release = make_release()
@@ -233,23 +243,24 @@ def test_full_download_writes_nih_layout(tmp_path: Path, server: tuple[str, Serv
     raw = out(tmp_path)
     table = ingest_nih(params(tmp_path, base_url=url), raw, checksums=release.checksums)
     assert sorted(table["image"]) == sorted(release.images)
-    assert sorted(p.name for p in (raw / "images").iterdir()) == sorted(release.images)
-    for name, data in release.images.items():
-        assert (raw / "images" / name).read_bytes() == data
+    assert sorted(p.name for p in (raw / ARCHIVES_DIR).iterdir()) == sorted(release.checksums)
+    for name in release.checksums:
+        assert (raw / ARCHIVES_DIR / name).read_bytes() == release.files[name]
+    assert raw_images(raw) == release.images
     assert (raw / DATA_ENTRY_FILE).read_bytes() == release.files["Data_Entry_2017_v2020.csv"]
     for name in ("train_val_list.txt", "test_list.txt", "BBox_List_2017.csv"):
         assert (raw / name).read_bytes() == release.files[name]
 
 
-def test_downloaded_images_are_links_into_the_cache(tmp_path: Path, server: tuple[str, ServerState]) -> None:
+def test_downloaded_archives_are_linked_never_extracted(tmp_path: Path, server: tuple[str, ServerState]) -> None:
     url, state = server
     release = make_release()
     state.files.update(release.files)
     raw = out(tmp_path)
     ingest_nih(params(tmp_path, base_url=url), raw, checksums=release.checksums)
-    name = sorted(release.images)[0]
-    cached = tmp_path / "downloads" / "extracted" / "images" / name
-    assert os.path.samefile(raw / "images" / name, cached)
+    for name in release.checksums:
+        assert os.path.samefile(raw / ARCHIVES_DIR / name, tmp_path / "downloads" / name)
+    assert not list((tmp_path / "downloads").rglob("*.png"))  # no second copy of the images
 
 
 def test_second_ingest_downloads_nothing(tmp_path: Path, server: tuple[str, ServerState]) -> None:
@@ -336,30 +347,31 @@ def test_stalled_server_times_out_and_names_the_archive(tmp_path: Path, server: 
     assert time.monotonic() - started < 3
 
 
-def test_keep_archives_false_deletes_them_after_extraction(tmp_path: Path, server: tuple[str, ServerState]) -> None:
-    url, state = server
-    release = make_release()
-    state.files.update(release.files)
-    ingest_nih(params(tmp_path, base_url=url, keep_archives=False), out(tmp_path), checksums=release.checksums)
-    assert not list((tmp_path / "downloads").glob("images_*.tar.gz"))
-    state.log.clear()
-    ingest_nih(params(tmp_path, base_url=url, keep_archives=False), out(tmp_path, "again"),
-               checksums=release.checksums)
-    assert state.log == []
-
-
 def test_official_address_uses_nih_box_names() -> None:
     cfg = section("ingest", "nih")
-    assert nih.archive_url(cfg, "images_001.tar.gz") == (
+    assert downloads.archive_url(cfg, "images_001.tar.gz") == (
         "https://nihcc.box.com/shared/static/vfk49d74nhbxq3nqjg0900w5nvkorp5c.gz")
     mirror = section("ingest", "nih", base_url="https://mirror.example/nih")
-    assert nih.archive_url(mirror, "images_012.tar.gz") == "https://mirror.example/nih/images_012.tar.gz"
-    assert nih.metadata_base(cfg) is None and nih.metadata_base(mirror) == "https://mirror.example/nih"
+    assert downloads.archive_url(mirror, "images_012.tar.gz") == "https://mirror.example/nih/images_012.tar.gz"
+    assert downloads.metadata_base(cfg) is None and downloads.metadata_base(mirror) == "https://mirror.example/nih"
 
 
 def test_nih_tables_cover_the_twelve_archives() -> None:
-    assert nih.archive_names(nih.NIH_MD5) == [f"images_{i:03d}.tar.gz" for i in range(1, 13)]
-    assert set(nih.NIH_BOX_NAMES) == set(nih.NIH_MD5)
+    assert nih_release.archive_names(nih_release.NIH_MD5) == [f"images_{i:03d}.tar.gz" for i in range(1, 13)]
+    assert set(downloads.NIH_BOX_NAMES) == set(nih_release.NIH_MD5)
+    assert nih_release.archive_file_names(112_120) == dict(
+        zip(nih_release.NIH_MD5, nih_release.NIH_ARCHIVE_IMAGES, strict=True))
+
+
+@pytest.mark.parametrize("n", [20, 124, 1400, 11_212])
+def test_a_smaller_release_keeps_nihs_proportions(n: int) -> None:
+    counts = nih_release.archive_file_names(n)
+    assert sum(counts.values()) == n and all(c > 0 for c in counts.values())
+    assert list(counts) == sorted(counts) and len(counts) <= 12
+    if n >= 1400:  # the first archive holds about half as many images as the next ones, the last about 0.7
+        middle = counts["images_006.tar.gz"]
+        assert abs(counts["images_001.tar.gz"] / middle - 0.5) < 0.05
+        assert abs(counts["images_012.tar.gz"] / middle - 0.712) < 0.05
 
 
 def test_official_address_without_metadata_says_where_to_put_it(tmp_path: Path) -> None:
@@ -383,39 +395,87 @@ def test_missing_bbox_falls_back_to_the_packaged_copy(tmp_path: Path, server: tu
 # Local copy
 
 
-def test_local_extracted_copy_is_hardlinked_not_copied(tmp_path: Path) -> None:
+def test_local_archives_are_hardlinked_not_copied(tmp_path: Path) -> None:
+    release = make_release()
+    root = local_copy(tmp_path, release, archives=True)
+    raw = out(tmp_path)
+    ingest_nih(params(tmp_path, local_path=str(root)), raw, checksums=release.checksums)
+    for name in release.checksums:
+        assert os.path.samefile(raw / ARCHIVES_DIR / name, root / name)
+    assert not (tmp_path / "downloads" / nih.PACKED).exists()  # nothing packed: the archives are used as they are
+    assert raw_images(raw) == release.images
+
+
+def test_local_archives_as_symlinks(tmp_path: Path) -> None:
+    release = make_release()
+    root = local_copy(tmp_path, release, archives=True)
+    raw = out(tmp_path)
+    ingest_nih(params(tmp_path, local_path=str(root), link="symlink"), raw, checksums=release.checksums)
+    link = raw / ARCHIVES_DIR / "images_001.tar.gz"
+    assert link.is_symlink() and os.readlink(link) == str((root / "images_001.tar.gz").resolve())
+
+
+def test_local_archives_are_read_once_until_they_change(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    release = make_release()
+    root = local_copy(tmp_path, release, archives=True)
+    hashed: list[str] = []
+    real = nih.file_md5
+
+    def counting(path: Path) -> str:
+        hashed.append(path.name)
+        return real(path)
+
+    monkeypatch.setattr(nih, "file_md5", counting)
+    cfg = params(tmp_path, local_path=str(root))
+    ingest_nih(cfg, out(tmp_path, "raw1"), checksums=release.checksums)
+    assert sorted(hashed) == sorted(release.checksums)
+    ingest_nih(cfg, out(tmp_path, "raw2"), checksums=release.checksums)
+    assert len(hashed) == 2  # remembered by file identity, size and modification time
+    archive = root / "images_002.tar.gz"
+    os.utime(archive, ns=(archive.stat().st_atime_ns, archive.stat().st_mtime_ns + 10**9))
+    ingest_nih(cfg, out(tmp_path, "raw3"), checksums=release.checksums)
+    assert hashed[2:] == ["images_002.tar.gz"]
+
+
+def test_ingest_decodes_no_image(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("ingest decoded an image: preprocess is the one place that does")
+
+    monkeypatch.setattr(imageio, "decode_gray", refuse)
+    monkeypatch.setattr(cv2, "imdecode", refuse)
+    release = make_release()
+    ingest_nih(params(tmp_path, local_path=str(local_copy(tmp_path, release, archives=True))), out(tmp_path),
+               checksums=release.checksums)
+    ingest_nih(params(tmp_path, local_path=str(local_copy(tmp_path / "x", release))), out(tmp_path, "packed"),
+               checksums=release.checksums)
+
+
+def test_local_extracted_copy_is_packed_once_into_nih_style_archives(tmp_path: Path) -> None:
     release = make_release()
     root = local_copy(tmp_path, release)
     raw = out(tmp_path)
     ingest_nih(params(tmp_path, local_path=str(root)), raw, checksums=release.checksums)
-    for name in release.images:
-        assert os.path.samefile(raw / "images" / name, root / "images" / name)
-    assert not (tmp_path / "downloads" / "extracted").exists()
+    packed = tmp_path / "downloads" / nih.PACKED
+    names = sorted(p.name for p in (raw / ARCHIVES_DIR).iterdir())
+    assert names == list(nih_release.archive_file_names(len(release.images), ".tar"))  # NIH's split, by name
+    for name in names:
+        assert os.path.samefile(raw / ARCHIVES_DIR / name, packed / name)
+    assert raw_images(raw) == release.images
+    first = {p.name: p.stat().st_mtime_ns for p in packed.glob("*.tar")}
+    ingest_nih(params(tmp_path, local_path=str(root)), out(tmp_path, "again"), checksums=release.checksums)
+    assert {p.name: p.stat().st_mtime_ns for p in packed.glob("*.tar")} == first  # not packed again
 
 
-def test_local_copy_as_symlinks(tmp_path: Path) -> None:
+def test_a_changed_extracted_image_is_packed_again(tmp_path: Path) -> None:
     release = make_release()
     root = local_copy(tmp_path, release)
-    raw = out(tmp_path)
-    ingest_nih(params(tmp_path, local_path=str(root), link="symlink"), raw, checksums=release.checksums)
-    name = sorted(release.images)[0]
-    assert (raw / "images" / name).is_symlink()
-    assert os.readlink(raw / "images" / name) == str((root / "images" / name).resolve())
-
-
-def test_local_copy_reads_each_image_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    release = make_release()
-    root = local_copy(tmp_path, release)
-    reads: list[str] = []
-    real = nih.read_gray
-
-    def counting(path: Path) -> np.ndarray:
-        reads.append(Path(path).name)
-        return real(path)
-
-    monkeypatch.setattr(nih, "read_gray", counting)
-    ingest_nih(params(tmp_path, local_path=str(root)), out(tmp_path), checksums=release.checksums)
-    assert sorted(reads) == sorted(release.images)
+    cfg = params(tmp_path, local_path=str(root))
+    ingest_nih(cfg, out(tmp_path), checksums=release.checksums)
+    name = sorted(release.images)[-1]
+    (root / "images" / name).write_bytes(png(gray(32, 99)))
+    raw = out(tmp_path, "again")
+    ingest_nih(cfg, raw, checksums=release.checksums)
+    assert raw_images(raw)[name] == png(gray(32, 99))
 
 
 def test_local_kaggle_layout_is_found(tmp_path: Path) -> None:
@@ -426,80 +486,39 @@ def test_local_kaggle_layout_is_found(tmp_path: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         (root / "images" / name).rename(folder / name)
     (root / "images").rmdir()
-    table = ingest_nih(params(tmp_path, local_path=str(root)), out(tmp_path), checksums=release.checksums)
-    assert len(table) == len(release.images)
-
-
-def test_local_archives_are_verified_and_extracted_once(tmp_path: Path) -> None:
-    release = make_release()
-    root = local_copy(tmp_path, release, archives=True)
-    (root / "images").rmdir()
     raw = out(tmp_path)
-    ingest_nih(params(tmp_path, local_path=str(root)), raw, checksums=release.checksums)
-    extracted = tmp_path / "downloads" / "extracted"
-    assert sorted(p.name for p in extracted.glob(".done-*")) == [".done-images_001.tar.gz", ".done-images_002.tar.gz"]
-    assert (root / "images_001.tar.gz").exists()  # the user's archives are never deleted
-    assert nih.extract_archive(root / "images_001.tar.gz", extracted / "images",
-                               release.checksums["images_001.tar.gz"], "images_001.tar.gz") == 0
+    table = ingest_nih(params(tmp_path, local_path=str(root)), raw, checksums=release.checksums)
+    assert len(table) == len(release.images)
+    assert raw_images(raw) == release.images
 
 
-def test_local_archive_md5_mismatch_names_it(tmp_path: Path) -> None:
+def test_every_local_archive_md5_mismatch_is_named_at_once(tmp_path: Path) -> None:
     release = make_release()
     root = local_copy(tmp_path, release, archives=True)
-    (root / "images").rmdir()
-    checksums = {**release.checksums, "images_001.tar.gz": "f" * 32}
-    with pytest.raises(InputError, match=r"images_001\.tar\.gz: MD5 mismatch"):
+    checksums = {name: "f" * 32 for name in release.checksums}
+    with pytest.raises(InputError, match=r"MD5 mismatch") as err:
         ingest_nih(params(tmp_path, local_path=str(root)), out(tmp_path), checksums=checksums)
-    assert not (tmp_path / "downloads" / "extracted" / "images").exists()
+    for name, good in release.checksums.items():
+        assert f"{name}: got {good}, expected {'f' * 32}" in str(err.value)
 
 
 def test_local_archives_must_all_be_there(tmp_path: Path) -> None:
     release = make_release()
     root = local_copy(tmp_path, release, archives=True)
-    (root / "images").rmdir()
     (root / "images_002.tar.gz").unlink()
     with pytest.raises(InputError, match=r"has 1 of 2 archives; missing: images_002\.tar\.gz"):
         ingest_nih(params(tmp_path, local_path=str(root)), out(tmp_path), checksums=release.checksums)
 
 
-def test_extracted_images_beside_archives_win(tmp_path: Path) -> None:
+def test_archives_beside_extracted_images_win(tmp_path: Path) -> None:
     release = make_release()
-    root = local_copy(tmp_path, release)
-    for name in release.checksums:
-        (root / name).write_bytes(b"not even an archive")
-    ingest_nih(params(tmp_path, local_path=str(root)), out(tmp_path), checksums=release.checksums)
-    assert not (tmp_path / "downloads" / "extracted").exists()
-
-
-def test_deleted_extraction_is_redone(tmp_path: Path) -> None:
-    archive = tmp_path / "a.tar.gz"
-    archive.write_bytes(tar_gz({"images/x.png": png(gray(8))}))
-    images = tmp_path / "cache" / "images"
-    assert nih.extract_archive(archive, images, None, "a.tar.gz") == 1
-    for path in images.iterdir():
-        path.unlink()
-    images.rmdir()
-    assert nih.extract_archive(archive, images, None, "a.tar.gz") == 1
-
-
-def test_archive_members_cannot_escape(tmp_path: Path) -> None:
-    data = png(gray(8))
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for name in ("../evil.png", "images/ok.png"):
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-        link = tarfile.TarInfo("images/link.png")
-        link.type = tarfile.SYMTYPE
-        link.linkname = "/etc/passwd"
-        tar.addfile(link)
-    archive = tmp_path / "a.tar.gz"
-    archive.write_bytes(buf.getvalue())
-    images = tmp_path / "cache" / "images"
-    assert nih.extract_archive(archive, images, None, "a.tar.gz") == 2
-    assert sorted(p.name for p in images.iterdir()) == ["evil.png", "ok.png"]
-    assert not (tmp_path / "evil.png").exists()
+    root = local_copy(tmp_path, release, archives=True)
+    for name, data in release.images.items():
+        (root / "images" / name).write_bytes(data)
+    raw = out(tmp_path)
+    ingest_nih(params(tmp_path, local_path=str(root)), raw, checksums=release.checksums)
+    assert not (tmp_path / "downloads" / nih.PACKED).exists()
+    assert os.path.samefile(raw / ARCHIVES_DIR / "images_001.tar.gz", root / "images_001.tar.gz")
 
 
 def test_gzipped_metadata_and_the_2017_file_are_accepted(tmp_path: Path) -> None:
@@ -520,73 +539,20 @@ def test_local_path_that_is_not_a_folder(tmp_path: Path) -> None:
         ingest_nih(params(tmp_path, local_path=str(tmp_path / "nope")), out(tmp_path))
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Images as they really are
+def test_bad_images_pass_ingest_and_are_all_named_by_preprocess(tmp_path: Path) -> None:
+    from cxrstudy import preprocess
 
-
-def odd_images() -> dict[str, bytes]:
-    names = image_names()
-    rgba = np.dstack([gray(32, 1)] * 3 + [np.full((32, 32), 255, np.uint8)])
-    return {
-        names[0]: png(gray(32)),
-        names[1]: png(rgba),
-        names[2]: png(gray(32).astype(np.uint16) * 257),
-        names[3]: png(gray(512)),
-        names[4]: png(gray(32))[:-30],  # truncated
-        names[5]: b"",  # zero bytes
-        names[6]: b"GIF89a not a png",
-        names[7]: png(gray(32)),
-    }
-
-
-BAD = {image_names()[4]: "truncated", image_names()[5]: "empty", image_names()[6]: "not a PNG"}
-
-
-def test_odd_but_valid_images_are_accepted(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    images = {k: v for k, v in odd_images().items() if k not in BAD}
-    release = make_release(images, rows=sorted(images))
-    root = local_copy(tmp_path, release)
-    table = ingest_nih(params(tmp_path, local_path=str(root)), out(tmp_path), checksums=release.checksums)
-    assert len(table) == 5
-    assert "5 image(s) are not 1024x1024" in capsys.readouterr().out
-
-
-def test_bad_images_are_reported_all_together(tmp_path: Path) -> None:
-    release = make_release(odd_images(), rows=image_names())
-    root = local_copy(tmp_path, release)
-    missing = image_names()[7]
-    (root / "images" / missing).unlink()
-    with pytest.raises(InputError) as err:
-        ingest_nih(params(tmp_path, local_path=str(root)), out(tmp_path), checksums=release.checksums)
-    message = str(err.value)
-    assert message.startswith("4 of 8 image(s) cannot be used")
-    for name, reason in {**BAD, missing: "missing image file"}.items():
-        assert f"{name}: " in message and reason in message.split(f"{name}: ")[1].splitlines()[0]
-    report = (tmp_path / "downloads" / "bad_images.txt").read_text().splitlines()
-    assert len(report) == 4
-
-
-def test_skip_drops_bad_images_and_lists_them(tmp_path: Path) -> None:
-    release = make_release(odd_images(), rows=image_names())
-    root = local_copy(tmp_path, release)
-    raw = out(tmp_path)
-    table = ingest_nih(params(tmp_path, local_path=str(root), on_bad_image="skip"), raw,
-                       checksums=release.checksums)
-    assert set(table["image"]).isdisjoint(BAD)
-    assert len(table) == 5
-    listed = dict(line.split("\t") for line in (raw / "bad_images.txt").read_text().splitlines())
-    assert set(listed) == set(BAD)
-    kept = (raw / "train_val_list.txt").read_text() + (raw / "test_list.txt").read_text()
-    assert not any(name in kept for name in BAD)
-    assert not any((raw / "images" / name).exists() for name in BAD)
-
-
-def test_skip_still_fails_when_every_image_is_bad(tmp_path: Path) -> None:
-    release = make_release({n: b"" for n in image_names()})
-    root = local_copy(tmp_path, release)
-    with pytest.raises(InputError, match="8 of 8 image"):
-        ingest_nih(params(tmp_path, local_path=str(root), on_bad_image="skip"), out(tmp_path),
-                   checksums=release.checksums)
+    images = {name: png(gray(32, i)) for i, name in enumerate(image_names())}
+    bad = {image_names()[1]: b"", image_names()[6]: b"GIF89a not a png"}
+    release = make_release({**images, **bad})
+    raw = tmp_path / "data" / "raw"
+    raw.mkdir(parents=True)
+    ingest_nih(params(tmp_path, local_path=str(local_copy(tmp_path, release, archives=True))), raw,
+               checksums=release.checksums)
+    with pytest.raises(InputError, match=r"2 unusable image\(s\) of 8") as err:
+        preprocess.run(tiny_params(), raw, tmp_path / "data" / "processed")
+    assert f"{image_names()[1]}: empty file" in str(err.value)
+    assert f"{image_names()[6]}: not a PNG" in str(err.value)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -1,12 +1,17 @@
-"""The embedded phantom: NIH-shaped, deterministic, with a learnable signature per finding."""
+"""The embedded phantom: NIH-shaped, deterministic, with a learnable signature per finding; written as NIH's archives
+are."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
-from cxrstudy.labels import FINDINGS, label_matrix
+from cxrstudy import imageio
+from cxrstudy.labels import FINDINGS, label_matrix, read_data_entry
 from cxrstudy.phantom import PhantomRenderer, load_bboxes, load_sample, take_patients
 from cxrstudy.preprocess import apply_clahe
+from tests.raw_data import archive_of, raw_names
 
 
 def test_the_committed_sample_keeps_patients_whole_and_covers_every_finding() -> None:
@@ -59,3 +64,13 @@ def test_the_exposure_is_poor_so_that_clahe_matters() -> None:
     enhanced = apply_clahe(image, 2.0, 8)
     assert spread < 140  # a narrow grey range
     assert np.percentile(enhanced, 99) - np.percentile(enhanced, 1) > spread
+
+
+def test_the_phantom_goes_through_nih_style_archives(tiny_data: Path) -> None:
+    raw = tiny_data / "data/raw"
+    archives = imageio.archive_paths(raw)
+    assert [a.name for a in archives] == [f"images_{i:03d}.tar.gz" for i in range(1, 13)]
+    assert not (raw / "images").exists()
+    names = read_data_entry(raw / "Data_Entry_2017.csv")["image"]
+    assert raw_names(raw) == sorted(names)
+    assert archive_of(raw, min(names)) == archives[0] and archive_of(raw, max(names)) == archives[-1]

@@ -46,7 +46,7 @@ def _preprocess(p: Params, a: argparse.Namespace) -> None:
 def _split(p: Params, a: argparse.Namespace) -> None:
     from cxrstudy import split
 
-    split.run(p, a.raw, a.out)
+    split.run(p, a.raw, a.out, a.processed)
 
 
 def _check_seed(p: Params, seed: int) -> None:
@@ -117,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = stage("split", _split, "patient-wise train/val/test lists, checked for leakage")
     p.add_argument("--raw", type=Path, default=RAW)
+    p.add_argument("--processed", type=Path, default=PROCESSED, help="only the images preprocess produced are split")
     p.add_argument("--out", type=Path, default=SPLITS)
 
     for name, func, text in (("train", _train, "train one seed's DenseNet-121"),

@@ -316,7 +316,7 @@ def draw_figures(params: Params, seeds: list[SeedMetrics], preds: list[Predictio
 def clahe_samples(params: Params, raw_dir: Path, processed_dir: Path,
                   candidates: list[str] | None) -> tuple[list[Any], str, str]:
     """A few images (evenly spaced through the sorted test images) before and after preprocessing, same size."""
-    from cxrstudy.imageio import ImageError, read_gray
+    from cxrstudy.imageio import ImageError, read_raw_images
     from cxrstudy.preprocess import load_processed, process_image
 
     images, names = load_processed(processed_dir)
@@ -328,13 +328,11 @@ def clahe_samples(params: Params, raw_dir: Path, processed_dir: Path,
     picks = [pool[int(i)] for i in np.linspace(0, len(pool) - 1, count).round()]
     cfg = params.preprocess
     plain = cfg.model_copy(update={"clahe": False})
-    samples = []
-    for name in picks:
-        try:
-            before = process_image(read_gray(raw_dir / "images" / name), plain)
-        except ImageError as err:
-            raise InputError(f"CLAHE figure: {err}") from None
-        samples.append(ClaheSample(name, before, np.asarray(images[row_of[name]])))
+    try:
+        raw = read_raw_images(raw_dir, picks)  # one scan of the archives for all the picks
+    except ImageError as err:
+        raise InputError(f"CLAHE figure: {err}") from None
+    samples = [ClaheSample(name, process_image(raw[name], plain), np.asarray(images[row_of[name]])) for name in picks]
     size = cfg.image_size
     after = (f"CLAHE (clip {cfg.clip_limit}, {cfg.tile_grid}×{cfg.tile_grid} tiles), {size} px" if cfg.clahe
              else f"processed (CLAHE off), {size} px")

@@ -1,14 +1,26 @@
-"""Reading chest X-ray PNGs as they really are, into one 8-bit channel.
+"""Reading chest X-ray PNGs as they really are, into one 8-bit channel, and where they are: in NIH's archives.
 
 Rules (stated once, applied everywhere):
 - grey images pass through; LA / RGB / RGBA images are reduced to their luminance (alpha is dropped);
 - 16-bit images are reduced to 8 bits by keeping the high byte (`value >> 8`), i.e. a linear rescale of 0..65535
   onto 0..255 with no windowing;
 - anything OpenCV cannot decode (empty, truncated, not a PNG) raises `ImageError` naming the file.
+
+The raw images are kept as NIH distributes them: tar archives (`images_001.tar.gz` ..., members `images/<name>.png`)
+in `data/raw/archives/`. Twelve files instead of 112,120 keep DVC's bookkeeping cheap (docs/performance.md); the
+PNGs are streamed out of them, each read once, never extracted to disk.
 """
 
 from __future__ import annotations
 
+import gzip
+import io
+import os
+import tarfile
+import threading
+import zlib
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -16,10 +28,17 @@ import numpy as np
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PNG_END = b"IEND\xaeB`\x82"
+ARCHIVES_DIR = "archives"  # data/raw/archives: the image archives
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
+MEMBER_DIR = "images"  # NIH's archives unpack into images/
 
 
 class ImageError(Exception):
     """An image that cannot be used; the message names the file and the reason."""
+
+
+class ArchiveError(ImageError):
+    """An archive that cannot be read to its end; the message names it and says how far it got."""
 
 
 def to_gray8(image: np.ndarray, name: str = "image") -> np.ndarray:
@@ -68,9 +87,122 @@ def read_gray(path: Path) -> np.ndarray:
     return decode_gray(data, str(path))
 
 
-def write_png(path: Path, image: np.ndarray, compression: int = 1) -> None:
-    """Write a uint8 image as PNG (fast compression by default)."""
+def encode_png(image: np.ndarray, compression: int = 1, name: str = "image") -> bytes:
+    """A uint8 image as PNG bytes (fast compression by default)."""
     ok, buf = cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, compression])
     if not ok:
-        raise ImageError(f"{path}: PNG encoding failed")
-    Path(path).write_bytes(buf.tobytes())
+        raise ImageError(f"{name}: PNG encoding failed")
+    return buf.tobytes()
+
+
+def write_png(path: Path, image: np.ndarray, compression: int = 1) -> None:
+    """Write a uint8 image as PNG (fast compression by default)."""
+    Path(path).write_bytes(encode_png(image, compression, str(path)))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Archives
+
+
+def is_archive(path: Path) -> bool:
+    return path.name.endswith(ARCHIVE_SUFFIXES) and not path.name.startswith(".")
+
+
+def archive_paths(raw_dir: Path) -> list[Path]:
+    """The image archives of a raw folder (`raw_dir/archives/*.tar.gz`, `*.tgz` or `*.tar`), sorted by name."""
+    folder = Path(raw_dir) / ARCHIVES_DIR
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if is_archive(p) and p.is_file())
+
+
+def member_name(path: str) -> str | None:
+    """The image name of an archive member (`images/00000001_000.png` -> `00000001_000.png`); None if not a PNG."""
+    base = path.rsplit("/", 1)[-1]
+    return base if base.lower().endswith(".png") and not base.startswith(".") else None
+
+
+def iter_pngs(archive: Path) -> Iterator[tuple[str, bytes]]:
+    """(image name, file bytes) of every PNG in a tar or tar.gz archive, in archive order, streamed in one read.
+
+    Folders in member paths are dropped (NIH's members are `images/<name>.png`); other members are skipped.
+    Raises `ArchiveError` naming the archive when it is not a readable tar(.gz) or ends early.
+    """
+    count = 0
+    try:
+        with tarfile.open(archive, mode="r|*") as tar:
+            for member in tar:
+                name = member_name(member.name)
+                if name is None or not member.isfile():
+                    continue
+                handle = tar.extractfile(member)
+                assert handle is not None  # a regular file always has one
+                data = handle.read()
+                count += 1
+                yield name, data
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as err:
+        where = f"after {count} image(s)" if count else "before any image"
+        raise ArchiveError(f"{archive}: not a readable tar(.gz) archive ({err}), {where}") from None
+
+
+def write_archive(path: Path, members: Iterable[tuple[str, bytes]], compresslevel: int | None = 6) -> int:
+    """Write (name, bytes) pairs as `images/<name>` members of a tar archive, gzipped unless `compresslevel` is None.
+
+    The bytes depend on the members only (no times, owners or file name inside), so that the same images give the
+    same archive and DVC sees no change. Returns the number of members written.
+    """
+    count = 0
+    with open(path, "wb") as raw:
+        gz = None if compresslevel is None else gzip.GzipFile(filename="", mode="wb", fileobj=raw,
+                                                                compresslevel=compresslevel, mtime=0)
+        try:
+            with tarfile.open(fileobj=gz or raw, mode="w", format=tarfile.GNU_FORMAT) as tar:
+                for name, data in members:
+                    tar.addfile(member_info(name, len(data)), io.BytesIO(data))
+                    count += 1
+        finally:
+            if gz is not None:
+                gz.close()
+    return count
+
+
+def member_info(name: str, size: int) -> tarfile.TarInfo:
+    """The header of one image member: its name and size, nothing that varies between machines or runs."""
+    info = tarfile.TarInfo(f"{MEMBER_DIR}/{name}")
+    info.size = size
+    info.mode = 0o644
+    info.mtime = 0
+    return info
+
+
+def read_raw_images(raw_dir: Path, names: Iterable[str]) -> dict[str, np.ndarray]:
+    """Decode a few named images out of `raw_dir`'s archives (one uint8 channel each).
+
+    The archives are scanned in parallel, each only until every wanted image is found. `ImageError` names an
+    image that is in no archive or cannot be decoded.
+    """
+    wanted = set(names)
+    archives = archive_paths(raw_dir)
+    found: dict[str, bytes] = {}
+    lock = threading.Lock()
+
+    def scan(archive: Path) -> None:
+        for name, data in iter_pngs(archive):
+            with lock:
+                if name in wanted:
+                    found.setdefault(name, data)
+                if len(found) == len(wanted):
+                    return
+
+    if wanted and archives:
+        with ThreadPoolExecutor(max_workers=min(len(archives), os.cpu_count() or 1)) as pool:
+            list(pool.map(scan, archives))
+    missing = sorted(wanted - set(found))
+    if missing:
+        raise ImageError(f"{missing[0]}: missing image file (in no archive of {Path(raw_dir) / ARCHIVES_DIR})")
+    return {name: decode_gray(data, name) for name, data in found.items()}
+
+
+def read_raw_image(raw_dir: Path, name: str) -> np.ndarray:
+    """One image out of `raw_dir`'s archives (see `read_raw_images`, which reads several in one scan)."""
+    return read_raw_images(raw_dir, [name])[name]

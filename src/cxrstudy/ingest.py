@@ -1,14 +1,17 @@
-"""The ingest stage: a dataset in NIH ChestX-ray14's layout under `data/raw/`.
+"""The ingest stage: a dataset as NIH ChestX-ray14 distributes it, under `data/raw/`.
 
-    data/raw/images/*.png  Data_Entry_2017.csv  train_val_list.txt  test_list.txt  BBox_List_2017.csv
+    data/raw/archives/images_001.tar.gz ...  Data_Entry_2017.csv  train_val_list.txt  test_list.txt
+    BBox_List_2017.csv
 
 `ingest.source` chooses where it comes from: `phantom` (the embedded, offline sample; the default) or `nih`
-(the real release, downloaded or linked from a local copy; see `cxrstudy.nih`).
+(the real release, downloaded or linked from a local copy; see `cxrstudy.nih`). The phantom is written as NIH's
+twelve archives are (in proportion), so that the default run goes through the code that reads the real ones.
 """
 
 from __future__ import annotations
 
 import multiprocessing
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -16,10 +19,11 @@ import pandas as pd
 from tqdm import tqdm
 
 from cxrstudy.atomic import atomic_dir
-from cxrstudy.imageio import write_png
+from cxrstudy.imageio import ARCHIVES_DIR, encode_png, write_archive
 from cxrstudy.labels import DATA_ENTRY_FILE, write_data_entry
 from cxrstudy.params import Params, PhantomParams
 from cxrstudy.phantom import Box, PhantomRenderer, load_bboxes, load_sample, take_patients
+from cxrstudy.release import archive_file_names
 from cxrstudy.split import TEST_LIST, TRAIN_VAL_LIST, patient_split, write_list
 
 BBOX_OUT = "BBox_List_2017.csv"
@@ -38,32 +42,45 @@ def _init_worker(size: int, seed: int) -> None:
     _renderer = PhantomRenderer(size, seed, load_bboxes())
 
 
-def _render_to(job: tuple[str, int, int, str, str]) -> list[Box]:
-    name, patient, follow_up, labels, images_dir = job
+def _render(job: tuple[str, int, int, str]) -> tuple[bytes, list[Box]]:
+    name, patient, follow_up, labels = job
     assert _renderer is not None
     image, boxes = _renderer.render(patient, follow_up, [] if labels == "No Finding" else labels.split("|"))
-    write_png(Path(images_dir) / name, image)
-    return boxes
+    return encode_png(image, name=name), boxes
 
 
 def build_phantom(cfg: PhantomParams, out_dir: Path, workers: int = 2) -> pd.DataFrame:
-    """Write the phantom dataset into `out_dir` (which must exist) and return its label table."""
+    """Write the phantom dataset into `out_dir` (which must exist) and return its label table.
+
+    The images go into NIH-style archives (`archives/images_NNN.tar.gz`, names sorted, NIH's 12 archive sizes
+    scaled to the sample), rendered in parallel and written in one pass.
+    """
     table = take_patients(load_sample(), cfg.n_images)
-    images_dir = out_dir / "images"
-    images_dir.mkdir()
-    jobs = [
-        (row.image, int(row.patient), int(row.follow_up), row.labels, str(images_dir))
-        for row in table.itertuples(index=False)
-    ]
-    scale = 1024.0 / cfg.image_size
-    bbox_rows: list[tuple[str, str, float, float, float, float]] = []
+    jobs = sorted((row.image, int(row.patient), int(row.follow_up), row.labels)
+                  for row in table.itertuples(index=False))
+    archives_dir = out_dir / ARCHIVES_DIR
+    archives_dir.mkdir()
+    boxes_of: dict[str, list[Box]] = {}
     with ProcessPoolExecutor(mp_context=WORKER_CONTEXT, max_workers=max(1, workers), initializer=_init_worker,
-                             initargs=(cfg.image_size, cfg.seed)) as pool:
-        results = pool.map(_render_to, jobs, chunksize=16)
-        for job, boxes in tqdm(zip(jobs, results, strict=True), total=len(jobs), desc="phantom", unit="img"):
-            for b in boxes:
-                name = "Infiltrate" if b.finding == "Infiltration" else b.finding
-                bbox_rows.append((job[0], name, b.x * scale, b.y * scale, b.w * scale, b.h * scale))
+                             initargs=(cfg.image_size, cfg.seed)) as pool, \
+            tqdm(total=len(jobs), desc="phantom", unit="img") as bar:
+        rendered = zip((job[0] for job in jobs), pool.map(_render, jobs, chunksize=16), strict=True)
+
+        def members(count: int) -> Iterator[tuple[str, bytes]]:
+            for _ in range(count):
+                name, (png, boxes) = next(rendered)
+                boxes_of[name] = boxes
+                bar.update()
+                yield name, png
+
+        for archive, count in archive_file_names(len(jobs)).items():
+            write_archive(archives_dir / archive, members(count), compresslevel=1)
+    scale = 1024.0 / cfg.image_size
+    bbox_rows = [
+        (name, "Infiltrate" if b.finding == "Infiltration" else b.finding,
+         b.x * scale, b.y * scale, b.w * scale, b.h * scale)
+        for name in table["image"] for b in boxes_of[name]
+    ]
     table = table.assign(width=1024, height=1024)
     write_data_entry(table, out_dir / DATA_ENTRY_FILE)
     # The phantom's "official" split: patient-wise, fixed by the phantom's own seed.

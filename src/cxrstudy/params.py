@@ -95,16 +95,15 @@ class NihParams(_Section):
     # md5sum-format list (`<md5>  <file name>` a line) replacing NIH's published checksums, for a mirror or a
     # re-packed copy: its images_NNN.tar.gz names are the archives expected. null: NIH's 12 archives.
     md5_file: str | None
-    # The download / extraction cache; never inside data/raw. Relative paths are from the project root.
+    # Downloads, verification records and archives packed from an extracted copy; never inside data/raw. Relative
+    # paths are from the project root.
     download_dir: str
-    keep_archives: bool  # false: delete each downloaded archive once it is verified and extracted
-    link: Literal["auto", "hardlink", "symlink", "copy"]  # how data/raw/images refers to the real PNGs
+    link: Literal["auto", "hardlink", "symlink", "copy"]  # how data/raw/archives refers to the real archives
     metadata: Literal["v2020", "2017"]
-    on_bad_image: Literal["error", "skip"]
     timeout_s: Annotated[float, Field(gt=0)]
     retries: Annotated[int, Field(ge=0, le=20)]
     backoff_s: Annotated[float, Field(ge=0, le=600)]  # wait before retry n: backoff_s * 2**n
-    workers: Annotated[int, Field(ge=0, le=256)]  # image validation threads; 0 = one per CPU core
+    workers: Annotated[int, Field(ge=0, le=256)]  # archives MD5-checked or packed at once; 0 = one per CPU core
 
     @field_validator("base_url", "metadata_url")
     @classmethod
@@ -128,7 +127,10 @@ class PreprocessParams(_Section):
     image_size: Annotated[int, Field(ge=16, le=1024)]
     # px at which CLAHE runs: 0 = the source resolution; N = after an area downscale to N (>= image_size)
     clahe_size: Annotated[int, Field(ge=0, le=4096)]
-    workers: Annotated[int, Field(ge=0, le=256)]
+    workers: Annotated[int, Field(ge=0, le=256)]  # processes, each streaming one archive at a time; 0 or 1 = none
+    # An image that is missing, empty, truncated or cannot be decoded. error: stop, naming every one; skip: leave
+    # them out (listed in data/processed/bad_images.txt; split leaves them out too).
+    on_bad_image: Literal["error", "skip"]
 
     @model_validator(mode="after")
     def _clahe_size_not_below_stored(self) -> PreprocessParams:

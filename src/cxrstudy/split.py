@@ -3,6 +3,8 @@
 `official` reads NIH's `train_val_list.txt` / `test_list.txt`; `random-patient` draws the test set by patient with
 `split.seed` (the original study's protocol, but with its own seed, separate from the training seeds). Either way
 the validation set is carved from train_val by patient with `split.seed`, so every training seed sees the same data.
+Only images that preprocessing produced are split (`data/processed/index.txt`): with `preprocess.on_bad_image: skip`
+the unusable ones are left out of every part, and of the official lists.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ if TYPE_CHECKING:  # type hints only: the training code runs where pydantic is n
 
 TRAIN_VAL_LIST = "train_val_list.txt"
 TEST_LIST = "test_list.txt"
+PROCESSED_INDEX = "index.txt"  # preprocess's list of the images it produced (cxrstudy.preprocess.INDEX_FILE)
 PARTS = ("train", "val", "test")
 
 
@@ -75,11 +78,13 @@ def check_split(table: pd.DataFrame, parts: dict[str, list[str]], source: str = 
                 )
 
 
-def make_splits(table: pd.DataFrame, raw_dir: Path, cfg: SplitParams) -> dict[str, list[str]]:
-    """Train / val / test image names, in the table's order."""
+def make_splits(table: pd.DataFrame, raw_dir: Path, cfg: SplitParams,
+                left_out: frozenset[str] = frozenset()) -> dict[str, list[str]]:
+    """Train / val / test image names, in the table's order; `left_out` images are in none of them (the table must
+    not hold them either)."""
     if cfg.method == "official":
-        train_val = read_list(raw_dir / TRAIN_VAL_LIST)
-        test = read_list(raw_dir / TEST_LIST)
+        train_val = [n for n in read_list(raw_dir / TRAIN_VAL_LIST) if n not in left_out]
+        test = [n for n in read_list(raw_dir / TEST_LIST) if n not in left_out]
         check_split(table, {"train_val": train_val, "test": test}, source=str(raw_dir))
         in_test = set(test)
         pool = table[table["image"].isin(set(train_val))]
@@ -114,10 +119,21 @@ def summarize(table: pd.DataFrame, parts: dict[str, list[str]]) -> dict[str, obj
     return out
 
 
-def run(params: Params, raw_dir: Path, out_dir: Path) -> None:
-    """Stage entry point: write `train.txt`, `val.txt`, `test.txt` and `summary.json` into `out_dir`."""
+def run(params: Params, raw_dir: Path, out_dir: Path, processed_dir: Path | None = None) -> None:
+    """Stage entry point: write `train.txt`, `val.txt`, `test.txt` and `summary.json` into `out_dir`; with
+    `processed_dir`, only the images preprocessing produced are split."""
     table = read_data_entry(raw_dir / DATA_ENTRY_FILE)
-    parts = make_splits(table, raw_dir, params.split)
+    left_out: frozenset[str] = frozenset()
+    if processed_dir is not None:
+        if not (processed_dir / PROCESSED_INDEX).is_file():
+            raise InputError(f"{processed_dir / PROCESSED_INDEX}: not found; run the preprocess stage first (only the "
+                             "images it produced are split)")
+        produced = set(read_list(processed_dir / PROCESSED_INDEX))
+        left_out = frozenset(table["image"][~table["image"].isin(produced)])
+        table = table[table["image"].isin(produced)].reset_index(drop=True)
+        if left_out:
+            print(f"split: {len(left_out)} image(s) left out by preprocess (listed in {processed_dir}/bad_images.txt)")
+    parts = make_splits(table, raw_dir, params.split, left_out)
     for part in PARTS:
         if not parts[part]:
             raise InputError(f"split: the {part} part is empty; lower split.val_fraction/test_fraction or add data")

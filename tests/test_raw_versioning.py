@@ -1,0 +1,90 @@
+"""The raw data under DVC: a dozen archives and metadata files that DVC hashes cheaply, yet any changed byte of any
+image shows in `dvc status`; and each data stage depends on exactly the raw files it reads.
+
+Runs the project's own dvc.yaml (ingest, preprocess, split) in a temporary git clone with the tiny parameters.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from cxrstudy.imageio import archive_paths, decode_gray, encode_png, iter_pngs, write_archive
+from tests.conftest import tiny_raw, write_params
+from tests.test_pipeline import copy_project, sh
+
+pytestmark = pytest.mark.slow
+
+DATA_STAGES = ("ingest", "preprocess", "split")
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The project after `dvc repro split` on the tiny data, its outputs committed (kept pristine; copy it)."""
+    root = copy_project(tmp_path_factory.mktemp("raw-versioning"))
+    write_params(root / "params.yaml", tiny_raw())
+    (root / "dvc.lock").unlink(missing_ok=True)
+    sh(["dvc", "repro", "split"], root)
+    return root
+
+
+@pytest.fixture
+def project(built: Path, tmp_path: Path) -> Path:
+    root = tmp_path / "project"
+    shutil.copytree(built, root, symlinks=True)
+    return root
+
+
+def data_stage_status(root: Path) -> dict[str, object]:
+    status = json.loads(sh(["dvc", "status", "--json"], root).stdout)
+    return {stage: status[stage] for stage in DATA_STAGES if stage in status}
+
+
+def replace_file(path: Path, data: bytes) -> None:
+    path.unlink()  # a new file, as an editor or a re-download makes: DVC's cache entry is never written through
+    path.write_bytes(data)
+
+
+def test_nothing_changed_nothing_shown(project: Path) -> None:
+    assert data_stage_status(project) == {}
+
+
+def test_one_changed_pixel_of_one_image_shows(project: Path) -> None:
+    archive = archive_paths(project / "data/raw")[5]
+    members = list(iter_pngs(archive))
+    name, data = members[len(members) // 2]
+    image = decode_gray(data, name)
+    image[10, 10] ^= 1
+    members[len(members) // 2] = (name, encode_png(image))
+    archive.unlink()
+    write_archive(archive, members, compresslevel=1)
+    assert data_stage_status(project) == {
+        "ingest": [{"changed outs": {"data/raw": "modified"}}],
+        "preprocess": [{"changed deps": {"data/raw/archives": "modified"}}],
+    }
+
+
+@pytest.mark.parametrize(("raw_file", "reader"), [
+    ("BBox_List_2017.csv", None),  # read by no stage
+    ("train_val_list.txt", "split"),
+    ("test_list.txt", "split"),
+    ("Data_Entry_2017.csv", "both"),
+])
+def test_each_stage_depends_on_exactly_the_raw_files_it_reads(project: Path, raw_file: str,
+                                                              reader: str | None) -> None:
+    path = project / "data/raw" / raw_file
+    replace_file(path, path.read_bytes() + b"\n")
+    status = data_stage_status(project)
+    assert status.pop("ingest") == [{"changed outs": {"data/raw": "modified"}}]
+    expected = {"preprocess", "split"} if reader == "both" else {reader} - {None}
+    assert set(status) == expected
+    for stage in expected:
+        assert status[stage] == [{"changed deps": {f"data/raw/{raw_file}": "modified"}}]
+
+
+def test_a_rerun_of_ingest_that_writes_the_same_bytes_changes_nothing(project: Path) -> None:
+    sh(["dvc", "repro", "-f", "-s", "ingest"], project)  # the phantom is rendered and packed again
+    assert data_stage_status(project) == {}
