@@ -52,8 +52,8 @@ use_repo_src()
 
 from bench_train import StepConfig, build, synthetic_batches, train_rate  # noqa: E402
 
-from cxrstudy.data import SplitData, XrayDataset, make_loader, train_transform  # noqa: E402
-from cxrstudy.imageio import read_gray, write_png  # noqa: E402
+from cxrstudy.data.imageio import read_gray, write_png  # noqa: E402
+from cxrstudy.learning.loader import SplitData, XrayDataset, make_loader, train_transform  # noqa: E402
 from cxrstudy.params import Params  # noqa: E402
 from cxrstudy.profile import load as load_profile  # noqa: E402
 

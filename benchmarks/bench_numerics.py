@@ -5,7 +5,7 @@
                                                   [--out benchmarks/results/numerics.json]
 
 Each configuration runs in a fresh process (the pins must be set before torch loads), on the stage's own code:
-`cxrstudy.numerics.pin`, `cxrstudy.model.build_model`, `cxrstudy.train.make_optimizer` (fused) and
+`cxrstudy.numerics.pin`, `cxrstudy.learning.model.build_model`, `cxrstudy.learning.train.make_optimizer` (fused) and
 `train_one_epoch`'s step, on the same synthetic uint8 batches; the fastest of `--repeats` timed windows is kept,
 after two warm-up steps. It also prints the weights' digest after the timed steps, which shows what the pins are
 for: the digests differ between thread counts and between ISAs unless pinned.
@@ -48,10 +48,10 @@ def worker(cfg: dict[str, Any], size: int, batch: int, steps: int, repeats: int)
     numerics.pin(pins)
     import torch
 
-    from cxrstudy.data import to_input
-    from cxrstudy.losses import make_criterion
-    from cxrstudy.model import build_model
-    from cxrstudy.train import make_optimizer
+    from cxrstudy.learning.loader import to_input
+    from cxrstudy.learning.losses import make_criterion
+    from cxrstudy.learning.model import build_model
+    from cxrstudy.learning.train import make_optimizer
 
     numerics.apply_threads(pins)
     train_cfg = load_params(Path(__file__).resolve().parents[1] / "params.yaml").train

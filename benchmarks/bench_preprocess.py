@@ -8,7 +8,7 @@ page cache holds them (CPU cost, not this machine's disk), it times in one run:
 
 - floor: reading + decoding the same PNGs and nothing else, one process, OpenCV single-threaded;
 - naive: one process, scikit-image (io.imread, exposure.equalize_adapthist, transform.resize) on a subset;
-- ours: `cxrstudy.preprocess.process_into`, the stage's own code (the PNGs streamed out of NIH-style
+- ours: `cxrstudy.data.preprocess.process_into`, the stage's own code (the PNGs streamed out of NIH-style
   `.tar.gz` archives, as in the stage), at 1 and at `--workers` processes;
 - a per-image breakdown (decode, CLAHE, resize, PNG encode) and a what-if: CLAHE run after a first area
   downscale to `--clahe-size` px instead of at the source resolution, with how much that changes the output.
@@ -50,10 +50,10 @@ from common import (
 
 use_repo_src()
 
-from cxrstudy.imageio import write_archive  # noqa: E402
+from cxrstudy.data.imageio import write_archive  # noqa: E402
+from cxrstudy.data.preprocess import process_into  # noqa: E402
+from cxrstudy.data.release import archive_file_names  # noqa: E402
 from cxrstudy.params import PreprocessParams, load_params  # noqa: E402
-from cxrstudy.preprocess import process_into  # noqa: E402
-from cxrstudy.release import archive_file_names  # noqa: E402
 
 SOURCE_SIZE = 1024
 TARGET_CORES = 16

@@ -62,10 +62,10 @@ from common import (
 
 use_repo_src()
 
-from cxrstudy.imageio import ARCHIVES_DIR, decode_gray, encode_png, iter_pngs, write_archive  # noqa: E402
+from cxrstudy.data.imageio import ARCHIVES_DIR, decode_gray, encode_png, iter_pngs, write_archive  # noqa: E402
+from cxrstudy.data.release import archive_file_names  # noqa: E402
+from cxrstudy.data.split import patient_split  # noqa: E402
 from cxrstudy.labels import read_data_entry  # noqa: E402
-from cxrstudy.release import archive_file_names  # noqa: E402
-from cxrstudy.split import patient_split  # noqa: E402
 
 STAGES = ("manifest", "ingest", "preprocess", "split")
 NIH_TEST_SHARE = 25_596 / 112_120  # test_list.txt's share of NIH's images

@@ -3,9 +3,10 @@
     .venv/bin/python benchmarks/bench_train.py [--sizes 128,224] [--batch 8] [--steps 3] [--device auto]
                                                [--out benchmarks/results/train.json]
 
-The step is `cxrstudy.train.train_one_epoch` (the stage's loop: uint8 batch -> `to_input` -> model -> focal loss ->
-AdamW), evaluation is `cxrstudy.train.predict`, the model `cxrstudy.model.build_model`; only the input is synthetic
-(the same few uint8 batches, already in memory), so the figures are the step's own speed with no loader in the way.
+The step is `cxrstudy.learning.train.train_one_epoch` (the stage's loop: uint8 batch -> `to_input` -> model -> focal
+loss -> AdamW), evaluation is `cxrstudy.learning.train.predict`, the model `cxrstudy.learning.model.build_model`; only
+the input is synthetic (the same few uint8 batches, already in memory), so the figures are the step's own speed
+with no loader in the way.
 For each size: NCHW vs channels_last in fp32, and on CUDA bf16 autocast too. A last check runs one batch through
 every variant from the same weights and reports how far their outputs are from fp32 NCHW: the speed options must
 not change the results in meaning.
@@ -31,10 +32,10 @@ from torch import nn
 
 use_repo_src()
 
-from cxrstudy.data import to_input  # noqa: E402
-from cxrstudy.losses import make_criterion  # noqa: E402
-from cxrstudy.model import build_model  # noqa: E402
-from cxrstudy.train import make_optimizer, make_scheduler, predict, train_one_epoch  # noqa: E402
+from cxrstudy.learning.loader import to_input  # noqa: E402
+from cxrstudy.learning.losses import make_criterion  # noqa: E402
+from cxrstudy.learning.model import build_model  # noqa: E402
+from cxrstudy.learning.train import make_optimizer, make_scheduler, predict, train_one_epoch  # noqa: E402
 
 NUM_CLASSES = 14
 Batch = tuple[torch.Tensor, torch.Tensor]

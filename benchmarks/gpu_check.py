@@ -6,8 +6,8 @@
 
 Needs torch, torchvision, numpy, OpenCV and this repo's `cxrstudy` (found in ../src when not installed); no DVC,
 no pydantic: settings are plain dataclasses. It makes its own synthetic data in a temporary folder and measures,
-with the stage's own model, loader and training-step code (`cxrstudy.train.train_one_epoch`, `predict`,
-`cxrstudy.data.make_loader`):
+with the stage's own model, loader and training-step code (`cxrstudy.learning.train.train_one_epoch`, `predict`,
+`cxrstudy.learning.loader.make_loader`):
 
 1. synthetic-input training images/s at 224 px, fp32 vs bf16 autocast x NCHW vs channels_last, eager; then
    compiled (torch.compile) when the time budget allows; peak GPU memory of each;
@@ -160,9 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     try:
-        import bench_train  # noqa: F401  (cxrstudy.train, .data, .losses, .model: the code measured)
+        import bench_train  # noqa: F401  (cxrstudy.learning.train, .data, .losses, .model: the code measured)
 
-        import cxrstudy.preprocess  # noqa: F401
+        import cxrstudy.data.preprocess  # noqa: F401
     except ImportError as err:
         print(f"gpu_check: cannot import the pipeline's training code ({type(err).__name__}: {err}). Where pydantic "
               "is missing, cxrstudy's training modules must import it for type hints only (see benchmarks/README.md)"
@@ -186,7 +186,7 @@ def measure(smoke: bool, args: argparse.Namespace) -> Report:
     import torch
     from common import machine
 
-    from cxrstudy.train import seed_everything
+    from cxrstudy.learning.train import seed_everything
 
     sizes = SMOKE if smoke else GPU
     budget = Budget(args.budget_s)
@@ -307,8 +307,8 @@ def real_loader(report: Report, sizes: Sizes, device: Any, data: Path, cfg: Any,
     import torch
     from common import make_images
 
-    from cxrstudy.data import SplitData, XrayDataset, make_loader, train_transform
-    from cxrstudy.preprocess import IMAGES_FILE, INDEX_FILE, load_processed
+    from cxrstudy.data.preprocess import IMAGES_FILE, INDEX_FILE, load_processed
+    from cxrstudy.learning.loader import SplitData, XrayDataset, make_loader, train_transform
 
     n = sizes.batch * sizes.loader_steps
     processed = data / "processed"
@@ -359,8 +359,8 @@ def evaluation(report: Report, sizes: Sizes, device: Any, data: Path, cfg: Any) 
     import bench_train as bt
     import numpy as np
 
-    from cxrstudy.data import SplitData, XrayDataset, eval_transform, make_loader
-    from cxrstudy.preprocess import load_processed
+    from cxrstudy.data.preprocess import load_processed
+    from cxrstudy.learning.loader import SplitData, XrayDataset, eval_transform, make_loader
 
     model = bt.build(device, cfg)
     batches = bt.synthetic_batches(max(2, sizes.eval_images // sizes.eval_batch), sizes.eval_batch, sizes.image,
@@ -386,8 +386,8 @@ def preprocess_rate(sizes: Sizes) -> dict[str, Any]:
     import cv2
     from common import synthetic_xray, xray_base
 
-    from cxrstudy.imageio import write_archive
-    from cxrstudy.preprocess import process_into
+    from cxrstudy.data.imageio import write_archive
+    from cxrstudy.data.preprocess import process_into
 
     with tempfile.TemporaryDirectory(prefix="gpu-check-png-") as tmp:
         base = xray_base(sizes.preprocess_source)

@@ -67,7 +67,7 @@ def section(*path: str, **override: Any) -> Any:
 # The tests run stages in this process too: pin its numerics as the command line would, before torch or NumPy load.
 numerics.pin(tiny_params().numerics)
 
-from cxrstudy import ingest, preprocess, split  # noqa: E402 - after the numerics are pinned
+from cxrstudy.data import ingest, preprocess, split  # noqa: E402 - after the numerics are pinned
 
 # `dvc status --json` of an up-to-date project: the manifest stage is always run (it watches the data source).
 UP_TO_DATE = ({}, {"manifest": ["always changed"]})

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from cxrstudy.imageio import archive_paths, iter_pngs, write_archive
+from cxrstudy.data.imageio import archive_paths, iter_pngs, write_archive
 
 
 def archive_of(raw: Path, name: str) -> Path:

@@ -11,10 +11,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cxrstudy import report
-from cxrstudy.evaluate import compute_metrics, save_predictions
 from cxrstudy.labels import FINDINGS
+from cxrstudy.learning.evaluate import compute_metrics, save_predictions
 from cxrstudy.params import Params
+from cxrstudy.reporting import report
 from tests.conftest import tiny_params
 
 STUDY_SEEDS = [12, 22, 32, 42]

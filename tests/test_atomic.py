@@ -28,7 +28,7 @@ import torch
 from cxrstudy import atomic
 from cxrstudy.atomic import atomic_dir, atomic_file, write_json
 from cxrstudy.labels import FINDINGS
-from cxrstudy.model import build_model
+from cxrstudy.learning.model import build_model
 from tests.conftest import tiny_raw, write_params
 
 DEV_FULL = Path("/dev/full")
@@ -372,7 +372,7 @@ def test_a_really_full_disk_is_a_message_and_leaves_the_disk_as_it_was(
 SLOW_PREPROCESS = """
     import time
     from pathlib import Path
-    import cxrstudy.preprocess as preprocess
+    import cxrstudy.data.preprocess as preprocess
 
     _process_archives = preprocess.process_archives
 

@@ -143,7 +143,7 @@ BAD_IMAGES: dict[str, tuple[Callable[[bytes], bytes] | None, str]] = {
 
 def spoil(ws: Path, name: str, how: Callable[[bytes], bytes] | None) -> None:
     """Rewrite the raw archive that holds image `name` with `how(bytes)` in its place (None: without it)."""
-    from cxrstudy.imageio import archive_paths, iter_pngs, write_archive
+    from cxrstudy.data.imageio import archive_paths, iter_pngs, write_archive
 
     for archive in archive_paths(ws / "data/raw"):
         members = list(iter_pngs(archive))
@@ -364,7 +364,7 @@ def test_a_seed_missing_from_params_is_refused(tiny_data: Path, tmp_path: Path) 
 # A non-finite loss (train): injected into the criterion, so the case does not depend on a learning rate diverging
 
 NON_FINITE_LOSS = """
-    import cxrstudy.train as train
+    import cxrstudy.learning.train as train
 
     _make_criterion = train.make_criterion
     calls = [0]
@@ -409,7 +409,7 @@ def test_a_non_finite_training_loss_stops_naming_the_epoch_step_and_batch(
 
 
 NON_FINITE_VALIDATION = """
-    import cxrstudy.train as train
+    import cxrstudy.learning.train as train
 
     _predict = train.predict
 

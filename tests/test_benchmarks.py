@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from cxrstudy import train
+from cxrstudy.learning import train
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks"

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from cxrstudy import compare
 from cxrstudy.errors import InputError
-from cxrstudy.results import read_predictions
-from cxrstudy.study import settings
+from cxrstudy.reporting import compare
+from cxrstudy.reporting.results import read_predictions
+from cxrstudy.reporting.study import settings
 from tests.conftest import tiny_raw, write_params
 from tests.synthetic import STUDY_SEEDS, Study, make_study
 

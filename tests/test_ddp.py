@@ -27,9 +27,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from cxrstudy import evaluate, train
-from cxrstudy.data import XrayDataset, eval_transform, load_part, make_loader
-from cxrstudy.losses import make_criterion
+from cxrstudy.learning import evaluate, train
+from cxrstudy.learning.loader import XrayDataset, eval_transform, load_part, make_loader
+from cxrstudy.learning.losses import make_criterion
 from cxrstudy.metrics import nanmean, per_class_auroc
 from cxrstudy.params import Params
 from tests.conftest import tiny_params, tiny_raw, write_params

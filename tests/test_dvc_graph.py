@@ -30,6 +30,22 @@ def _module_file(name: str) -> Path | None:
     return None
 
 
+PHASES = ("data", "learning", "reporting")  # the subpackages; a stage's module is in one of them
+
+
+def stage_module(stage: str) -> str:
+    """The module that `python -m cxrstudy <stage>` runs: cxrstudy.<phase>.<stage>."""
+    found = [f"cxrstudy.{phase}.{stage}" for phase in PHASES if (PACKAGE / phase / f"{stage}.py").is_file()]
+    assert len(found) == 1, f"stage {stage}: expected one module src/cxrstudy/<phase>/{stage}.py, found {found}"
+    return found[0]
+
+
+def with_packages(name: str) -> set[str]:
+    """A module and the packages above it, which Python imports first (cxrstudy.data.split: cxrstudy.data too)."""
+    parts = name.split(".")
+    return {".".join(parts[:i]) for i in range(1, len(parts) + 1)}
+
+
 def imported_modules(path: Path, top_level_only: bool = False) -> set[str]:
     """The cxrstudy modules `path` imports, anywhere in it (or only at module level)."""
     tree = ast.parse(path.read_text())
@@ -41,13 +57,13 @@ def imported_modules(path: Path, top_level_only: bool = False) -> set[str]:
         elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("cxrstudy"):
             found.add(node.module)
             found |= {f"{node.module}.{a.name}" for a in node.names if _module_file(f"{node.module}.{a.name}")}
-    return {m for m in found if _module_file(m)}
+    return {p for m in found if _module_file(m) for p in with_packages(m)}
 
 
 def stage_closure(stage: str) -> set[Path]:
     """Every project file `python -m cxrstudy <stage>` can import: the package, __main__, the command line's own
     imports, the stage's module and, transitively, everything those import."""
-    todo = ["cxrstudy", "cxrstudy.__main__", "cxrstudy.cli", f"cxrstudy.{stage}"]
+    todo = ["cxrstudy", "cxrstudy.__main__", "cxrstudy.cli", *with_packages(stage_module(stage))]
     todo += sorted(imported_modules(PACKAGE / "cli.py", top_level_only=True))
     seen: set[str] = set()
     while todo:
@@ -87,7 +103,7 @@ def test_every_stage_runs_its_own_entry_point() -> None:
     for name, spec in dvc_stages().items():
         match = CMD.search(spec["cmd"])
         assert match and match.group(1) == name, f"stage {name}: command {spec['cmd']!r}"
-        assert (PACKAGE / f"{name}.py").is_file(), f"stage {name} has no module src/cxrstudy/{name}.py"
+        assert _module_file(stage_module(name)), f"stage {name} has no module"
 
 
 @pytest.mark.parametrize("stage", STAGES)
@@ -112,9 +128,10 @@ def test_stage_depends_on_no_project_file_it_does_not_import(stage: str) -> None
 
 def test_the_walk_follows_lazy_imports(tmp_path: Path) -> None:
     # A function-level import (cli -> stage, ingest -> nih) is an import: the walk must see it.
-    assert "cxrstudy.nih" in imported_modules(PACKAGE / "ingest.py")
-    assert PACKAGE / "nih.py" in stage_closure("ingest")
-    assert PACKAGE / "train.py" not in stage_closure("split")  # the command line's other branches are not followed
+    assert "cxrstudy.data.nih" in imported_modules(PACKAGE / "data/ingest.py")
+    assert PACKAGE / "data/nih.py" in stage_closure("ingest")
+    assert PACKAGE / "data/__init__.py" in stage_closure("ingest")
+    assert PACKAGE / "learning/train.py" not in stage_closure("split")  # the other branches of the command line
 
 
 class Recorder:

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from cxrstudy import experiments
 from cxrstudy.errors import InputError
+from cxrstudy.reporting import experiments
 from tests.conftest import tiny_params, tiny_raw, write_params
 from tests.synthetic import make_study
 

@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from cxrstudy import figures, plotdata
+from cxrstudy.data.preprocess import load_processed, process_image
 from cxrstudy.labels import FINDINGS
-from cxrstudy.preprocess import load_processed, process_image
+from cxrstudy.reporting import figures, plotdata
 from tests.conftest import tiny_params
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -140,7 +140,7 @@ def test_clahe_samples_show_the_raw_image_resized_and_the_processed_one(tiny_dat
     images, names = load_processed(processed)
     assert len(samples) == params.report.clahe_samples
     assert [s.name for s in samples] == sorted(s.name for s in samples)
-    from cxrstudy.imageio import read_raw_image
+    from cxrstudy.data.imageio import read_raw_image
 
     plain = params.preprocess.model_copy(update={"clahe": False})
     for sample in samples:

@@ -29,13 +29,15 @@ import pytest
 import torch
 import yaml
 
-from cxrstudy import monitoring, nih, params, report
+from cxrstudy.data import nih
+from cxrstudy.data.preprocess import load_processed
 from cxrstudy.errors import InputError, Interrupted
-from cxrstudy.evaluate import compute_metrics, save_predictions
 from cxrstudy.labels import FINDINGS
+from cxrstudy.learning import monitoring
+from cxrstudy.learning.evaluate import compute_metrics, save_predictions
+from cxrstudy.learning.train import TrainState, make_optimizer, make_scheduler, save_checkpoint, sigmoid
 from cxrstudy.params import parse_params
-from cxrstudy.preprocess import load_processed
-from cxrstudy.train import TrainState, make_optimizer, make_scheduler, save_checkpoint, sigmoid
+from cxrstudy.reporting import report
 from tests.conftest import ROOT, section, tiny_params, tiny_raw, write_params
 from tests.test_atomic import leftovers, patched_cli, run_cli, shown, snapshot
 from tests.test_resume import (
@@ -312,7 +314,8 @@ def test_a_value_of_the_wrong_shape_is_not_echoed(value: object) -> None:
 
 
 def test_shown_address_keeps_scheme_host_port_and_with_keep_name_the_file_name() -> None:
-    shown_address = params.shown_address
+    from cxrstudy.errors import shown_address
+
     assert shown_address(f"https://user:{SECRET}@Mirror.example:8443/{SECRET}/images_001.tar.gz?sig={SECRET}",
                          keep_name=True) == "https://mirror.example:8443/<…>/images_001.tar.gz"
     assert shown_address(f"gw.example:9091/{SECRET}") == "gw.example:9091/<rest not shown>"
@@ -478,7 +481,7 @@ def test_train_on_a_truncated_processed_array_is_one_line(tiny_data: Path, tmp_p
 # (A worker busy on an image hands its KeyboardInterrupt back to the stage; an idle one used to print a traceback.)
 PREPROCESS_HELD = """
     import sys
-    import cxrstudy.preprocess as preprocess
+    import cxrstudy.data.preprocess as preprocess
 
     _process_all = preprocess.process_all
 

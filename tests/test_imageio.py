@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import pytest
 
-from cxrstudy.imageio import (
+from cxrstudy.data.imageio import (
     ARCHIVES_DIR,
     ArchiveError,
     ImageError,

@@ -10,7 +10,7 @@ import pytest
 from scipy.stats import norm, t
 from sklearn.metrics import roc_auc_score
 
-from cxrstudy.inference import (
+from cxrstudy.reporting.inference import (
     Stat,
     bca,
     column_mean,
@@ -23,7 +23,7 @@ from cxrstudy.inference import (
     variance_components,
     with_training,
 )
-from cxrstudy.stats import bootstrap_auroc
+from cxrstudy.reporting.stats import bootstrap_auroc
 
 
 def _stat(point: float, draws: np.ndarray, jack: np.ndarray | None = None) -> Stat:

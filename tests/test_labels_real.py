@@ -13,9 +13,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from cxrstudy.data.split import check_split
 from cxrstudy.errors import InputError
 from cxrstudy.labels import FINDINGS, NO_FINDING, label_matrix, read_data_entry
-from cxrstudy.split import check_split
 
 ENTRY = "Data_Entry_2017_v2020.csv.gz"
 BBOX = "BBox_List_2017.csv.gz"

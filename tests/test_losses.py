@@ -6,7 +6,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cxrstudy.losses import make_criterion
+from cxrstudy.learning.losses import make_criterion
 from tests.conftest import tiny_params
 
 

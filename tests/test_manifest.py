@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cxrstudy import manifest
+from cxrstudy.data import manifest
 from cxrstudy.errors import InputError
 from tests.conftest import tiny_params
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from cxrstudy.calibration import brier, ece
-from cxrstudy.evaluate import compute_metrics
 from cxrstudy.labels import FINDINGS
+from cxrstudy.learning.evaluate import compute_metrics
 from cxrstudy.metrics import best_f1_threshold, nanmean, per_class_auroc, per_class_f1
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from cxrstudy.errors import InputError
-from cxrstudy.model import build_model
+from cxrstudy.learning.model import build_model
 
 
 def test_one_channel_images_in_fourteen_finite_logits_out() -> None:

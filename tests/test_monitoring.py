@@ -1,4 +1,5 @@
-"""Tests for `cxrstudy.monitoring`: the metrics endpoint, pushes to a real Pushgateway, failure handling, params.
+"""Tests for `cxrstudy.learning.monitoring`: the metrics endpoint, pushes to a real Pushgateway, failure handling,
+params.
 
 The Pushgateway test needs Debian's ``prometheus-pushgateway`` binary (installed by .ci/run); without it, that test
 skips and says so. Everything binds to 127.0.0.1 on free ports and finishes in a few seconds.
@@ -24,7 +25,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
 
-from cxrstudy.monitoring import (
+from cxrstudy.learning.monitoring import (
     METRIC_NAMES,
     MonitorWarning,
     NullMonitor,

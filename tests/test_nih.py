@@ -1,5 +1,6 @@
-"""The real-data ingest (`cxrstudy.nih`, `cxrstudy.download`, `cxrstudy.release`), on small releases in NIH's exact
-layout made here: the raw data are NIH's archives, verified and linked, never extracted; no image is decoded.
+"""The real-data ingest (`cxrstudy.data.nih`, `cxrstudy.data.download`, `cxrstudy.data.release`), on small releases
+in NIH's exact layout made here: the raw data are NIH's archives, verified and linked, never extracted; no image is
+decoded.
 
 A local HTTP server on 127.0.0.1 (a thread, port 0) stands in for NIH's address or a mirror: it answers Range
 requests and can cut a connection half-way, stall, fail once with 503, or 404. Nothing reaches the internet.
@@ -27,14 +28,14 @@ import pandas as pd
 import pytest
 from pydantic import ValidationError
 
-from cxrstudy import download as downloads
-from cxrstudy import imageio, nih
-from cxrstudy import release as nih_release
-from cxrstudy.download import download
+from cxrstudy.data import download as downloads
+from cxrstudy.data import imageio, nih
+from cxrstudy.data import release as nih_release
+from cxrstudy.data.download import download
+from cxrstudy.data.imageio import ARCHIVES_DIR, iter_pngs
+from cxrstudy.data.nih import ingest_nih
 from cxrstudy.errors import InputError
-from cxrstudy.imageio import ARCHIVES_DIR, iter_pngs
 from cxrstudy.labels import DATA_ENTRY_FILE, write_data_entry
-from cxrstudy.nih import ingest_nih
 from cxrstudy.params import NihParams
 from tests.conftest import project_params, section, tiny_params
 
@@ -540,7 +541,7 @@ def test_local_path_that_is_not_a_folder(tmp_path: Path) -> None:
 
 
 def test_bad_images_pass_ingest_and_are_all_named_by_preprocess(tmp_path: Path) -> None:
-    from cxrstudy import preprocess
+    from cxrstudy.data import preprocess
 
     images = {name: png(gray(32, i)) for i, name in enumerate(image_names())}
     bad = {image_names()[1]: b"", image_names()[6]: b"GIF89a not a png"}
@@ -594,7 +595,7 @@ def test_params_are_strict_and_frozen() -> None:
 
 
 def test_ingest_stage_and_official_split_on_a_local_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from cxrstudy import ingest, split
+    from cxrstudy.data import ingest, split
 
     monkeypatch.chdir(tmp_path)  # no DVC project here: nothing to say about its cache type
     release = make_release()

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
-from cxrstudy import imageio
+from cxrstudy.data import imageio
+from cxrstudy.data.phantom import PhantomRenderer, load_bboxes, load_sample, take_patients
+from cxrstudy.data.preprocess import apply_clahe
 from cxrstudy.labels import FINDINGS, label_matrix, read_data_entry
-from cxrstudy.phantom import PhantomRenderer, load_bboxes, load_sample, take_patients
-from cxrstudy.preprocess import apply_clahe
 from tests.raw_data import archive_of, raw_names
 
 

@@ -12,11 +12,11 @@ import cv2
 import numpy as np
 import pytest
 
-from cxrstudy import imageio, ingest, preprocess, split
+from cxrstudy.data import imageio, ingest, preprocess, split
+from cxrstudy.data.imageio import ARCHIVES_DIR, decode_gray, write_archive
+from cxrstudy.data.preprocess import apply_clahe, load_processed, process_image
 from cxrstudy.errors import InputError
-from cxrstudy.imageio import ARCHIVES_DIR, decode_gray, write_archive
 from cxrstudy.labels import read_data_entry
-from cxrstudy.preprocess import apply_clahe, load_processed, process_image
 from tests.conftest import tiny_params
 from tests.raw_data import raw_bytes, raw_names, rewrite_member
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from cxrstudy.imageio import archive_paths, decode_gray, encode_png, iter_pngs, write_archive
+from cxrstudy.data.imageio import archive_paths, decode_gray, encode_png, iter_pngs, write_archive
 from tests.conftest import tiny_raw, write_params
 from tests.test_pipeline import copy_project, sh
 

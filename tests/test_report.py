@@ -15,12 +15,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxrstudy import references
 from cxrstudy.errors import InputError
 from cxrstudy.labels import FINDINGS
-from cxrstudy.render import MAX_CHARS
-from cxrstudy.results import read_predictions
-from cxrstudy.stats import patient_counts
+from cxrstudy.reporting import references
+from cxrstudy.reporting.render import MAX_CHARS
+from cxrstudy.reporting.results import read_predictions
+from cxrstudy.reporting.stats import patient_counts
 from tests.conftest import ROOT, tiny_params
 from tests.synthetic import STUDY_SEEDS, Study, make_study
 
@@ -382,13 +382,14 @@ def test_no_unrendered_template_syntax_or_nan(four_seed_report: str) -> None:
 
 
 def test_a_value_that_rounds_to_zero_prints_without_a_sign() -> None:
-    from cxrstudy.tables import fmt, signed
+    from cxrstudy.reporting.tables import fmt, signed
 
     assert signed(-0.00001) == "+0.0000" and fmt(-0.00001) == "0.0000" and signed(-0.0001) == "-0.0001"
 
 
 def test_the_report_side_never_imports_torch() -> None:
-    code = ("import sys; import cxrstudy.report, cxrstudy.figures, cxrstudy.experiments, cxrstudy.compare; "
+    code = ("import sys, importlib, pkgutil, cxrstudy.reporting as r; "
+            "[importlib.import_module(f'cxrstudy.reporting.{m.name}') for m in pkgutil.iter_modules(r.__path__)]; "
             "sys.exit('torch' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr or "torch was imported"

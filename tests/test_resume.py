@@ -27,9 +27,9 @@ import torch
 import yaml
 from torch import nn
 
-from cxrstudy import atomic, numerics, train
-from cxrstudy.params import parse_params
-from cxrstudy.train import (
+from cxrstudy import atomic, numerics
+from cxrstudy.learning import train
+from cxrstudy.learning.train import (
     EpochRecord,
     TrainState,
     fingerprint,
@@ -38,6 +38,7 @@ from cxrstudy.train import (
     make_scheduler,
     save_checkpoint,
 )
+from cxrstudy.params import parse_params
 from tests.conftest import ROOT, tiny_params, tiny_raw, write_params
 
 EPOCHS = 3

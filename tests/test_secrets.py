@@ -23,9 +23,9 @@ import yaml
 
 from cxrstudy.errors import InputError
 from cxrstudy.labels import FINDINGS
-from cxrstudy.model import build_model
+from cxrstudy.learning.model import build_model
+from cxrstudy.learning.train import load_checkpoint, load_trained, make_optimizer, make_scheduler
 from cxrstudy.params import load_params, parse_params
-from cxrstudy.train import load_checkpoint, load_trained, make_optimizer, make_scheduler
 from tests.conftest import ROOT, tiny_params, tiny_raw, write_params
 
 

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from cxrstudy import manifest
+from cxrstudy.data import manifest
+from cxrstudy.data.nih import check_dvc_links, ingest_nih
+from cxrstudy.data.release import read_md5_file
 from cxrstudy.errors import InputError
-from cxrstudy.nih import check_dvc_links, ingest_nih
-from cxrstudy.release import read_md5_file
 from tests.conftest import section, tiny_params, tiny_raw, write_params
 from tests.test_nih import Release, make_release
 

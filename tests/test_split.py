@@ -7,8 +7,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from cxrstudy.data.split import check_split, make_splits, patient_split, write_list
 from cxrstudy.errors import InputError
-from cxrstudy.split import check_split, make_splits, patient_split, write_list
 from tests.conftest import tiny_params
 
 

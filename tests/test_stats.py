@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from cxrstudy import stats
-from cxrstudy.stats import (
+from cxrstudy.reporting import stats
+from cxrstudy.reporting.stats import (
     Bootstrap,
     bootstrap_auroc,
     mean_sd,

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from cxrstudy import evaluate, ingest, preprocess, split, train
+from cxrstudy.data import ingest, preprocess, split
+from cxrstudy.learning import evaluate, train
 from cxrstudy.params import Params
 from tests.conftest import tiny_params
 

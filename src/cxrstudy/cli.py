@@ -26,25 +26,25 @@ SPLITS = Path("data/splits")
 
 
 def _manifest(p: Params, a: argparse.Namespace) -> None:
-    from cxrstudy import manifest
+    from cxrstudy.data import manifest
 
     manifest.run(p, a.out)
 
 
 def _ingest(p: Params, a: argparse.Namespace) -> None:
-    from cxrstudy import ingest
+    from cxrstudy.data import ingest
 
     ingest.run(p, a.out, workers=a.workers)
 
 
 def _preprocess(p: Params, a: argparse.Namespace) -> None:
-    from cxrstudy import preprocess
+    from cxrstudy.data import preprocess
 
     preprocess.run(p, a.raw, a.out)
 
 
 def _split(p: Params, a: argparse.Namespace) -> None:
-    from cxrstudy import split
+    from cxrstudy.data import split
 
     split.run(p, a.raw, a.out, a.processed)
 
@@ -55,7 +55,7 @@ def _check_seed(p: Params, seed: int) -> None:
 
 
 def _train(p: Params, a: argparse.Namespace) -> None:
-    from cxrstudy import train
+    from cxrstudy.learning import train
 
     _check_seed(p, a.seed)
     train.run(p, a.seed, a.raw, a.processed, a.splits, a.out or Path(f"models/seed_{a.seed}"),
@@ -64,7 +64,7 @@ def _train(p: Params, a: argparse.Namespace) -> None:
 
 
 def _evaluate(p: Params, a: argparse.Namespace) -> None:
-    from cxrstudy import evaluate
+    from cxrstudy.learning import evaluate
 
     _check_seed(p, a.seed)
     evaluate.run(p, a.seed, a.raw, a.processed, a.splits, a.model or Path(f"models/seed_{a.seed}"),
@@ -74,20 +74,20 @@ def _evaluate(p: Params, a: argparse.Namespace) -> None:
 
 
 def _report(p: Params, a: argparse.Namespace) -> None:
-    from cxrstudy import report
+    from cxrstudy.reporting import report
 
     report.run(p, a.metrics, a.splits, a.out, predictions_dir=a.predictions, history_dir=a.history, raw_dir=a.raw,
                processed_dir=a.processed, figures_dir=a.figures, plots_dir=a.plots, summary_file=a.summary)
 
 
 def _experiments(p: Params, a: argparse.Namespace) -> None:
-    from cxrstudy import experiments
+    from cxrstudy.reporting import experiments
 
     experiments.run(p, a.exp_show, a.repo, a.out, baseline=a.baseline)
 
 
 def _compare(p: Params, a: argparse.Namespace) -> None:
-    from cxrstudy import compare
+    from cxrstudy.reporting import compare
 
     if (a.base is None) == (a.base_dir is None):
         raise InputError("compare: give exactly one of --base REV (predictions in git) or --base-dir DIR")

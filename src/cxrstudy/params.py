@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from cxrstudy.errors import InputError
+from cxrstudy.errors import InputError, shown_address
 
 DEFAULT_PARAMS = Path("params.yaml")
 OFFICIAL_BASE_URL = "https://nihcc.box.com/shared/static/"
@@ -58,30 +58,8 @@ def _no_credentials(value: str | None, what: str) -> str | None:
     return value
 
 
-def shown_address(value: str, keep_name: bool = False) -> str:
-    """What a message may show of an address: its scheme, host and port, and with `keep_name` the last part of its
-    path (a file name). Whatever else it holds (user:password@, a token in the path, the query, the fragment) could be
-    a secret: it is left out, marked as such (with `keep_name`, only the path's omission is marked)."""
-    text = value.strip()
-    try:
-        parts = urlsplit(text if "://" in text else f"//{text}")
-        host = parts.hostname or ""
-        port = f":{parts.port}" if parts.port is not None else ""
-    except ValueError:
-        return "<address not shown>"
-    shown = f"{parts.scheme}://" if parts.scheme else ""
-    shown += f"[{host}]" if ":" in host else host
-    shown += port
-    segments = [seg for seg in parts.path.split("/") if seg]
-    if keep_name:
-        return shown + (("/<…>/" if len(segments) > 1 else "/") + segments[-1] if segments else "")
-    if segments or parts.username is not None or parts.password is not None or parts.query or parts.fragment:
-        shown += "/<rest not shown>"
-    return shown
-
-
 class NihParams(_Section):
-    """`ingest.nih`: the real release, downloaded or linked (`cxrstudy.nih`)."""
+    """`ingest.nih`: the real release, downloaded or linked (`cxrstudy.data.nih`)."""
 
     # Where the 12 archives are downloaded from. At NIH's address they have Box's names; anywhere else (a mirror)
     # they are fetched as images_001.tar.gz ... images_012.tar.gz unless url_style says otherwise.
@@ -214,7 +192,7 @@ _JOB = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 
 
 class MonitorParams(_Section):
-    """`monitor`: where training exports its progress (`cxrstudy.monitoring`).
+    """`monitor`: where training exports its progress (`cxrstudy.learning.monitoring`).
 
     ``port``: the HTTP endpoint serving ``/metrics``; ``null`` serves none, ``0`` picks a free port. ``bind``: the
     address it listens on, loopback unless you widen it. ``pushgateway``: ``host:port`` or ``http(s)://host:port``

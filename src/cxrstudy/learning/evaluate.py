@@ -21,12 +21,12 @@ import torch
 from cxrstudy import numerics
 from cxrstudy.atomic import atomic_file, check_writable, sync
 from cxrstudy.calibration import calibration
-from cxrstudy.data import XrayDataset, eval_transform, load_parts, make_loader
 from cxrstudy.labels import FINDINGS
-from cxrstudy.losses import make_criterion
+from cxrstudy.learning.loader import XrayDataset, eval_transform, load_parts, make_loader
+from cxrstudy.learning.losses import make_criterion
+from cxrstudy.learning.train import MODEL_FILE, Dist, load_trained, pick_device, predict, seed_everything, sigmoid
 from cxrstudy.metrics import nanmean, per_class_auroc, per_class_f1, per_class_thresholds
 from cxrstudy.params import Params
-from cxrstudy.train import MODEL_FILE, Dist, load_trained, pick_device, predict, seed_everything, sigmoid
 
 THRESHOLD_PROTOCOL = "per-class thresholds maximising F1 on the validation set"
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import jinja2
 
-from cxrstudy.tables import cell, fmt, interval, pvalue, rule, signed
+from cxrstudy.reporting.tables import cell, fmt, interval, pvalue, rule, signed
 
 MAX_CHARS = 65_536  # a GitHub comment's limit: the report is posted on pull requests
 

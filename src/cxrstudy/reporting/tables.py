@@ -1,7 +1,7 @@
 """The report's tables: Markdown cells (`cell`) and the seed study's tables built from the metrics and statistics.
 
 A `Table` holds values, not text: `cell` formats each one (4 decimals, mean ± sd, min–max, intervals, signed
-differences), so the template only lays tables out. Numbers come from the metrics files and `cxrstudy.study`.
+differences), so the template only lays tables out. Numbers come from the metrics files and `cxrstudy.reporting.study`.
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from cxrstudy.inference import Contrast, Estimate
 from cxrstudy.labels import FINDINGS
-from cxrstudy.results import SeedMetrics
-from cxrstudy.stats import mean_sd, min_max
-from cxrstudy.study import SeedStudy
+from cxrstudy.reporting.inference import Contrast, Estimate
+from cxrstudy.reporting.results import SeedMetrics
+from cxrstudy.reporting.stats import mean_sd, min_max
+from cxrstudy.reporting.study import SeedStudy
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ per-patient table of "negatives below each positive", so 1000 resamples x 14 fin
 on the embedded sample and well under a minute per model on the full NIH test set. The draws depend only on the
 seed and the set of patients, so every model scored on the same patients sees the same resamples: differences
 taken within a draw are a paired bootstrap. The jackknife (each patient left out once, for the BCa intervals of
-`cxrstudy.inference`) reads the same table in closed form.
+`cxrstudy.reporting.inference`) reads the same table in closed form.
 """
 
 from __future__ import annotations

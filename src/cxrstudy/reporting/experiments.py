@@ -19,7 +19,9 @@ from typing import Any
 
 from cxrstudy.atomic import atomic_file
 from cxrstudy.errors import InputError
-from cxrstudy.inference import (
+from cxrstudy.labels import FINDINGS
+from cxrstudy.params import Params
+from cxrstudy.reporting.inference import (
     Contrast,
     Stat,
     VarianceComponents,
@@ -29,10 +31,8 @@ from cxrstudy.inference import (
     variance_components,
     with_training,
 )
-from cxrstudy.labels import FINDINGS
-from cxrstudy.params import Params
-from cxrstudy.render import render
-from cxrstudy.results import (
+from cxrstudy.reporting.render import render
+from cxrstudy.reporting.results import (
     Predictions,
     SeedMetrics,
     make_ensemble,
@@ -40,9 +40,9 @@ from cxrstudy.results import (
     same_images,
     seed_metrics_from_dict,
 )
-from cxrstudy.stats import mean_sd
-from cxrstudy.study import Settings, eligible, score, settings
-from cxrstudy.tables import Diff, MeanSd, Table, WithCI, defined, pvalue
+from cxrstudy.reporting.stats import mean_sd
+from cxrstudy.reporting.study import Settings, eligible, score, settings
+from cxrstudy.reporting.tables import Diff, MeanSd, Table, WithCI, defined, pvalue
 
 SEED_FILE = re.compile(r"(?:^|/)seed_(\d+)\.json$")
 SUMMARY_FILE = "metrics/report.json"

@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # type hints only: the training code runs where pydantic is n
 
 TRAIN_VAL_LIST = "train_val_list.txt"
 TEST_LIST = "test_list.txt"
-PROCESSED_INDEX = "index.txt"  # preprocess's list of the images it produced (cxrstudy.preprocess.INDEX_FILE)
+PROCESSED_INDEX = "index.txt"  # preprocess's list of the images it produced (cxrstudy.data.preprocess.INDEX_FILE)
 PARTS = ("train", "val", "test")
 
 

@@ -1,6 +1,6 @@
 """Downloading NIH's files: resumable (`.part` files, HTTP Range), retried with backoff, MD5-checked on the fly.
 
-`cxrstudy.nih` calls `download` for each archive and metadata file it needs (`ingest.nih.local_path: null`).
+`cxrstudy.data.nih` calls `download` for each archive and metadata file it needs (`ingest.nih.local_path: null`).
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from cxrstudy.errors import InputError
-from cxrstudy.params import OFFICIAL_BASE_URL, NihParams, shown_address
-from cxrstudy.release import NIH_ORIGIN
+from cxrstudy.data.release import NIH_ORIGIN
+from cxrstudy.errors import InputError, shown_address
+from cxrstudy.params import OFFICIAL_BASE_URL, NihParams
 
 CHUNK = 1 << 20
 

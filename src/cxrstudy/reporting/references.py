@@ -18,10 +18,10 @@ import yaml
 from cxrstudy.errors import InputError
 from cxrstudy.labels import FINDINGS
 from cxrstudy.params import Params
-from cxrstudy.results import SeedMetrics, num
-from cxrstudy.stats import mean_sd
-from cxrstudy.study import SeedStudy
-from cxrstudy.tables import MeanSd, Table, cell, f1_label, fmt
+from cxrstudy.reporting.results import SeedMetrics, num
+from cxrstudy.reporting.stats import mean_sd
+from cxrstudy.reporting.study import SeedStudy
+from cxrstudy.reporting.tables import MeanSd, Table, cell, f1_label, fmt
 
 
 @dataclass(frozen=True)

@@ -34,13 +34,13 @@ from tqdm import tqdm
 
 from cxrstudy import numerics
 from cxrstudy.atomic import atomic_dir, atomic_file, check_writable, sweep_stale, sync, write_json
-from cxrstudy.data import XrayDataset, eval_transform, load_parts, make_loader, to_input, train_transform
+from cxrstudy.data.preprocess import IMAGES_FILE, INDEX_FILE, META_FILE
 from cxrstudy.errors import Interrupted, TrainingError
 from cxrstudy.labels import DATA_ENTRY_FILE
-from cxrstudy.losses import Criterion, make_criterion
+from cxrstudy.learning.loader import XrayDataset, eval_transform, load_parts, make_loader, to_input, train_transform
+from cxrstudy.learning.losses import Criterion, make_criterion
+from cxrstudy.learning.model import build_model
 from cxrstudy.metrics import nanmean, per_class_auroc
-from cxrstudy.model import build_model
-from cxrstudy.preprocess import IMAGES_FILE, INDEX_FILE, META_FILE
 
 if TYPE_CHECKING:  # type hints only: the training code runs where pydantic is not installed (GPU boxes)
     from cxrstudy.params import Params, TrainParams
@@ -448,7 +448,7 @@ def run(params: Params, seed: int, raw_dir: Path, processed_dir: Path, splits_di
     if state.epoch and where.is_main:
         print(f"train seed {seed}: resuming after epoch {state.epoch} from {ckpt_path}")
 
-    from cxrstudy.monitoring import open_monitor  # here: its pydantic import is not needed to use this module
+    from cxrstudy.learning.monitoring import open_monitor  # here: its pydantic import is not needed to use this module
 
     monitor = open_monitor(params.monitor, seed=seed, rank=where.rank)
     started = time.perf_counter()

@@ -4,7 +4,7 @@
     BBox_List_2017.csv
 
 `ingest.source` chooses where it comes from: `phantom` (the embedded, offline sample; the default) or `nih`
-(the real release, downloaded or linked from a local copy; see `cxrstudy.nih`). The phantom is written as NIH's
+(the real release, downloaded or linked from a local copy; see `cxrstudy.data.nih`). The phantom is written as NIH's
 twelve archives are (in proportion), so that the default run goes through the code that reads the real ones.
 """
 
@@ -19,12 +19,12 @@ import pandas as pd
 from tqdm import tqdm
 
 from cxrstudy.atomic import atomic_dir
-from cxrstudy.imageio import ARCHIVES_DIR, encode_png, write_archive
+from cxrstudy.data.imageio import ARCHIVES_DIR, encode_png, write_archive
+from cxrstudy.data.phantom import Box, PhantomRenderer, load_bboxes, load_sample, take_patients
+from cxrstudy.data.release import archive_file_names
+from cxrstudy.data.split import TEST_LIST, TRAIN_VAL_LIST, patient_split, write_list
 from cxrstudy.labels import DATA_ENTRY_FILE, write_data_entry
 from cxrstudy.params import Params, PhantomParams
-from cxrstudy.phantom import Box, PhantomRenderer, load_bboxes, load_sample, take_patients
-from cxrstudy.release import archive_file_names
-from cxrstudy.split import TEST_LIST, TRAIN_VAL_LIST, patient_split, write_list
 
 BBOX_OUT = "BBox_List_2017.csv"
 
@@ -98,7 +98,7 @@ def run(params: Params, out_dir: Path, workers: int = 2) -> None:
         if params.ingest.source == "phantom":
             table = build_phantom(params.ingest.phantom, tmp, workers=workers)
         else:
-            from cxrstudy.nih import check_dvc_links, ingest_nih
+            from cxrstudy.data.nih import check_dvc_links, ingest_nih
 
             check_dvc_links()
             table = ingest_nih(params.ingest.nih, tmp)

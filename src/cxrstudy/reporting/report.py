@@ -18,7 +18,7 @@ from typing import Any
 from cxrstudy.atomic import atomic_file, check_writable, write_json
 from cxrstudy.labels import FINDINGS
 from cxrstudy.params import Params
-from cxrstudy.references import (
+from cxrstudy.reporting.references import (
     References,
     is_phantom,
     legend,
@@ -27,11 +27,17 @@ from cxrstudy.references import (
     reference_facts,
     references_tables,
 )
-from cxrstudy.render import MAX_CHARS, render
-from cxrstudy.results import SeedMetrics, check_agreement, load_seed_metrics, read_predictions, read_split_summary
-from cxrstudy.stats import mean_sd, min_max
-from cxrstudy.study import SeedStudy, seed_study, settings
-from cxrstudy.tables import (
+from cxrstudy.reporting.render import MAX_CHARS, render
+from cxrstudy.reporting.results import (
+    SeedMetrics,
+    check_agreement,
+    load_seed_metrics,
+    read_predictions,
+    read_split_summary,
+)
+from cxrstudy.reporting.stats import mean_sd, min_max
+from cxrstudy.reporting.study import SeedStudy, seed_study, settings
+from cxrstudy.reporting.tables import (
     best_table,
     calibration_table,
     contrast_table,
@@ -179,7 +185,7 @@ def run(params: Params, metrics_dir: Path, splits_dir: Path, out_file: Path, *,
     refs = load_references()
     figures = Figures()
     if figures_dir is not None:
-        from cxrstudy.figures import FigurePaths, draw_figures
+        from cxrstudy.reporting.figures import FigurePaths, draw_figures
 
         figures = Figures(**draw_figures(params, seeds, preds, study, refs, FigurePaths(
             figures_dir, plots_dir, out_file.parent, history_dir, raw_dir, processed_dir)))

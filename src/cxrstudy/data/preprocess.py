@@ -28,8 +28,8 @@ import numpy as np
 from tqdm import tqdm
 
 from cxrstudy.atomic import atomic_dir
+from cxrstudy.data.imageio import ARCHIVES_DIR, ArchiveError, ImageError, archive_paths, decode_gray, iter_pngs
 from cxrstudy.errors import InputError
-from cxrstudy.imageio import ARCHIVES_DIR, ArchiveError, ImageError, archive_paths, decode_gray, iter_pngs
 from cxrstudy.labels import DATA_ENTRY_FILE, read_data_entry
 
 if TYPE_CHECKING:  # type hints only: the training code runs where pydantic is not installed

@@ -1,8 +1,8 @@
 """Reading a run's results: the evaluate stage's metrics files and predictions, the training histories, the split
 summary, and the same files as committed at a git revision (for comparisons across revisions and experiments).
 
-Predictions are read with pandas rather than through `cxrstudy.evaluate`, which would import torch into commands
-that need none; the columns checked are the ones `evaluate.write_predictions` writes.
+Predictions are read with pandas rather than through `cxrstudy.learning.evaluate`, which would import torch into
+commands that need none; the columns checked are the ones `evaluate.write_predictions` writes.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The seed study's statistics, from the saved predictions: per model (each seed, the ensemble) the AUROC with BCa
 intervals, and across models the paired comparisons, the best seed per finding, the probability that each seed ranks
-first, and training (seed) variance against test-sampling variance. The methods are in `cxrstudy.inference`.
+first, and training (seed) variance against test-sampling variance. The methods are in `cxrstudy.reporting.inference`.
 
 Which findings the means cover: the mean AUROC of the metrics files (and of the seed study) is over every finding
 with a positive in the test set. Intervals and comparisons use the mean over the *eligible* findings, those with at
@@ -17,7 +17,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from cxrstudy.calibration import Calibration, calibration
-from cxrstudy.inference import (
+from cxrstudy.labels import FINDINGS
+from cxrstudy.metrics import nanmean, per_class_auroc, per_class_f1, per_class_thresholds
+from cxrstudy.params import Params
+from cxrstudy.reporting.inference import (
     Contrast,
     Estimate,
     Stat,
@@ -30,11 +33,8 @@ from cxrstudy.inference import (
     rank_first,
     variance_components,
 )
-from cxrstudy.labels import FINDINGS
-from cxrstudy.metrics import nanmean, per_class_auroc, per_class_f1, per_class_thresholds
-from cxrstudy.params import Params
-from cxrstudy.results import Predictions, make_ensemble, same_images
-from cxrstudy.stats import Bootstrap, bootstrap_auroc
+from cxrstudy.reporting.results import Predictions, make_ensemble, same_images
+from cxrstudy.reporting.stats import Bootstrap, bootstrap_auroc
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ The raw data are NIH's own 12 archives, verified against their MD5s, and the met
 Three ways in, one result:
 
 - download (`ingest.nih.local_path: null`): the archives and the metadata files are fetched from
-  `ingest.nih.base_url` into `ingest.nih.download_dir` (outside `data/raw`; `cxrstudy.download`);
+  `ingest.nih.base_url` into `ingest.nih.download_dir` (outside `data/raw`; `cxrstudy.data.download`);
 - a local copy of the archives (`local_path: DIR` holding `images_0NN.tar.gz`): MD5-checked once (remembered by
   file identity, size and modification time in `download_dir/verified.json`) and linked;
 - a local extracted copy (`DIR/images/*.png`, or Kaggle's `DIR/images_0NN/images/*.png`): packed once into
@@ -37,13 +37,13 @@ import pandas as pd
 from tqdm import tqdm
 
 from cxrstudy.atomic import write_json
-from cxrstudy.download import CHUNK, archive_url, download, join_url, metadata_base
+from cxrstudy.data.download import CHUNK, archive_url, download, join_url, metadata_base
+from cxrstudy.data.imageio import ARCHIVES_DIR, member_info, member_name
+from cxrstudy.data.release import archive_file_names, archive_names, expected_checksums, origin_of
+from cxrstudy.data.split import TEST_LIST, TRAIN_VAL_LIST, check_split, read_list
 from cxrstudy.errors import InputError
-from cxrstudy.imageio import ARCHIVES_DIR, member_info, member_name
 from cxrstudy.labels import DATA_ENTRY_FILE, read_data_entry
 from cxrstudy.params import NihParams
-from cxrstudy.release import archive_file_names, archive_names, expected_checksums, origin_of
-from cxrstudy.split import TEST_LIST, TRAIN_VAL_LIST, check_split, read_list
 
 NIH_BOX_PAGE = "https://nihcc.app.box.com/v/ChestXray-NIHCC"
 

@@ -1,4 +1,4 @@
-"""The figures' data: long-format tables, written as CSV for `dvc plots` and drawn by `cxrstudy.figures`.
+"""The figures' data: long-format tables, written as CSV for `dvc plots` and drawn by `cxrstudy.reporting.figures`.
 
 Each figure is drawn from the same table that is written as CSV, so the PNG linked from the report and the
 interactive plot show the same numbers.

@@ -278,7 +278,7 @@ class PrometheusMonitor:
             self._thread.join(timeout=5.0)
 
     def _warn(self, message: str) -> None:
-        message = f"cxrstudy.monitoring (seed {self.seed}): {message}"
+        message = f"cxrstudy.learning.monitoring (seed {self.seed}): {message}"
         try:
             warnings.warn(message, MonitorWarning, stacklevel=2)
         except Warning:  # warnings made errors (-W error): still report it, but never stop the training run

@@ -1,4 +1,5 @@
-"""Inference on the patient bootstrap (`cxrstudy.stats`): intervals, paired differences, Holm, variance components.
+"""Inference on the patient bootstrap (`cxrstudy.reporting.stats`): intervals, paired differences, Holm, variance
+components.
 
 A statistic is carried as a `Stat`: its value on the test set, its value on every bootstrap resample, and its value
 with each patient left out (the jackknife). Models scored on the same test patients share the resamples, so the

@@ -12,10 +12,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
+from cxrstudy.data.preprocess import load_processed
+from cxrstudy.data.split import read_list
 from cxrstudy.errors import InputError
 from cxrstudy.labels import DATA_ENTRY_FILE, label_matrix, read_data_entry
-from cxrstudy.preprocess import load_processed
-from cxrstudy.split import read_list
 
 if TYPE_CHECKING:  # type hints only: the training code runs where pydantic is not installed (GPU boxes)
     from cxrstudy.params import AugmentParams

@@ -1,4 +1,5 @@
-"""The report's figures: byte-deterministic PNGs drawn from the tables of `cxrstudy.plotdata` (also DVC plots data).
+"""The report's figures: byte-deterministic PNGs drawn from the tables of `cxrstudy.reporting.plotdata` (also DVC
+plots data).
 
 Matplotlib is used through `Figure` + the Agg canvas (no pyplot, no global figure state), under matplotlib's default
 style whatever the user's matplotlibrc says, at a fixed dpi, and without the "Software" PNG metadata: the same
@@ -24,17 +25,17 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from cxrstudy import plotdata
 from cxrstudy.atomic import atomic_file
 from cxrstudy.errors import InputError
 from cxrstudy.labels import FINDINGS
 from cxrstudy.params import Params
-from cxrstudy.results import Predictions, SeedMetrics, make_ensemble, read_history
-from cxrstudy.stats import mean_sd
+from cxrstudy.reporting import plotdata
+from cxrstudy.reporting.results import Predictions, SeedMetrics, make_ensemble, read_history
+from cxrstudy.reporting.stats import mean_sd
 
 if TYPE_CHECKING:
-    from cxrstudy.references import References
-    from cxrstudy.study import SeedStudy
+    from cxrstudy.reporting.references import References
+    from cxrstudy.reporting.study import SeedStudy
 
 DPI = 100
 ENSEMBLE = "ensemble"
@@ -316,8 +317,8 @@ def draw_figures(params: Params, seeds: list[SeedMetrics], preds: list[Predictio
 def clahe_samples(params: Params, raw_dir: Path, processed_dir: Path,
                   candidates: list[str] | None) -> tuple[list[Any], str, str]:
     """A few images (evenly spaced through the sorted test images) before and after preprocessing, same size."""
-    from cxrstudy.imageio import ImageError, read_raw_images
-    from cxrstudy.preprocess import load_processed, process_image
+    from cxrstudy.data.imageio import ImageError, read_raw_images
+    from cxrstudy.data.preprocess import load_processed, process_image
 
     images, names = load_processed(processed_dir)
     row_of = {n: i for i, n in enumerate(names)}

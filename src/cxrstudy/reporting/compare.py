@@ -3,7 +3,7 @@
 Head and base are two revisions' predictions on the same test patients (head: a predictions folder; base: a git
 revision, whose committed `predictions/` is read with `git show`, or another folder). For each seed's mean AUROC,
 the mean over seeds and the ensemble, the block gives head − base with its paired patient-bootstrap interval
-(`cxrstudy.inference`), Holm-corrected over its rows, as Markdown for a pull-request comment.
+(`cxrstudy.reporting.inference`), Holm-corrected over its rows, as Markdown for a pull-request comment.
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ from pathlib import Path
 
 from cxrstudy.atomic import atomic_file
 from cxrstudy.errors import InputError
-from cxrstudy.inference import Contrast, Stat, VarianceComponents, contrasts, mean_of, variance_components
 from cxrstudy.labels import FINDINGS
 from cxrstudy.params import Params
-from cxrstudy.render import render
-from cxrstudy.results import Predictions, make_ensemble, predictions_at, read_predictions, same_images
-from cxrstudy.study import Settings, eligible, score, settings
+from cxrstudy.reporting.inference import Contrast, Stat, VarianceComponents, contrasts, mean_of, variance_components
+from cxrstudy.reporting.render import render
+from cxrstudy.reporting.results import Predictions, make_ensemble, predictions_at, read_predictions, same_images
+from cxrstudy.reporting.study import Settings, eligible, score, settings
 
 TEMPLATE = "compare.md.j2"
 

@@ -1,0 +1,1 @@
+"""Data phase: the raw release in, the processed images and the patient-wise split out (no torch)."""

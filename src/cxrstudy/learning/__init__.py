@@ -1,0 +1,1 @@
+"""Learning phase: the loader, DenseNet-121, focal loss, training and evaluation (torch)."""
