@@ -8,19 +8,19 @@ DEV_STAMP := $(if $(VENV),$(VENV),.)/.cxrstudy-dev-installed
 BASE ?= origin/main
 export PATH := $(if $(VENV),$(abspath $(VENV))/bin:,)$(PATH)
 
-.PHONY: setup dev repro test test-fast lint study metrics-diff clean-checkpoints
+.PHONY: setup dev repro test test-fast lint lock study metrics-diff clean-checkpoints
 
 setup: $(if $(VENV),$(STAMP),)
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): requirements.lock pyproject.toml
 	$(if $(VENV),test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV),true)
 	$(BIN)python -m pip install --quiet --upgrade pip
-	$(BIN)python -m pip install --quiet -r requirements.txt
+	$(BIN)python -m pip install --quiet --require-hashes -r requirements.lock
 	$(BIN)python -m pip install --quiet --no-deps -e .
 	touch $@
 
 dev: $(DEV_STAMP)
-$(DEV_STAMP): $(STAMP) requirements-dev.txt
-	$(BIN)python -m pip install --quiet -r requirements-dev.txt
+$(DEV_STAMP): $(STAMP) requirements-dev.lock
+	$(BIN)python -m pip install --quiet --require-hashes -r requirements-dev.lock
 	touch $@
 
 repro: setup  ## run the whole pipeline on the embedded sample
@@ -42,6 +42,14 @@ study: setup  ## the real NIH study: apply configs/nih-study.yaml (only what it 
 
 metrics-diff: setup  ## DVC metrics against $(BASE), as Markdown
 	$(BIN)dvc metrics diff --md $(BASE)
+
+# requirements.lock / requirements-dev.lock: every package pinned with its hashes (pip-tools), for CPython 3.11 on
+# Linux x86_64, from PyPI. Edit requirements.txt / requirements-dev.txt, then `make lock`.
+LOCK_FLAGS = --quiet --allow-unsafe --generate-hashes --strip-extras --no-emit-index-url --no-emit-find-links \
+	--custom-compile-command "make lock"
+lock: dev  ## regenerate the lock files from requirements.txt and requirements-dev.txt
+	$(BIN)pip-compile $(LOCK_FLAGS) -o requirements.lock requirements.txt
+	$(BIN)pip-compile $(LOCK_FLAGS) -o requirements-dev.lock requirements-dev.txt
 
 clean-checkpoints:
 	rm -rf checkpoints

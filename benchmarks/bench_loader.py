@@ -50,7 +50,7 @@ from common import (
 
 use_repo_src()
 
-from bench_train import StepConfig, build, synthetic_batches, train_rate  # noqa: E402
+from bench_train import build, step_config, synthetic_batches, train_rate  # noqa: E402
 
 from cxrstudy.data.imageio import read_gray, write_png  # noqa: E402
 from cxrstudy.learning.loader import SplitData, XrayDataset, make_loader, train_transform  # noqa: E402
@@ -202,7 +202,7 @@ def run(params: Params, source: str, n: int, stored: int, size: int, batch: int,
         rates = loader_rates(images, root, size, batch, workers, params)
     step = None
     if step_steps:
-        cfg = StepConfig(channels_last=params.train.channels_last, amp=False)
+        cfg = step_config(channels_last=params.train.channels_last, amp=False)
         device = torch.device("cpu")
         model = build(device, cfg)
         step = train_rate(model, cfg, device, synthetic_batches(1 + step_steps, step_batch, size), warmup=1)

@@ -11,7 +11,7 @@ For each size: NCHW vs channels_last in fp32, and on CUDA bf16 autocast too. A l
 every variant from the same weights and reports how far their outputs are from fp32 NCHW: the speed options must
 not change the results in meaning.
 
-The helpers here (`StepConfig`, `train_epochs`, `eval_rate`, ...) are also what bench_loader.py and gpu_check.py
+The helpers here (`step_config`, `train_epochs`, `eval_rate`, ...) are also what bench_loader.py and gpu_check.py
 measure with. Prints a table, writes JSON.
 """
 
@@ -21,13 +21,13 @@ import argparse
 import sys
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from common import RESULTS, fmt_rate, machine, table, target, target_rows, use_repo_src, write_result
+from common import RESULTS, fmt_rate, machine, study_params, table, target, target_rows, use_repo_src, write_result
 from torch import nn
 
 use_repo_src()
@@ -36,35 +36,18 @@ from cxrstudy.learning.loader import to_input  # noqa: E402
 from cxrstudy.learning.losses import make_criterion  # noqa: E402
 from cxrstudy.learning.model import build_model  # noqa: E402
 from cxrstudy.learning.train import make_optimizer, make_scheduler, predict, train_one_epoch  # noqa: E402
+from cxrstudy.params import TrainParams  # noqa: E402
 
 NUM_CLASSES = 14
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
-@dataclass(frozen=True)
-class LossConfig:
-    """The fields of params.yaml's train.loss that `make_criterion` reads (the study's: focal, no alpha)."""
-
-    name: str = "focal"
-    alpha: float = -1.0
-    gamma: float = 2.0
+StepConfig = TrainParams  # the training step reads params.yaml's train section, validated
 
 
-@dataclass(frozen=True)
-class StepConfig:
-    """The fields of params.yaml's train section that the training step reads (the study's recipe by default).
-
-    A plain dataclass rather than `cxrstudy.params.TrainParams`, so that gpu_check.py runs where pydantic is not
-    installed; the stage's functions read attributes only.
-    """
-
-    channels_last: bool = True
-    amp: bool = True
-    optimizer: str = "adamw"
-    lr: float = 5e-5
-    weight_decay: float = 1e-5
-    schedule: str = "constant"
-    loss: LossConfig = field(default_factory=LossConfig)
+def step_config(**changes: Any) -> TrainParams:
+    """The study's train section (`common.study_params`) with `changes` (amp, channels_last, ...)."""
+    return study_params().train.model_copy(update=changes)
 
 
 class StepClock:
@@ -200,7 +183,7 @@ def agreement(device: torch.device, variants: Sequence[StepConfig], size: int, b
         loss = float(criterion(logits, labels.to(device)))
         return torch.sigmoid(logits.float()).cpu(), loss
 
-    ref_cfg = replace(variants[0], amp=False, channels_last=False)
+    ref_cfg = variants[0].model_copy(update={"amp": False, "channels_last": False})
     ref_probs, ref_loss = run(ref_cfg)
     out: dict[str, Any] = {"reference": variant_name(ref_cfg, device), "batch": batch, "image_size": size,
                            "variants": {}}
@@ -215,7 +198,7 @@ def agreement(device: torch.device, variants: Sequence[StepConfig], size: int, b
 
 def variants_for(device: torch.device) -> list[StepConfig]:
     amps = [False, True] if device.type == "cuda" else [False]
-    return [StepConfig(amp=a, channels_last=cl) for a in amps for cl in (False, True)]
+    return [step_config(amp=a, channels_last=cl) for a in amps for cl in (False, True)]
 
 
 def run(device: torch.device, sizes: Sequence[int], batch: int, steps: int, warmup: int, eval_batch: int,

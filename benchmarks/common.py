@@ -37,6 +37,15 @@ def use_repo_src() -> None:
         sys.path.insert(0, str(ROOT / "src"))
 
 
+def study_params() -> Any:
+    """params.yaml with the study profile (configs/nih-study.yaml) laid over it, validated by the stages' own schema
+    (`cxrstudy.params.Params`): the benchmarks measure the study's settings, never a copy of them."""
+    use_repo_src()
+    from cxrstudy.profile import load
+
+    return load(ROOT / "configs" / "nih-study.yaml", ROOT / "params.yaml")
+
+
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

@@ -4,10 +4,11 @@
     .venv/bin/python benchmarks/gpu_check.py --cpu-smoke        # the same code path at tiny sizes (any machine)
     .venv/bin/python benchmarks/gpu_check.py --readme-from benchmarks/results/gpu_check.json   # projection -> README
 
-Needs torch, torchvision, numpy, OpenCV and this repo's `cxrstudy` (found in ../src when not installed); no DVC,
-no pydantic: settings are plain dataclasses. It makes its own synthetic data in a temporary folder and measures,
-with the stage's own model, loader and training-step code (`cxrstudy.learning.train.train_one_epoch`, `predict`,
-`cxrstudy.learning.loader.make_loader`):
+Needs torch, torchvision, numpy, OpenCV, pydantic and PyYAML and this repo's `cxrstudy` (found in ../src when not
+installed); no DVC. Its settings are the study's (`common.study_params`: params.yaml + configs/nih-study.yaml, validated
+by the stages' schema); on a machine without pydantic, bring its wheels along (benchmarks/README.md says how). It
+makes its own synthetic data in a temporary folder and measures, with the stage's own model, loader and training-step
+code (`cxrstudy.learning.train.train_one_epoch`, `predict`, `cxrstudy.learning.loader.make_loader`):
 
 1. synthetic-input training images/s at 224 px, fp32 vs bf16 autocast x NCHW vs channels_last, eager; then
    compiled (torch.compile) when the time budget allows; peak GPU memory of each;
@@ -36,7 +37,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -71,28 +72,6 @@ GPU = Sizes(image=224, stored=256, batch=256, sweep=(8, 64, 512), warmup=8, step
             agree_batch=32, preprocess_images=16, preprocess_source=1024)
 SMOKE = Sizes(image=32, stored=40, batch=4, sweep=(2,), warmup=1, steps=2, loader_steps=3, workers=(0, 1),
               eval_images=16, eval_batch=8, agree_batch=8, preprocess_images=3, preprocess_source=256)
-
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    """configs/nih-study.yaml's train.augment (what `train_transform` reads)."""
-
-    crop_scale_min: float = 0.8
-    hflip: bool = True
-    brightness: float = 0.1
-    contrast: float = 0.1
-
-
-@dataclass(frozen=True)
-class PreprocessConfig:
-    """configs/nih-study.yaml's preprocess section (what `process_image` reads)."""
-
-    clahe: bool = True
-    clip_limit: float = 2.0
-    tile_grid: int = 8
-    image_size: int = 256
-    clahe_size: int = 0
-    workers: int = 1
 
 
 @dataclass
@@ -230,9 +209,10 @@ def measure(smoke: bool, args: argparse.Namespace) -> Report:
             row["peak_gb"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
         return row
 
-    fast = bt.StepConfig(amp=True, channels_last=True)
+    fast = bt.step_config(amp=True, channels_last=True)
     with section("synthetic training"):
-        for cfg in bt.variants_for(device) if device.type == "cuda" else [replace(fast, channels_last=False), fast]:
+        plain = fast.model_copy(update={"channels_last": False})
+        for cfg in bt.variants_for(device) if device.type == "cuda" else [plain, fast]:
             report.synthetic_train.append(synthetic(cfg, sizes.batch))
 
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
@@ -324,7 +304,7 @@ def real_loader(report: Report, sizes: Sizes, device: Any, data: Path, cfg: Any,
     images, names = load_processed(processed)
     labels = (np.random.default_rng(0).random((n, 14)) < 0.1).astype(np.float32)
     part = SplitData(rows=np.arange(n, dtype=np.int64), labels=labels, names=names, patients=np.arange(n))
-    dataset = XrayDataset(images, part, train_transform(sizes.image, AugmentConfig()))  # type: ignore[arg-type]
+    dataset = XrayDataset(images, part, train_transform(sizes.image, bt.study_params().train.augment))
     pin = device.type == "cuda"
 
     def loader(workers: int) -> Any:
@@ -384,7 +364,7 @@ def preprocess_rate(sizes: Sizes) -> dict[str, Any]:
     """The stage's `process_into` at one process on a few NIH-sized PNGs (in an NIH-style archive, as the stage reads
     them): images/s per core on this machine."""
     import cv2
-    from common import synthetic_xray, xray_base
+    from common import study_params, synthetic_xray, xray_base
 
     from cxrstudy.data.imageio import write_archive
     from cxrstudy.data.preprocess import process_into
@@ -399,7 +379,8 @@ def preprocess_rate(sizes: Sizes) -> dict[str, Any]:
         archive = Path(tmp) / "images_001.tar.gz"
         write_archive(archive, ((p.name, p.read_bytes()) for p in paths))
         names = [p.name for p in paths]
-        cfg = PreprocessConfig(image_size=min(256, sizes.preprocess_source))
+        size = min(256, sizes.preprocess_source)
+        cfg = study_params().preprocess.model_copy(update={"image_size": size, "workers": 1})
         process_into(Path(tmp) / "warm.npy", [archive], names[:1], cfg, progress=False)  # type: ignore[arg-type]
         start = time.perf_counter()
         found = process_into(Path(tmp) / "images.npy", [archive], names, cfg, progress=False)  # type: ignore[arg-type]

@@ -1,14 +1,23 @@
 #!/usr/bin/env bash
-# Install the pinned runtime dependencies (requirements.txt) into the active
-# Python environment. Used by docker/Dockerfile; exercised by tests/test_docker.py.
+# Install the locked runtime dependencies (requirements.lock: every package
+# pinned with its hashes) into the active Python environment. Used by
+# docker/Dockerfile; exercised by tests/test_docker.py and tests/test_locks.py.
 #
-#   install-deps.sh cuda|cpu REQUIREMENTS_FILE
+#   install-deps.sh [--print] cuda|cpu REQUIREMENTS_FILE
+#
+# --print: print the requirements installed after torch (see below) and stop.
 #
 # Where torch and torchvision come from: TORCH_INDEX_URL, when not empty, is
 # asked for the pinned torch/torchvision versions first (local version labels
 # such as "+cpu" allowed), then the whole file is installed from PyPI. pip keeps
 # those builds because a public pin such as torch==X matches X+cpu (PEP 440
 # ignores the local label), so nothing else is downloaded for them.
+#
+# With TORCH_INDEX_URL set, torch and torchvision are the one part not checked
+# against the lock's hashes (that index's builds are other files than PyPI's),
+# and they are left out of the second install; the cpu variant also leaves out
+# the CUDA libraries (nvidia-*, cuda-*, triton) that PyPI's torch needs and the
+# CPU build does not. Without TORCH_INDEX_URL the whole lock is installed.
 #
 # cuda: TORCH_INDEX_URL defaults to empty: everything from PyPI. PyPI's Linux
 #       torch/torchvision wheels depend on the CUDA runtime wheels (cuda-toolkit,
@@ -31,10 +40,15 @@
 set -euo pipefail
 
 usage() {
-  echo "usage: $0 cuda|cpu REQUIREMENTS_FILE" >&2
+  echo "usage: $0 [--print] cuda|cpu REQUIREMENTS_FILE" >&2
   exit 2
 }
 
+print_only=0
+if [ "${1:-}" = --print ]; then
+  print_only=1
+  shift
+fi
 [ "$#" -eq 2 ] || usage
 variant=$1
 requirements=$2
@@ -68,6 +82,22 @@ case "$variant" in
   *) usage ;;
 esac
 
+# The requirements file without the blocks (a pin, its hashes and comments) of
+# the packages that torch_index provides or the CPU build does not need.
+after_torch() {
+  local drop='^$'
+  if [ -n "$torch_index" ]; then
+    drop='^(torch|torchvision)=='
+    if [ "$variant" = cpu ]; then drop='^((torch|torchvision|triton)==|nvidia-|cuda-)'; fi
+  fi
+  awk -v drop="$drop" '/^[A-Za-z0-9]/ { skip = ($0 ~ drop) } /^#/ { skip = 0 } !skip { print }' "$requirements"
+}
+
+if [ "$print_only" = 1 ]; then
+  after_torch
+  exit 0
+fi
+
 build_ca=${BUILD_CA:-/run/secrets/build_ca}
 if [ -s "$build_ca" ]; then
   bundle=$(mktemp)
@@ -84,7 +114,14 @@ if [ -n "$torch_index" ]; then
   torchvision=$(pin_of torchvision)
   pip_install --index-url "$torch_index" "$torch" "$torchvision"
 fi
-pip_install --requirement "$requirements"
+if [ -n "$torch_index" ]; then
+  rest=$(mktemp)
+  trap 'rm -f "$rest" "${bundle:-}"' EXIT
+  after_torch >"$rest"
+  pip_install --requirement "$rest"
+else
+  pip_install --requirement "$requirements"
+fi
 
 if [ "${PIP_CHECK:-1}" != 0 ]; then
   "$python" -m pip check

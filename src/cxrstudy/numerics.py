@@ -43,7 +43,7 @@ AVX2_ENV: dict[str, str] = {
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 # The libraries these settings must reach before they load.
 LIBRARIES = ("torch", "numpy", "cv2")
-CODE_PATHS = ("src", "dvc.yaml", "params.yaml", "requirements.txt", "pyproject.toml")
+CODE_PATHS = ("src", "dvc.yaml", "params.yaml", "requirements.txt", "requirements.lock", "pyproject.toml")
 
 
 def cpu_flags() -> set[str]:
