@@ -170,7 +170,7 @@ def test_base_image_is_pinned(stages):
 def test_dependency_layer_comes_before_source(stages, target):
     instructions = chain_instructions(stages, target)
     copies = [(i, copy_sources(ins)) for i, ins in enumerate(instructions) if ins.keyword == "COPY"]
-    req_at = min(i for i, srcs in copies if "requirements.txt" in srcs)
+    req_at = min(i for i, srcs in copies if "requirements.lock" in srcs)
     src_at = min(i for i, srcs in copies if any(s.rstrip("/") == "src" for s in srcs))
     installs = [i for i, ins in enumerate(instructions) if ins.keyword == "RUN" and "install-deps.sh" in ins.args]
     assert installs, "no RUN of install-deps.sh"
@@ -178,9 +178,9 @@ def test_dependency_layer_comes_before_source(stages, target):
     # The dependency layer sees nothing but the script and the pins.
     for i, srcs in copies:
         if i < installs[0]:
-            assert set(srcs) <= {"docker/install-deps.sh", "requirements.txt"}, srcs
+            assert set(srcs) <= {"docker/install-deps.sh", "requirements.lock"}, srcs
     variant = "cuda" if target == "cuda" else "cpu"
-    assert re.search(rf"install-deps\.sh {variant} \S*requirements\.txt", instructions[installs[0]].args)
+    assert re.search(rf"install-deps\.sh {variant} \S*requirements\.lock", instructions[installs[0]].args)
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -608,12 +608,12 @@ def test_install_deps_resolves_against_the_tested_environment(variant):
     """The image installs exactly the versions this test run uses.
 
     pip resolves the real commands offline (--dry-run --no-index): it succeeds
-    only if every pin in requirements.txt is already satisfied by the venv the
+    only if every pin in requirements.lock is already satisfied by the venv the
     tests run in, so the image and the tested environment cannot drift apart.
     """
     proc = run_install_deps(
         variant,
-        REQUIREMENTS,
+        ROOT / "requirements.lock",
         {"PYTHON": sys.executable, "PIP_INSTALL_FLAGS": "--dry-run --no-index", "PIP_CHECK": "0"},
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
