@@ -93,3 +93,21 @@ def locked_text(text: str, tmp_path: Path) -> dict[str, tuple[str, int]]:
     path = tmp_path / "printed.lock"
     path.write_text(text)
     return locked(path)
+
+
+def test_one_python_target_everywhere() -> None:
+    """The package, ruff, mypy, the locks, CI and the images all name the same Python (major.minor)."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    found = {
+        "pyproject requires-python": project["project"]["requires-python"].removeprefix(">="),
+        "ruff target-version": project["tool"]["ruff"]["target-version"].replace("py3", "3."),
+        "mypy python_version": project["tool"]["mypy"]["python_version"],
+        "ci.yml PYTHON_VERSION": re.search(r'PYTHON_VERSION: "([\d.]+)"',
+                                           (ROOT / ".github/workflows/ci.yml").read_text()).group(1),  # type: ignore[union-attr]
+        "Dockerfile base": re.search(r"python:(\d+\.\d+)\.", (ROOT / "docker/Dockerfile").read_text()).group(1),  # type: ignore[union-attr]
+    }
+    for lock in ("requirements.lock", "requirements-dev.lock"):
+        found[lock] = re.search(r"pip-compile with Python (\d+\.\d+)", (ROOT / lock).read_text()).group(1)  # type: ignore[union-attr]
+    assert len(set(found.values())) == 1, found
