@@ -128,6 +128,10 @@ def wait_until(done: Callable[[], bool], running: Running, what: str, timeout: f
         time.sleep(0.01)
 
 
+def wait_for_checkpoint(ws: Path, running: Running, timeout: float = 300) -> None:
+    wait_until((ws / CHECKPOINT).exists, running, "the first checkpoint", timeout)
+
+
 def run_train(ws: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(train_command(), cwd=ws, capture_output=True, text=True, timeout=600, env=_env())
 
@@ -191,7 +195,7 @@ def test_sigterm_and_sigint_keep_the_checkpoint_exit_non_zero_and_a_rerun_resume
     ws = workspace(tiny_data, tmp_path / "stopped")
 
     running = start_train(ws)
-    wait_until((ws / CHECKPOINT).exists, running, "the first checkpoint")
+    wait_for_checkpoint(ws, running)
     running.proc.send_signal(signum)
     running.proc.wait(timeout=120)
 
