@@ -30,30 +30,14 @@ from cxrstudy.atomic import atomic_dir, atomic_file, write_json
 from cxrstudy.labels import FINDINGS
 from cxrstudy.learning.model import build_model
 from tests.conftest import tiny_raw, write_params
+from tests.test_bad_inputs import changed, leftovers, snapshot
 
 DEV_FULL = Path("/dev/full")
 needs_dev_full = pytest.mark.skipif(not DEV_FULL.exists(), reason="needs /dev/full to simulate a full disk")
-DEAD_PID = 999_999_999  # above Linux's pid_max (2**22): never a live process
 
 
 # --------------------------------------------------------------------------------------------------------------------
 # Helpers
-
-
-def snapshot(path: Path) -> dict[str, bytes]:
-    if path.is_file():
-        return {"": path.read_bytes()}
-    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
-
-
-def changed(before: dict[str, bytes], after: dict[str, bytes]) -> list[str]:
-    """The names whose bytes differ (or that appeared or vanished) between two snapshots."""
-    return sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
-
-
-def leftovers(root: Path) -> list[str]:
-    """Temporaries of the atomic writers (`.NAME.tmp-*`, `.NAME.old-*`) anywhere under `root`."""
-    return sorted(str(p.relative_to(root)) for p in root.rglob(".*") if ".tmp-" in p.name or ".old-" in p.name)
 
 
 def fill_disk_for(monkeypatch: pytest.MonkeyPatch, prefix: str) -> None:
@@ -234,23 +218,36 @@ def test_a_full_disk_inside_atomic_dir_keeps_the_earlier_directory(
     assert leftovers(tmp_path) == []
 
 
-def test_temporaries_of_a_killed_writer_are_swept_and_a_live_writers_kept(tmp_path: Path) -> None:
-    target = tmp_path / "out"
-    dead_dir = tmp_path / f".out.tmp-{DEAD_PID}-abcd1234"
-    dead_dir.mkdir()
-    (dead_dir / "images.npy").write_bytes(bytes(1000))
-    dead_file = tmp_path / f".last.pt.tmp-{DEAD_PID}-abcd1234"
-    dead_file.write_bytes(bytes(1000))
-    live = tmp_path / f".out.tmp-{os.getppid()}-abcd1234"  # another writer, still running
-    live.mkdir()
+def test_a_write_sweeps_the_temporaries_a_killed_writer_of_its_target_left(tmp_path: Path) -> None:
+    stale_dir = tmp_path / ".out.tmp-abcd1234"
+    stale_dir.mkdir()
+    (stale_dir / "images.npy").write_bytes(bytes(1000))
+    stale_file = tmp_path / ".last.pt.tmp-abcd1234"
+    stale_file.write_bytes(bytes(1000))
+    other = tmp_path / ".other.tmp-abcd1234"  # another output's: its own next write sweeps it
+    other.write_bytes(b"")
 
-    with atomic_dir(target) as tmp:
+    with atomic_dir(tmp_path / "out") as tmp:
         (tmp / "a.txt").write_text("a\n")
     with atomic_file(tmp_path / "last.pt", "wb") as handle:
         handle.write(b"checkpoint")
 
-    assert not dead_dir.exists() and not dead_file.exists()
-    assert live.is_dir()
+    assert not stale_dir.exists() and not stale_file.exists()
+    assert other.exists()
+
+
+def test_a_writer_killed_between_the_two_renames_of_atomic_dir_gets_the_earlier_output_back(tmp_path: Path) -> None:
+    """Killed after moving the earlier output aside (`.out.old-*`) and before renaming the new one into place."""
+    target = tmp_path / "out"
+    before = _earlier_dir(target)
+    os.replace(target, tmp_path / ".out.old-abcd1234")
+    (tmp_path / ".out.tmp-abcd1234").mkdir()
+
+    with pytest.raises(ValueError), atomic_dir(target):
+        raise ValueError("the next write fails too")
+
+    assert changed(before, snapshot(target)) == []
+    assert leftovers(tmp_path) == []
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -336,32 +333,20 @@ def _disk_just_too_small(tiny_data: Path, mount: Callable[[int], Path]) -> Path:
 
 
 @pytest.mark.slow
-def test_a_really_full_disk_keeps_the_earlier_output(
+def test_a_really_full_disk_is_a_message_and_leaves_the_earlier_output_and_the_disk_as_they_were(
     tiny_data: Path, tmp_path: Path, small_disk: Callable[[int], Path]
 ) -> None:
     ws = workspace(tiny_data, tmp_path / "ws")
     disk = _disk_just_too_small(tiny_data, small_disk)
     before = snapshot(disk / "processed")
-
-    proc = run_cli(ws, "preprocess", "--out", str(disk / "processed"))
-
-    assert proc.returncode != 0, shown(proc)
-    assert changed(before, snapshot(disk / "processed")) == []
-
-
-@pytest.mark.slow
-def test_a_really_full_disk_is_a_message_and_leaves_the_disk_as_it_was(
-    tiny_data: Path, tmp_path: Path, small_disk: Callable[[int], Path]
-) -> None:
-    ws = workspace(tiny_data, tmp_path / "ws")
-    disk = _disk_just_too_small(tiny_data, small_disk)
     free = shutil.disk_usage(disk).free
 
     proc = run_cli(ws, "preprocess", "--out", str(disk / "processed"))
 
-    assert proc.returncode == 1, shown(proc)  # today: -7, killed by SIGBUS writing into the memory map
+    assert proc.returncode == 1, shown(proc)  # once: -7, killed by SIGBUS writing into the memory map
     assert "Traceback" not in proc.stderr, shown(proc)
     assert "No space left on device" in proc.stderr and str(disk / "processed") in proc.stderr, shown(proc)
+    assert changed(before, snapshot(disk / "processed")) == []
     assert leftovers(disk) == []
     assert shutil.disk_usage(disk).free == free
 
@@ -369,7 +354,9 @@ def test_a_really_full_disk_is_a_message_and_leaves_the_disk_as_it_was(
 # --------------------------------------------------------------------------------------------------------------------
 # SIGKILL in the middle of a stage
 
-SLOW_PREPROCESS = """
+# Preprocess, stopped after two of the twelve archives are written into its new output (it says so with a file) until
+# the test kills it: the kill lands in the middle of the stage, whatever the machine's speed.
+HALTED_PREPROCESS = """
     import time
     from pathlib import Path
     import cxrstudy.data.preprocess as preprocess
@@ -377,26 +364,25 @@ SLOW_PREPROCESS = """
     _process_archives = preprocess.process_archives
 
     def process_archives(*args):
-        Path("started").touch()
-        for result in _process_archives(*args):
-            time.sleep(0.5)
+        for done, result in enumerate(_process_archives(*args), start=1):
             yield result
+            if done == 2:
+                Path("half-way").touch()
+                time.sleep(600)
 
     preprocess.process_archives = process_archives
 """
 
 
 def _kill_preprocess_half_way(ws: Path) -> None:
-    proc = subprocess.Popen(patched_cli(SLOW_PREPROCESS, "preprocess"), cwd=ws, env=_env(),
+    proc = subprocess.Popen(patched_cli(HALTED_PREPROCESS, "preprocess"), cwd=ws, env=_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
-        while not (ws / "started").exists():
-            assert proc.poll() is None, f"preprocess ended (exit {proc.returncode}) before it started writing"
-            assert time.monotonic() < deadline, "preprocess did not start in 120 s"
+        while not (ws / "half-way").exists():
+            assert proc.poll() is None, f"preprocess ended (exit {proc.returncode}) before it was half way"
+            assert time.monotonic() < deadline, "preprocess was not half way after 120 s"
             time.sleep(0.05)
-        time.sleep(1.0)  # about 2 of the 12 archives written into the new output
-        assert proc.poll() is None, "preprocess finished before the kill"
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()

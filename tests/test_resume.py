@@ -1,9 +1,9 @@
 """Exact resume: a training run killed at any moment and run again ends bit for bit where an uninterrupted run ends.
 
 The end-to-end tests run the train stage through the command line on the tiny dataset (3 epochs, one CPU thread,
-deterministic): once uninterrupted (the reference), then killed (SIGKILL at a random moment after the first
-checkpoint; SIGTERM; SIGINT) and run again, and compare the model tensor by tensor and the history byte for byte.
-`CXR_KILL_SEED=<n>` repeats a given random kill moment. The checkpoint itself is tested in-process.
+deterministic): once uninterrupted (the reference), then killed (SIGKILL just after a random training step after
+the first checkpoint; SIGTERM; SIGINT) and run again, and compare the model tensor by tensor and the history byte
+for byte. `CXR_KILL_SEED=<n>` repeats a given random step. The checkpoint itself is tested in-process.
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ import signal
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,16 +30,9 @@ import yaml
 from torch import nn
 
 from cxrstudy import atomic, numerics
-from cxrstudy.learning import train
-from cxrstudy.learning.train import (
-    EpochRecord,
-    TrainState,
-    fingerprint,
-    load_checkpoint,
-    make_optimizer,
-    make_scheduler,
-    save_checkpoint,
-)
+from cxrstudy.learning import checkpoint
+from cxrstudy.learning.checkpoint import EpochRecord, TrainState, fingerprint, load_checkpoint, save_checkpoint
+from cxrstudy.learning.train import make_optimizer, make_scheduler
 from cxrstudy.params import parse_params
 from tests.conftest import ROOT, tiny_params, tiny_raw, write_params
 
@@ -60,8 +55,38 @@ def workspace(tiny_data: Path, root: Path) -> Path:
     return root
 
 
-def train_command() -> list[str]:
-    return [sys.executable, "-m", "cxrstudy", "--params", "params.yaml", "train", "--seed", str(SEED)]
+def train_command(patch: str = "") -> list[str]:
+    """The train stage's command line; with `patch` (Python source), run after it in a fresh interpreter."""
+    code = textwrap.dedent(patch) + "\nimport sys\nfrom cxrstudy.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+    return [sys.executable, "-c", code, "--params", "params.yaml", "train", "--seed", str(SEED)]
+
+
+# Appends a line to steps.log after every optimiser step (line-buffered: each line is written when it is done).
+STEP_LOG = """
+    from pathlib import Path
+    import cxrstudy.learning.train as train
+
+    _make_optimizer = train.make_optimizer
+
+    def make_optimizer(*args, **kwargs):
+        opt = _make_optimizer(*args, **kwargs)
+        log = Path("steps.log").open("a", buffering=1)
+        opt.register_step_post_hook(lambda *_: log.write("step\\n"))
+        return opt
+
+    train.make_optimizer = make_optimizer
+"""
+
+
+def steps_done(ws: Path) -> int:
+    log = ws / "steps.log"
+    return log.read_text().count("\n") if log.exists() else 0
+
+
+def steps_per_epoch(ws: Path) -> int:
+    """Full batches in the training list (the last incomplete one is dropped)."""
+    images = len((ws / "data/splits/train.txt").read_text().split())
+    return images // tiny_params().train.batch_size
 
 
 def _env() -> dict[str, str]:
@@ -84,47 +109,42 @@ class Running:
         return f"exit {self.proc.returncode}\n--- stdout\n{out}\n--- stderr\n{err}"
 
 
-def start_train(ws: Path) -> Running:
+def start_train(ws: Path, patch: str = "") -> Running:
     stdout, stderr = ws.parent / f"{ws.name}.out", ws.parent / f"{ws.name}.err"
     with stdout.open("wb") as out, stderr.open("wb") as err:
-        proc = subprocess.Popen(train_command(), cwd=ws, stdout=out, stderr=err, env=_env())
+        proc = subprocess.Popen(train_command(patch), cwd=ws, stdout=out, stderr=err, env=_env())
     return Running(proc, stdout, stderr)
 
 
-def wait_for_checkpoint(ws: Path, running: Running, timeout: float = 300) -> None:
+def wait_until(done: Callable[[], bool], running: Running, what: str, timeout: float = 300) -> None:
+    """Poll until `done()`, which what the running stage writes makes true; fail if it ends or times out first."""
     deadline = time.monotonic() + timeout
-    while not (ws / CHECKPOINT).exists():
+    while not done():
         if running.proc.poll() is not None:
-            pytest.fail(f"training ended before its first checkpoint\n{running.shown()}")
+            pytest.fail(f"training ended before {what}\n{running.shown()}")
         if time.monotonic() > deadline:
             running.proc.kill()
-            pytest.fail(f"no checkpoint after {timeout} s")
-        time.sleep(0.02)
+            pytest.fail(f"no {what} after {timeout} s")
+        time.sleep(0.01)
+
+
+def wait_for_checkpoint(ws: Path, running: Running, timeout: float = 300) -> None:
+    wait_until((ws / CHECKPOINT).exists, running, "the first checkpoint", timeout)
 
 
 def run_train(ws: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(train_command(), cwd=ws, capture_output=True, text=True, timeout=600, env=_env())
 
 
-@dataclass(frozen=True)
-class Reference:
-    ws: Path
-    epoch_seconds: float
-
-
 @pytest.fixture(scope="module")
-def reference(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Reference:
-    """One uninterrupted run, and how long an epoch takes on this machine now."""
+def reference(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The workspace of one uninterrupted run."""
     ws = workspace(tiny_data, tmp_path_factory.mktemp("resume") / "reference")
-    running = start_train(ws)
-    wait_for_checkpoint(ws, running)
-    first = time.monotonic()
-    running.proc.wait(timeout=600)
-    seconds = (time.monotonic() - first) / (EPOCHS - 1)
-    assert running.proc.returncode == 0, running.shown()
-    assert "resuming" not in running.output()[0]
+    done = run_train(ws)
+    assert done.returncode == 0, done.stderr
+    assert "resuming" not in done.stdout
     assert not (ws / CHECKPOINT).exists(), "a finished run keeps no checkpoint"
-    return Reference(ws, seconds)
+    return ws
 
 
 def assert_same_results(ws: Path, ref: Path, note: str = "") -> None:
@@ -143,18 +163,17 @@ def assert_same_results(ws: Path, ref: Path, note: str = "") -> None:
 
 
 @pytest.mark.slow
-def test_kill_9_at_a_random_moment_then_a_rerun_ends_bit_for_bit_as_an_uninterrupted_run(
-    reference: Reference, tiny_data: Path, tmp_path: Path
+def test_kill_9_at_a_random_step_then_a_rerun_ends_bit_for_bit_as_an_uninterrupted_run(
+    reference: Path, tiny_data: Path, tmp_path: Path
 ) -> None:
-    kill_seed = int(os.environ.get("CXR_KILL_SEED", time.time_ns() % 2**32))
-    delay = random.Random(kill_seed).uniform(0.0, reference.epoch_seconds)
-    note = f"(SIGKILL {delay:.2f} s after the first checkpoint; CXR_KILL_SEED={kill_seed} repeats it)"
     ws = workspace(tiny_data, tmp_path / "killed")
+    kill_seed = int(os.environ.get("CXR_KILL_SEED", time.time_ns() % 2**32))
+    steps = steps_per_epoch(ws)
+    after = random.Random(kill_seed).randrange(steps + 1, EPOCHS * steps)  # after the first checkpoint, not the last
+    note = f"(SIGKILL just after step {after} of {EPOCHS * steps}; CXR_KILL_SEED={kill_seed} repeats it)"
 
-    running = start_train(ws)
-    wait_for_checkpoint(ws, running)
-    time.sleep(delay)
-    assert running.proc.poll() is None, f"training finished before the kill {note}\n{running.shown()}"
+    running = start_train(ws, STEP_LOG)
+    wait_until(lambda: steps_done(ws) >= after, running, f"step {after} {note}")
     running.proc.kill()
     running.proc.wait(timeout=60)
     assert running.proc.returncode == -signal.SIGKILL
@@ -164,14 +183,14 @@ def test_kill_9_at_a_random_moment_then_a_rerun_ends_bit_for_bit_as_an_uninterru
 
     assert resumed.returncode == 0, f"{note}\n{resumed.stdout}\n{resumed.stderr}"
     assert "resuming after epoch" in resumed.stdout, note
-    assert_same_results(ws, reference.ws, note)
+    assert_same_results(ws, reference, note)
     assert not (ws / CHECKPOINT).exists()
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_sigterm_and_sigint_keep_the_checkpoint_exit_non_zero_and_a_rerun_resumes(
-    signum: signal.Signals, reference: Reference, tiny_data: Path, tmp_path: Path
+    signum: signal.Signals, reference: Path, tiny_data: Path, tmp_path: Path
 ) -> None:
     ws = workspace(tiny_data, tmp_path / "stopped")
 
@@ -184,8 +203,8 @@ def test_sigterm_and_sigint_keep_the_checkpoint_exit_non_zero_and_a_rerun_resume
     _, err = running.output()
     assert f"training stopped by {signum.name}" in err and "re-run the stage to resume" in err, running.shown()
     assert "Traceback" not in err, running.shown()
-    checkpoint = torch.load(ws / CHECKPOINT, map_location="cpu", weights_only=True)
-    assert 1 <= checkpoint["epoch"] < EPOCHS
+    saved = torch.load(ws / CHECKPOINT, map_location="cpu", weights_only=True)
+    assert 1 <= saved["epoch"] < EPOCHS
     assert not (ws / "models").exists() and not (ws / "plots").exists(), "an interrupted run wrote an output"
     if signum != signal.SIGTERM:
         return  # one resume after a signal is enough (the SIGKILL test resumes too)
@@ -193,8 +212,8 @@ def test_sigterm_and_sigint_keep_the_checkpoint_exit_non_zero_and_a_rerun_resume
     resumed = run_train(ws)
 
     assert resumed.returncode == 0, resumed.stderr
-    assert f"resuming after epoch {checkpoint['epoch']}" in resumed.stdout
-    assert_same_results(ws, reference.ws)
+    assert f"resuming after epoch {saved['epoch']}" in resumed.stdout
+    assert_same_results(ws, reference)
     assert not (ws / CHECKPOINT).exists()
 
 
@@ -280,6 +299,9 @@ def test_a_checkpoint_from_another_configuration_is_not_resumed(
     assert load_checkpoint(tmp_path / "last.pt", now, model2, opt2, sched2, gen2, {"parameters": "the lr"}) is None
     assert "from another configuration: the lr changed since it was written; starting afresh" in \
         capsys.readouterr().out
+    torch.save({"fingerprint": "an older version's"}, tmp_path / "old.pt")  # records no inputs
+    assert load_checkpoint(tmp_path / "old.pt", INPUTS, model2, opt2, sched2, gen2) is None
+    assert "(it records no inputs); starting afresh" in capsys.readouterr().out
     assert all(torch.equal(a, b) for a, b in zip(before, model2.state_dict().values(), strict=True))
 
 
@@ -408,15 +430,15 @@ def test_changed_code_invalidates_the_checkpoint(data_copy: Path, monkeypatch: p
     monkeypatch.setattr(numerics, "versions", lambda: {**real(), "torch": "0.0.1"})
     assert _changed(base, _fingerprint(tiny_params(), data_copy)) == ["code"]
     monkeypatch.setattr(numerics, "versions", real)
-    source = Path(train.__file__).with_name("metrics.py")
-    monkeypatch.setattr(train, "__file__", str(_package_copy(data_copy.parent, source)))
-    assert _changed(base, _fingerprint(tiny_params(), data_copy)) == ["code"]
+    for n, module in enumerate(("metrics.py", "learning/train.py")):  # the core, and the training loop
+        monkeypatch.setattr(checkpoint, "SOURCES", _package_copy(data_copy.parent / f"copy{n}", module))
+        assert _changed(base, _fingerprint(tiny_params(), data_copy)) == ["code"], module
 
 
-def _package_copy(root: Path, changed: Path) -> Path:
-    """A copy of the package's sources with one comment added to `changed`; returns the copy of train.py."""
-    package = changed.parent
-    copy = root / "package"
-    shutil.copytree(package, copy, ignore=shutil.ignore_patterns("__pycache__"))
-    (copy / changed.name).write_text(changed.read_text() + "\n# changed\n")
-    return copy / "train.py"
+def _package_copy(root: Path, changed: str) -> Path:
+    """A copy of the package's sources under `root`, with one comment added to its file `changed`."""
+    copy = root / "cxrstudy"
+    shutil.copytree(checkpoint.SOURCES, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    with (copy / changed).open("a") as handle:
+        handle.write("\n# changed\n")
+    return copy

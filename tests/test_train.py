@@ -59,16 +59,6 @@ def test_training_writes_one_history_row_per_epoch_and_removes_its_checkpoint(ti
     assert metrics["n_test"] > 0 and 0.0 <= metrics["auroc_mean"] <= 1.0  # type: ignore[operator]
 
 
-def test_a_checkpoint_from_another_configuration_is_not_resumed(tiny_data: Path, tmp_path: Path) -> None:
-    params = tiny_params()
-    ckpt = tmp_path / "ckpt"
-    ckpt.mkdir()
-    torch.save({"fingerprint": "not-this-one"}, ckpt / "last.pt")
-    run_seed(params, tiny_data, tmp_path)
-    rows = list(csv.DictReader((tmp_path / "history.csv").open()))
-    assert len(rows) == 2  # trained from epoch 1, not resumed
-
-
 @pytest.fixture(scope="module")
 def control_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Params]:
     """A small but learnable phantom, for the positive and negative controls."""

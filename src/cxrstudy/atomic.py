@@ -1,9 +1,9 @@
 """Atomic stage outputs: write beside the target, then rename into place only when complete.
 
-A stage that fails (an exception, a kill, a full disk) leaves its previous output untouched, so DVC never records or
-caches half an output. A temporary is named after its writer's process (`.NAME.tmp-PID-XXXX`), so that the next
-write of the same output sweeps away what a killed writer left behind. A full disk, however the writer reports it,
-and a folder that cannot be written are an `OutputError` that names the output, not its hidden temporary.
+A stage that fails (an exception, a kill, a full disk) leaves its earlier output untouched, so DVC never records or
+caches half an output. The temporaries are hidden beside the target (`.NAME.tmp-XXXX`); the next write of the same
+target removes what a killed writer left there (DVC runs one writer of an output at a time). A full disk and a
+folder that cannot be written are an `OutputError` that names the output, not its hidden temporary.
 """
 
 from __future__ import annotations
@@ -21,14 +21,56 @@ from typing import Any
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 UNWRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
-# Below this much free space, a writer's unexplained failure is taken for a full disk: torch's zip writer, for one,
-# turns ENOSPC into "RuntimeError: ... unexpected pos".
-LOW_SPACE_BYTES = 16 * 2**20
 
 
 class OutputError(OSError):
     """An output could not be written: the disk (or quota) is full, or its folder is read-only or protected.
     `filename` is the output, `errno` says which."""
+
+
+@contextmanager
+def _naming(target: Path) -> Iterator[None]:
+    """A storage failure in the block (a full disk, an unwritable folder) becomes an `OutputError` naming `target`:
+    a failed flush or fsync names no file, and a nested writer names its temporary."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno not in DISK_FULL + UNWRITABLE:
+            raise
+        raise OutputError(err.errno, err.strerror, str(target)) from err
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _prefix(target: Path) -> str:
+    return f".{target.name}.tmp-"
+
+
+def sweep_stale(target: Path) -> None:
+    """Remove the temporaries that a killed writer of `target` left beside it. A writer killed between
+    `atomic_dir`'s two renames left the earlier output as `.NAME.old-XXXX` and no `target`: it is put back."""
+    target = Path(target)
+    if not target.parent.is_dir():
+        return
+    for stale in target.parent.glob(glob.escape(_prefix(target)) + "*"):
+        _remove(stale)
+    for old in target.parent.glob(glob.escape(f".{target.name}.old-") + "*"):
+        if target.exists() or target.is_symlink():
+            _remove(old)
+        else:
+            os.replace(old, target)
+
+
+def _public(path: Path, mode: int) -> None:
+    """mkdtemp/mkstemp create private (0700/0600) temporaries: give the output the permissions a plain write would."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, mode & ~umask)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -39,98 +81,6 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _alive(pid: int) -> bool:
-    """Whether process `pid` exists (another user's counts). Off POSIX, assume so: nothing is swept."""
-    if os.name != "posix":
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    except (OverflowError, ValueError):
-        return False
-    return True
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
-
-
-def sweep_stale(target: Path) -> None:
-    """Remove the temporaries that a killed writer of `target` left beside it; a live writer's are kept. A writer
-    killed between atomic_dir's two renames left the earlier output as `.NAME.old-PID`: it is put back."""
-    target = Path(target)
-    if not target.parent.is_dir():
-        return
-    name = glob.escape(target.name)
-    for stale in target.parent.glob(f".{name}.tmp-*"):
-        pid = stale.name[len(target.name) + 6 :].split("-", 1)[0]
-        if not (pid.isdigit() and _alive(int(pid))):
-            _remove(stale)
-    for old in target.parent.glob(f".{name}.old-*"):
-        pid = old.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and _alive(int(pid)):
-            continue
-        if target.exists() or target.is_symlink():
-            _remove(old)
-        else:
-            os.replace(old, target)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _public(path: Path, mode: int) -> None:
-    """mkdtemp/mkstemp create private (0700/0600) temporaries: give the output the permissions a plain write would."""
-    os.chmod(path, mode & ~_umask())
-
-
-def _prefix(target: Path) -> str:
-    return f".{target.name}.tmp-{os.getpid()}-"
-
-
-def _low_on_space(folder: Path) -> bool:
-    """Whether the file system holding `folder` has (almost) no space left for this user."""
-    try:
-        stat = os.statvfs(folder)
-    except (OSError, AttributeError):  # gone, or not POSIX
-        return False
-    return stat.f_bavail * stat.f_frsize < LOW_SPACE_BYTES
-
-
-def _storage_error(err: BaseException, target: Path, folder: Path) -> OutputError | None:
-    """`err`, raised while writing `target` (its temporary in `folder`), as an `OutputError` naming `target` when it
-    is a storage failure: a full disk or an unwritable folder (a failed flush or fsync names no file; a nested writer
-    names its temporary, which is gone by now), or a writer's own error on a disk with no space left. Called before
-    the temporary is removed, while it still fills the disk. None for any other error."""
-    if isinstance(err, OSError) and err.errno in DISK_FULL + UNWRITABLE:
-        return OutputError(err.errno, err.strerror, str(target))
-    if isinstance(err, RuntimeError | OSError) and _low_on_space(folder):
-        reported = f"{type(err).__name__}: {err}".splitlines()[0][:200]
-        return OutputError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (the writer reported {reported})", str(target))
-    return None
-
-
-@contextmanager
-def _naming_errors(target: Path) -> Iterator[None]:
-    """Storage failures in the block are reported as an `OutputError` on `target`."""
-    try:
-        yield
-    except OSError as err:
-        named = _storage_error(err, target, target.parent)
-        if named is None:
-            raise
-        raise named from err
-
-
 def check_writable(*targets: Path) -> None:
     """Raise `OutputError` naming the first of `targets` that could not be written (a read-only or protected folder),
     by creating and removing a temporary in its folder, or in the nearest existing folder above it (which is left
@@ -139,7 +89,7 @@ def check_writable(*targets: Path) -> None:
         folder = target.absolute().parent
         while not folder.exists() and folder != folder.parent:
             folder = folder.parent
-        with _naming_errors(target):
+        with _naming(target):
             fd, name = tempfile.mkstemp(prefix=_prefix(target), dir=folder)
             os.close(fd)
             os.unlink(name)
@@ -149,55 +99,43 @@ def check_writable(*targets: Path) -> None:
 def atomic_dir(target: Path) -> Iterator[Path]:
     """Yield an empty temporary directory beside `target`; on success it replaces `target` whole."""
     target = Path(target)
-    with _naming_errors(target):
+    with _naming(target):
         target.parent.mkdir(parents=True, exist_ok=True)
         sweep_stale(target)
         tmp = Path(tempfile.mkdtemp(prefix=_prefix(target), dir=target.parent))
-    _public(tmp, 0o777)
-    try:
-        yield tmp
-    except BaseException as err:
-        named = _storage_error(err, target, tmp)
-        shutil.rmtree(tmp, ignore_errors=True)
-        if named is None:
+        try:
+            _public(tmp, 0o777)
+            yield tmp
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
             raise
-        raise named from err
-    old = None
-    with _naming_errors(target):
+        old = target.parent / f".{target.name}.old-{tmp.name.removeprefix(_prefix(target))}"
         if target.exists() or target.is_symlink():
-            old = target.parent / f".{target.name}.old-{os.getpid()}"
             os.replace(target, old)
         os.replace(tmp, target)
         _fsync_dir(target.parent)
-    if old is not None:
-        if old.is_dir() and not old.is_symlink():
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            old.unlink(missing_ok=True)
+        _remove(old)
 
 
 @contextmanager
 def atomic_file(target: Path, mode: str = "w") -> Iterator[Any]:
     """Open a temporary file beside `target` for writing; on success it is flushed, synced and renamed over it."""
     target = Path(target)
-    with _naming_errors(target):
+    with _naming(target):
         target.parent.mkdir(parents=True, exist_ok=True)
         sweep_stale(target)
         fd, name = tempfile.mkstemp(prefix=_prefix(target), dir=target.parent)
-    tmp = Path(name)
-    _public(tmp, 0o666)
-    try:
-        with os.fdopen(fd, mode) as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException as err:
-        named = _storage_error(err, target, tmp.parent)
-        tmp.unlink(missing_ok=True)
-        if named is None:
+        tmp = Path(name)
+        try:
+            with os.fdopen(fd, mode) as handle:
+                _public(tmp, 0o666)
+                yield handle
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
             raise
-        raise named from err
 
 
 def sync(*handles: Any) -> None:

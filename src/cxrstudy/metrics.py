@@ -17,11 +17,6 @@ def per_class_auroc(labels: np.ndarray, probs: np.ndarray) -> list[float]:
     return out
 
 
-def nanmean(values: list[float]) -> float:
-    finite = [v for v in values if not math.isnan(v)]
-    return float(np.mean(finite)) if finite else math.nan
-
-
 def best_f1_threshold(labels: np.ndarray, probs: np.ndarray) -> float:
     """The probability threshold that maximises F1 on (`labels`, `probs`); 0.5 if there is no positive."""
     if labels.sum() == 0:

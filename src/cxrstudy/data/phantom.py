@@ -309,6 +309,3 @@ class PhantomRenderer:
         out = np.clip(offset + gain * img, 0, 1) ** rng.uniform(0.85, 1.2)
         return np.clip(np.rint(out * 255), 0, 255).astype(np.uint8)
 
-
-def render_row(renderer: PhantomRenderer, patient: int, follow_up: int, labels: str) -> tuple[np.ndarray, list[Box]]:
-    return renderer.render(patient, follow_up, parse_labels(labels))

@@ -22,10 +22,10 @@ from cxrstudy import numerics
 from cxrstudy.atomic import atomic_file, check_writable, sync
 from cxrstudy.calibration import calibration
 from cxrstudy.labels import FINDINGS
-from cxrstudy.learning.loader import XrayDataset, eval_transform, load_parts, make_loader
+from cxrstudy.learning.loader import SplitData, XrayDataset, eval_transform, load_parts, make_loader
 from cxrstudy.learning.losses import make_criterion
-from cxrstudy.learning.train import MODEL_FILE, Dist, load_trained, pick_device, predict, seed_everything, sigmoid
-from cxrstudy.metrics import nanmean, per_class_auroc, per_class_f1, per_class_thresholds
+from cxrstudy.learning.predict import MODEL_FILE, load_trained, pick_device, predict, seed_everything, sigmoid
+from cxrstudy.metrics import per_class_auroc, per_class_f1, per_class_thresholds
 from cxrstudy.params import Params
 
 THRESHOLD_PROTOCOL = "per-class thresholds maximising F1 on the validation set"
@@ -58,9 +58,9 @@ def compute_metrics(seed: int, loss: float, val: tuple[np.ndarray, np.ndarray],
     return {
         "seed": seed,
         "loss": _clean(loss),
-        "auroc_mean": _clean(nanmean(auroc)),
-        "f1_mean": _clean(nanmean(f1)),
-        "f1_test_tuned_mean": _clean(nanmean(tuned)),
+        "auroc_mean": _clean(float(np.nanmean(auroc))),
+        "f1_mean": _clean(float(np.nanmean(f1))),
+        "f1_test_tuned_mean": _clean(float(np.nanmean(tuned))),
         "f1_protocol": THRESHOLD_PROTOCOL,
         "auroc": _by_class(auroc),
         "f1": _by_class(f1),
@@ -90,7 +90,7 @@ def run(params: Params, seed: int, raw_dir: Path, processed_dir: Path, splits_di
     check_writable(metrics_file, predictions_file, val_predictions_file)
     numerics.apply_threads(params.numerics)
     seed_everything(seed, cfg.deterministic)
-    device = pick_device(cfg, Dist())
+    device = pick_device(cfg)
     images, parts = load_parts(raw_dir, processed_dir, splits_dir, ("train", "val", "test"))
     train_part, val_part, test_part = parts["train"], parts["val"], parts["test"]
     transform = eval_transform(cfg.image_size, images.shape[-1])
@@ -98,10 +98,9 @@ def run(params: Params, seed: int, raw_dir: Path, processed_dir: Path, splits_di
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
 
-    def infer(part: object) -> tuple[np.ndarray, np.ndarray]:
-        loader = make_loader(XrayDataset(images, part, transform), params.evaluate.batch_size,  # type: ignore[arg-type]
-                             shuffle=False, generator=None, num_workers=cfg.num_workers,
-                             pin_memory=device.type == "cuda")
+    def infer(part: SplitData) -> tuple[np.ndarray, np.ndarray]:
+        loader = make_loader(XrayDataset(images, part, transform), params.evaluate.batch_size, shuffle=False,
+                             generator=None, num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
         return predict(model, loader, device, cfg.channels_last, cfg.amp)
 
     val_logits, val_labels = infer(val_part)
@@ -141,10 +140,3 @@ def save_predictions(path: Path, names: list[str], patients: np.ndarray, labels:
     with atomic_file(path) as handle:
         write_predictions(handle, names, patients, labels, probs)
 
-
-def load_predictions(path: Path) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
-    """(table with image and patient, labels N×14, probabilities N×14) from `save_predictions`' file."""
-    frame = pd.read_csv(path)
-    labels = frame[[f"label_{n}" for n in FINDINGS]].to_numpy(dtype=np.float32)
-    probs = frame[[f"prob_{n}" for n in FINDINGS]].to_numpy(dtype=np.float64)
-    return frame[["image", "patient"]], labels, probs

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -105,11 +106,16 @@ def _seed_worker(worker_id: int) -> None:
 
 
 def make_loader(dataset: XrayDataset, batch_size: int, *, shuffle: bool, generator: torch.Generator | None,
-                num_workers: int, pin_memory: bool) -> DataLoader[tuple[torch.Tensor, torch.Tensor]]:
+                num_workers: int, pin_memory: bool,
+                sampler: Iterable[int] | None = None) -> DataLoader[tuple[torch.Tensor, torch.Tensor]]:
+    """A training loader (`shuffle`: a new order every epoch, drawn from `generator` or by `sampler`, e.g. a
+    `DistributedSampler`; the last incomplete batch dropped), or an evaluation loader (every item in order, or the
+    indices `sampler` lists: one rank's shard)."""
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=shuffle,
+        shuffle=shuffle and sampler is None,
+        sampler=sampler,
         drop_last=shuffle,
         generator=generator,
         num_workers=num_workers,

@@ -18,7 +18,7 @@ import numpy as np
 
 from cxrstudy.calibration import Calibration, calibration
 from cxrstudy.labels import FINDINGS
-from cxrstudy.metrics import nanmean, per_class_auroc, per_class_f1, per_class_thresholds
+from cxrstudy.metrics import per_class_auroc, per_class_f1, per_class_thresholds
 from cxrstudy.params import Params
 from cxrstudy.reporting.inference import (
     Contrast,
@@ -106,7 +106,7 @@ def summarise(scored: Scored, pred: Predictions, columns: list[int], settings: S
     auroc = dict(zip(FINDINGS, scored.auroc.tolist(), strict=True))
     per_class = {n: estimate(scored.finding(k), settings.level, perfect_pairs(pred, k))
                  for k, n in enumerate(FINDINGS) if not math.isnan(auroc[n])}
-    return ModelSummary(scored.name, auroc, nanmean(list(auroc.values())),
+    return ModelSummary(scored.name, auroc, float(np.nanmean(list(auroc.values()))),
                         estimate(scored.mean_over(columns), settings.level), per_class,
                         calibration(pred.labels, pred.probs, settings.bins))
 
@@ -232,9 +232,9 @@ def seed_study(preds: Sequence[Predictions], val_preds: Sequence[Predictions] | 
 def _with_f1(summary: ModelSummary, test: Predictions, val: Predictions | None) -> ModelSummary:
     """The ensemble's F1: at thresholds chosen on its validation predictions (the seeds' protocol) and tuned on the
     test set (optimistic)."""
-    tuned = nanmean(per_class_f1(test.labels, test.probs, per_class_thresholds(test.labels, test.probs)))
+    tuned = float(np.nanmean(per_class_f1(test.labels, test.probs, per_class_thresholds(test.labels, test.probs))))
     chosen = math.nan
     if val is not None:
-        chosen = nanmean(per_class_f1(test.labels, test.probs, per_class_thresholds(val.labels, val.probs)))
+        chosen = float(np.nanmean(per_class_f1(test.labels, test.probs, per_class_thresholds(val.labels, val.probs))))
     return ModelSummary(summary.name, summary.auroc, summary.auroc_mean, summary.mean, summary.per_class,
                         summary.calibration, chosen, tuned)
