@@ -4,7 +4,7 @@
                                                [--out benchmarks/results/train.json]
 
 The step is `cxrstudy.learning.train.train_one_epoch` (the stage's loop: uint8 batch -> `to_input` -> model -> focal
-loss -> AdamW), evaluation is `cxrstudy.learning.train.predict`, the model `cxrstudy.learning.model.build_model`; only
+loss -> AdamW), evaluation is `cxrstudy.learning.predict.predict`, the model `cxrstudy.learning.model.build_model`; only
 the input is synthetic (the same few uint8 batches, already in memory), so the figures are the step's own speed
 with no loader in the way.
 For each size: NCHW vs channels_last in fp32, and on CUDA bf16 autocast too. A last check runs one batch through
@@ -35,7 +35,8 @@ use_repo_src()
 from cxrstudy.learning.loader import to_input  # noqa: E402
 from cxrstudy.learning.losses import make_criterion  # noqa: E402
 from cxrstudy.learning.model import build_model  # noqa: E402
-from cxrstudy.learning.train import make_optimizer, make_scheduler, predict, train_one_epoch  # noqa: E402
+from cxrstudy.learning.predict import predict  # noqa: E402
+from cxrstudy.learning.train import make_optimizer, make_scheduler, train_one_epoch  # noqa: E402
 from cxrstudy.params import TrainParams  # noqa: E402
 
 NUM_CLASSES = 14
@@ -154,7 +155,7 @@ def train_rate(model: nn.Module, cfg: StepConfig, device: torch.device, batches:
 
 def eval_rate(model: nn.Module, cfg: StepConfig, device: torch.device, loader: Iterable[Batch],
               warm: Iterable[Batch] | None = None, repeats: int = 1) -> float:
-    """Evaluation images/s of `train.predict` (the stage's inference, bf16 autocast on CUDA when cfg.amp): the
+    """Evaluation images/s of `predict.predict` (the stage's inference, bf16 autocast on CUDA when cfg.amp): the
     fastest of `repeats` passes after a warm-up pass over `warm`."""
     predict(model, warm if warm is not None else loader, device, cfg.channels_last, cfg.amp)  # type: ignore[arg-type]
     best = 0.0

@@ -165,7 +165,7 @@ def measure(smoke: bool, args: argparse.Namespace) -> Report:
     import torch
     from common import machine
 
-    from cxrstudy.learning.train import seed_everything
+    from cxrstudy.learning.predict import seed_everything
 
     sizes = SMOKE if smoke else GPU
     budget = Budget(args.budget_s)
@@ -334,7 +334,7 @@ def real_loader(report: Report, sizes: Sizes, device: Any, data: Path, cfg: Any,
 
 
 def evaluation(report: Report, sizes: Sizes, device: Any, data: Path, cfg: Any) -> None:
-    """`train.predict` on synthetic batches, and on the real loader (stored size -> eval resize) as the stage builds
+    """`predict.predict` on synthetic batches, and on the real loader (stored size -> eval resize) as the stage builds
     it (no workers) and with the best worker count."""
     import bench_train as bt
     import numpy as np
