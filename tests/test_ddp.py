@@ -34,7 +34,8 @@ from cxrstudy.metrics import nanmean, per_class_auroc
 from cxrstudy.params import Params
 from tests.conftest import tiny_params, tiny_raw, write_params
 
-pytestmark = pytest.mark.slow
+# The first test of each launch trains (the module fixture) behind torchrun, two processes on the CPU.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
 SEED = 1
 NPROC = 2

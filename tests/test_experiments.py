@@ -156,6 +156,7 @@ def _sh(args: list[str], cwd: Path) -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # the pipeline, then two experiments run by DVC
 def test_a_two_arm_grid_runs_end_to_end(tmp_path: Path) -> None:
     """queue -> run -> compare -> render, at toy size: CLAHE on (the baseline) and off, through `dvc exp`."""
     from tests.test_pipeline import copy_project

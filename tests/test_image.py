@@ -24,7 +24,9 @@ import pytest
 from tests.conftest import tiny_raw, write_params
 from tests.containers import ROOT, build, build_env, copy_project, git, podman, require
 
-pytestmark = pytest.mark.slow
+# The first test builds the base and the cpu image (about 7.5 minutes on a fresh machine), the cuda build fetches
+# the CUDA wheels.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
 CPU = "localhost/cxrstudy:test-cpu"
 CUDA = "localhost/cxrstudy:test-cuda"

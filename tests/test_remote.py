@@ -27,7 +27,8 @@ import pytest
 
 from tests.conftest import ROOT, UP_TO_DATE, tiny_raw, write_params
 
-pytestmark = pytest.mark.slow
+# The whole pipeline, then a push and a pull (about 2 minutes on 2 cores).
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 pytest.importorskip(
     "moto.server",
