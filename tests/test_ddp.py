@@ -39,11 +39,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
 SEED = 1
 NPROC = 2
-# Until train.py shards validation without padding, gathers it back in order and writes per-rank records
-# (the change proposed with issue 4: see docs/performance.md, "Distributed training"), these two fail.
-PENDING_DDP_FIX = pytest.mark.xfail(
-    not hasattr(train, "RANK_LOG_ENV"), strict=True,
-    reason="train.py: validation padded by DistributedSampler, no per-rank records (diff pending)")
 
 
 @dataclass(frozen=True)
@@ -136,7 +131,6 @@ def test_the_distributed_model_evaluates(ddp_run: DdpRun, tmp_path: Path) -> Non
     assert metrics["n_test"] > 0 and 0.0 <= metrics["auroc_mean"] <= 1.0
 
 
-@PENDING_DDP_FIX
 def test_recorded_validation_is_the_whole_set_once_as_one_process_computes_it(ddp_run: DdpRun) -> None:
     assert ddp_run.proc.returncode == 0
     data = ddp_run.data / "data"
@@ -158,7 +152,6 @@ def test_recorded_validation_is_the_whole_set_once_as_one_process_computes_it(dd
     assert float(row["val_loss"]) == pytest.approx(loss, abs=2e-6)
 
 
-@PENDING_DDP_FIX
 def test_every_rank_sees_the_same_gathered_predictions_losses_and_weights(ddp_run: DdpRun) -> None:
     assert ddp_run.proc.returncode == 0
     n_val = len((ddp_run.splits / "val.txt").read_text().split())
