@@ -25,8 +25,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import tiny_raw, write_params
-from tests.containers import ROOT, copy_project, git, require
+from tests.conftest import ROOT, copy_project, git, tiny_raw, write_params
+from tests.containers import require
 from tests.fake_github import REPO, Served, gh_available, serve
 
 # Each job makes its venv and the repro job runs the reduced pipeline (about 2 minutes each with pip's cache).

@@ -17,7 +17,6 @@ import csv
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import uuid
@@ -32,7 +31,7 @@ from cxrstudy.learning.loader import XrayDataset, eval_transform, load_part, mak
 from cxrstudy.learning.losses import make_criterion
 from cxrstudy.metrics import nanmean, per_class_auroc
 from cxrstudy.params import Params
-from tests.conftest import tiny_params, tiny_raw, write_params
+from tests.conftest import free_port, tiny_params, tiny_raw, write_params
 
 # The first test of each launch trains (the module fixture) behind torchrun, two processes on the CPU.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
@@ -52,12 +51,6 @@ class DdpRun:
     @property
     def model_dir(self) -> Path:
         return self.root / "model"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def launchers(launch: str) -> list[list[str]]:

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import find_tool
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
 INSTALL_DEPS = ROOT / "docker" / "install-deps.sh"
@@ -32,15 +34,6 @@ DOCKERIGNORE = ROOT / ".dockerignore"
 HADOLINT_CONFIG = ROOT / ".hadolint.yaml"
 REQUIREMENTS = ROOT / "requirements.txt"
 SMOKE = ROOT / "scripts" / "ci" / "docker_smoke.sh"
-BIN = Path(sys.executable).parent
-
-
-def find_tool(name: str) -> str | None:
-    """A tool from this interpreter's bin dir (the venv) or from PATH."""
-    candidate = BIN / name
-    if candidate.is_file() and os.access(candidate, os.X_OK):
-        return str(candidate)
-    return shutil.which(name)
 
 
 # --------------------------------------------------------------------------

@@ -38,8 +38,19 @@ from cxrstudy.learning.evaluate import compute_metrics, save_predictions
 from cxrstudy.learning.train import TrainState, make_optimizer, make_scheduler, save_checkpoint, sigmoid
 from cxrstudy.params import parse_params
 from cxrstudy.reporting import report
-from tests.conftest import ROOT, section, tiny_params, tiny_raw, write_params
-from tests.test_atomic import leftovers, patched_cli, run_cli, shown, snapshot
+from tests.conftest import (
+    ROOT,
+    leftovers,
+    patched_cli,
+    run_cli,
+    section,
+    shown,
+    snapshot,
+    tiny_params,
+    tiny_raw,
+    workspace,
+    write_params,
+)
 from tests.test_resume import (
     CHECKPOINT,
     assert_same_results,
@@ -48,14 +59,6 @@ from tests.test_resume import (
     wait_for_checkpoint,
 )
 from tests.test_resume import workspace as train_workspace
-
-
-def workspace(tiny_data: Path, root: Path, **override: Any) -> Path:
-    """A project folder with a copy of the tiny data and the tiny parameters (with `override`)."""
-    root.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(tiny_data / "data", root / "data")
-    write_params(root / "params.yaml", tiny_raw(**override))
-    return root
 
 
 @pytest.fixture

@@ -11,9 +11,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -26,14 +24,7 @@ from cxrstudy.labels import FINDINGS
 from cxrstudy.learning.model import build_model
 from cxrstudy.learning.train import load_checkpoint, load_trained, make_optimizer, make_scheduler
 from cxrstudy.params import load_params, parse_params
-from tests.conftest import ROOT, tiny_params, tiny_raw, write_params
-
-
-def _closed_port() -> int:
-    """A loopback port nothing listens on (bound, then released): pushes to it are refused."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.conftest import ROOT, free_port, run_cli, tiny_params, tiny_raw, write_params
 
 
 @pytest.mark.slow
@@ -62,7 +53,7 @@ def test_a_planted_secret_reaches_no_output_log_or_report(tmp_path: Path) -> Non
         seeds=[1],
         train={"epochs": 1},
         report={"bootstrap": 20},
-        monitor={"port": 0, "pushgateway": f"127.0.0.1:{_closed_port()}", "push_timeout_s": 2.0},
+        monitor={"port": 0, "pushgateway": f"127.0.0.1:{free_port()}", "push_timeout_s": 2.0},
     ))
     stages = [
         ["ingest", "--workers", "1"],
@@ -74,8 +65,7 @@ def test_a_planted_secret_reaches_no_output_log_or_report(tmp_path: Path) -> Non
     ]
     printed: list[str] = []
     for args in stages:
-        proc = subprocess.run([sys.executable, "-m", "cxrstudy", "--params", "params.yaml", *args], cwd=ws,
-                              capture_output=True, text=True, timeout=600, env=env)
+        proc = run_cli(ws, *args, timeout=600, env=env)
         assert proc.returncode == 0, f"{args[0]}: exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
         printed += [proc.stdout, proc.stderr]
     assert "push to Pushgateway" in "".join(printed), "the failing push was not logged: the test lost its point"

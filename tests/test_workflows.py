@@ -25,20 +25,13 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.conftest import BIN, find_tool, git
 from tests.fake_github import SHA, Served, gh_available, serve
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOW_DIR = ROOT / ".github" / "workflows"
 WORKFLOWS = sorted([*WORKFLOW_DIR.glob("*.yml"), *WORKFLOW_DIR.glob("*.yaml")])
 SCRIPTS = ROOT / "scripts" / "ci"
-BIN = Path(sys.executable).parent
-
-
-def find_tool(name: str) -> str | None:
-    candidate = BIN / name
-    if candidate.is_file() and os.access(candidate, os.X_OK):
-        return str(candidate)
-    return shutil.which(name)
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -403,17 +396,6 @@ def test_make_with_empty_venv_installs_nothing(target):
 # --------------------------------------------------------------------------
 # scripts/ci/comment_body.py against a real DVC repository
 # --------------------------------------------------------------------------
-
-
-def git(repo: Path, *args: str) -> str:
-    env = {
-        **os.environ,
-        "GIT_AUTHOR_NAME": "t",
-        "GIT_AUTHOR_EMAIL": "t@example.invalid",
-        "GIT_COMMITTER_NAME": "t",
-        "GIT_COMMITTER_EMAIL": "t@example.invalid",
-    }
-    return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True, env=env).stdout.strip()
 
 
 def dvc_env() -> dict[str, str]:
