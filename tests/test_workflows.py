@@ -293,13 +293,12 @@ def test_gpu_study_publishes_results_in_a_pr_with_the_comment():
     assert "dvc.lock" in uploaded and "reports/" in uploaded
 
 
-def test_ci_runs_the_make_targets_and_the_sample_repro():
+def test_ci_runs_the_tests_and_the_image_smoke_on_prs_and_main():
+    """The `lint` and `repro` jobs are run for real under act (tests/test_act.py); the `test` job (this suite) and
+    the `docker` job (an image build) are not, so what they run is read here."""
     jobs = workflow("ci.yml")["jobs"]
     runs = {name: "\n".join(run_text(s) for s in steps(job)) for name, job in jobs.items()}
-    assert "make lint" in runs["lint"]
     assert "make test" in runs["test"]
-    assert "make repro" in runs["repro"]
-    assert "comment_body.py" in runs["repro"]
     assert "docker_smoke.sh" in runs["docker"]
     on = triggers(workflow("ci.yml"))
     assert "pull_request" in on and on["push"]["branches"] == ["main"]
