@@ -72,7 +72,8 @@ def test_a_planted_secret_reaches_no_output_log_or_report(tmp_path: Path) -> Non
     assert (ws / "reports/report.md").is_file() and (ws / "metrics/eval/seed_1.json").is_file()
 
     written = [p for p in ws.rglob("*") if p.is_file() and p != local_config]
-    assert len(written) > 100  # the images, the processed data, the splits, the model, metrics, report...
+    for folder in ("data/raw", "data/processed", "data/splits", "models", "metrics", "plots", "reports"):
+        assert any(p.is_relative_to(ws / folder) for p in written), f"{folder}: nothing written, nothing searched"
     leaked = [str(p.relative_to(ws)) for p in written if marker.encode() in p.read_bytes()]
     assert leaked == [], f"the planted secret is in {leaked}"
     assert all(marker not in text for text in printed), "the planted secret was printed"
