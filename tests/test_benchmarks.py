@@ -100,7 +100,6 @@ def test_bench_loader(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1200)  # the data stages under DVC at two sizes, three raw layouts
 def test_bench_scale(tmp_path: Path) -> None:
     out = tmp_path / "scale.json"
     stdout, r = run_script("bench_scale.py", "--n", "40,60", "--size", "64", "--stored", "32", "--workers", "2",
@@ -131,7 +130,6 @@ def gpu_smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, 
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1200)  # the first test to ask for gpu_smoke runs gpu_check.py's CPU smoke
 def test_gpu_check_runs_on_the_cpu_and_prints_its_table_last(gpu_smoke: tuple[str, dict[str, Any], Path]) -> None:
     stdout, r, out = gpu_smoke
     assert r["mode"] == "cpu-smoke" and r["errors"] == []
@@ -154,7 +152,6 @@ def test_gpu_check_runs_on_the_cpu_and_prints_its_table_last(gpu_smoke: tuple[st
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1200)
 def test_gpu_check_writes_its_projection_into_the_readme(gpu_smoke: tuple[str, dict[str, Any], Path],
                                                          tmp_path: Path) -> None:
     _, r, out = gpu_smoke

@@ -33,8 +33,7 @@ from cxrstudy.metrics import nanmean, per_class_auroc
 from cxrstudy.params import Params
 from tests.conftest import free_port, tiny_params, tiny_raw, write_params
 
-# The first test of each launch trains (the module fixture) behind torchrun, two processes on the CPU.
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
+pytestmark = pytest.mark.slow
 
 SEED = 1
 NPROC = 2

@@ -129,7 +129,6 @@ QEMU = shutil.which("qemu-x86_64")
 @pytest.mark.slow
 @pytest.mark.skipif(QEMU is None or os.uname().machine != "x86_64",
                     reason="needs qemu-x86_64 (Debian's qemu-user) on an x86-64 machine")
-@pytest.mark.timeout(1800)  # a training emulated instruction by instruction
 def test_pinned_run_is_identical_on_an_emulated_intel_haswell(tiny_data: Path, tmp_path: Path, pinned: Run) -> None:
     """A different vendor (GenuineIntel), no AVX-512 and other cache sizes: oneDNN and MKL choose their kernels
     from exactly these, and the weights must not change."""

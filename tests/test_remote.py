@@ -25,8 +25,7 @@ import pytest
 
 from tests.conftest import UP_TO_DATE, copy_project, free_port, tiny_raw
 
-# The whole pipeline, then a push and a pull (about 2 minutes on 2 cores).
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
+pytestmark = pytest.mark.slow
 
 pytest.importorskip(
     "moto.server",
