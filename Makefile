@@ -26,8 +26,8 @@ $(DEV_STAMP): $(STAMP) requirements-dev.lock
 repro: setup  ## run the whole pipeline on the embedded sample
 	$(BIN)dvc repro
 
-test: dev  ## the whole test suite (end-to-end runs included)
-	$(BIN)python -m pytest
+test: dev  ## the whole test suite (end-to-end runs included); lists the 20 slowest tests
+	$(BIN)python -m pytest --durations=20
 
 test-fast: dev  ## the unit tests only
 	$(BIN)python -m pytest -m "not slow"

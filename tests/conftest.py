@@ -1,13 +1,17 @@
-"""Shared fixtures: tiny parameters and one tiny dataset built once per test session."""
+"""Shared fixtures and helpers: tiny parameters, one tiny dataset built once per test session, workspaces, the
+command line and git run in a fresh process, copies of the project, snapshots of outputs, and Markdown tables."""
 
 from __future__ import annotations
 
 import copy
 import os
+import re
 import shutil
+import socket
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+import textwrap
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +22,7 @@ from cxrstudy import numerics
 from cxrstudy.params import Params, parse_params
 
 ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent  # the venv's tools (dvc, ruff, ...) beside this interpreter
 
 # Small enough for seconds per stage on two CPU cores, large enough that every part of the split is non-empty.
 TINY: dict[str, Any] = {
@@ -76,6 +81,172 @@ UP_TO_DATE = ({}, {"manifest": ["always changed"]})
 def write_params(path: Path, raw: dict[str, Any]) -> Path:
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
+
+
+def workspace(tiny_data: Path, root: Path, **override: Any) -> Path:
+    """A project folder: a copy of the tiny data/ folder (raw, processed, splits) and the tiny parameters with
+    `override` in params.yaml."""
+    root.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(tiny_data / "data", root / "data")
+    write_params(root / "params.yaml", tiny_raw(**override))
+    return root
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Commands in a fresh process: the command line, git, DVC
+
+
+def find_tool(name: str) -> str | None:
+    """A tool from this interpreter's bin folder (the venv) or from PATH."""
+    candidate = BIN / name
+    if candidate.is_file() and os.access(candidate, os.X_OK):
+        return str(candidate)
+    return shutil.which(name)
+
+
+def command_env(**extra: str) -> dict[str, str]:
+    """This environment with the venv's tools first on PATH, progress bars off and a git identity, plus `extra`."""
+    return {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "TQDM_DISABLE": "1",
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@example.invalid",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@example.invalid",
+        **extra,
+    }
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on now (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def shown(proc: subprocess.CompletedProcess[str]) -> str:
+    """A finished command's exit status and output, for an assertion message."""
+    return f"exit {proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
+
+
+def sh(args: list[str], cwd: Path, check: bool = True, env: dict[str, str] | None = None,
+       timeout: float | None = None) -> subprocess.CompletedProcess[str]:
+    """Run `args` in `cwd` (environment: `command_env()` unless given), output captured; with `check`, an exit
+    status other than 0 fails the test with the output shown."""
+    done = subprocess.run(args, cwd=cwd, env=command_env() if env is None else env, text=True, capture_output=True,
+                          timeout=timeout)
+    if check and done.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} (in {cwd}) failed\n{shown(done)}")
+    return done
+
+
+def git(repo: Path, *args: str) -> str:
+    """`git ARGS` in `repo` with a test identity; its stripped stdout. Fails the test on a non-zero exit."""
+    return sh(["git", *args], repo).stdout.strip()
+
+
+def cli(*args: str, params: str = "params.yaml") -> list[str]:
+    """`python -m cxrstudy --params PARAMS ARGS` with this interpreter."""
+    return [sys.executable, "-m", "cxrstudy", "--params", params, *args]
+
+
+def run_cli(ws: Path, *args: str, params: str = "params.yaml", timeout: float = 300,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """The command line run in `ws`, output captured (environment: this one with progress bars off)."""
+    return subprocess.run(cli(*args, params=params), cwd=ws, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "TQDM_DISABLE": "1"} if env is None else env)
+
+
+def patched_cli(patch: str, *args: str) -> list[str]:
+    """The command line in a fresh interpreter after `patch` (Python source) has run: a fault injected there goes
+    through `cxrstudy.cli.main` and its exit status exactly as in production."""
+    code = textwrap.dedent(patch) + "\nimport sys\nfrom cxrstudy.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+    return [sys.executable, "-c", code, "--params", "params.yaml", *args]
+
+
+def run_patched(ws: Path, patch: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(patched_cli(patch, *args), cwd=ws, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "TQDM_DISABLE": "1"})
+
+
+def project_files() -> list[str]:
+    """The project's tracked and untracked-but-not-ignored files, relative to ROOT."""
+    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, check=True,
+                            capture_output=True).stdout.decode()
+    return [name for name in listed.split("\0") if name and (ROOT / name).is_file()]
+
+
+def copy_project(dest: Path, drop: Iterable[str] = (), params: dict[str, Any] | None = None) -> Path:
+    """The project's files (`project_files()`) but those in or under `drop`, with `params` as params.yaml when
+    given, committed on `main` of a new git repository at `dest`."""
+    dropped = tuple(drop)
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in project_files():
+        if not any(name == d or name.startswith(d.rstrip("/") + "/") for d in dropped):
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, dest / name)
+    if params is not None:
+        write_params(dest / "params.yaml", params)
+    git(dest, "init", "-q", "-b", "main")
+    git(dest, "add", "-A")
+    git(dest, "commit", "-q", "-m", "project")
+    return dest
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Outputs before and after: byte-identical, and no temporary left behind
+
+
+def snapshot(path: Path) -> dict[str, bytes]:
+    """Every file under `path` (or `path` itself), by relative name: what "byte-identical" is checked against."""
+    if path.is_file():
+        return {"": path.read_bytes()}
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def changed(before: dict[str, bytes], after: dict[str, bytes]) -> list[str]:
+    """The names whose bytes differ (or that appeared or vanished) between two snapshots."""
+    return sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+
+
+def leftovers(root: Path) -> list[str]:
+    """Temporaries of the atomic writers (`.NAME.tmp-*`, `.NAME.old-*`) anywhere under `root`."""
+    return sorted(str(p.relative_to(root)) for p in root.rglob(".*") if ".tmp-" in p.name or ".old-" in p.name)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Markdown tables (the report, the PR comment, experiments.md)
+
+
+def markdown_tables(text: str) -> list[list[list[str]]]:
+    """Every Markdown table in `text` as rows of cells (header first, the rule row kept). A table must follow a
+    blank line (GitHub renders it as text otherwise) and every row must end with a pipe."""
+    out: list[list[list[str]]] = []
+    current: list[list[str]] = []
+    previous = ""
+    for line in text.splitlines() + [""]:
+        if line.startswith("|"):
+            if not current:
+                assert previous.strip() == "", f"a table must follow a blank line: {line!r}"
+            assert line.endswith("|"), f"table row does not end with a pipe: {line!r}"
+            current.append([c.strip() for c in re.split(r"(?<!\\)\|", line[1:-1])])
+        elif current:
+            out.append(current)
+            current = []
+        previous = line
+    return out
+
+
+def table_after(text: str, heading: str, index: int = 0) -> list[list[str]]:
+    """The `index`-th table after the first line `heading`: its header, then its body rows (rule row dropped)."""
+    found = markdown_tables(text.split(heading, 1)[1])[index]
+    return [found[0], *found[2:]]
+
+
+def table_rows(text: str, heading: str) -> list[list[str]]:
+    """The body rows of the first table after `heading`."""
+    return table_after(text, heading)[1:]
 
 
 @pytest.fixture(scope="session")

@@ -89,31 +89,3 @@ def build(target: str, tag: str) -> None:
         [str(SCRIPTS / "build_image.sh"), target, tag], capture_output=True, text=True, env=build_env(), timeout=3600
     )
     assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-5000:]
-
-
-def git(repo: Path, *args: str) -> str:
-    env = {
-        **os.environ,
-        "GIT_AUTHOR_NAME": "t",
-        "GIT_AUTHOR_EMAIL": "t@example.invalid",
-        "GIT_COMMITTER_NAME": "t",
-        "GIT_COMMITTER_EMAIL": "t@example.invalid",
-    }
-    return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True, env=env).stdout.strip()
-
-
-def copy_project(dest: Path) -> Path:
-    """The project's tracked and untracked-but-not-ignored files, committed on `main` of a new git repository."""
-    listed = subprocess.run(
-        ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, check=True, capture_output=True
-    ).stdout.decode()
-    dest.mkdir(parents=True, exist_ok=True)
-    for name in filter(None, listed.split("\0")):
-        src = ROOT / name
-        if src.is_file():
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / name)
-    git(dest, "init", "-q", "-b", "main")
-    git(dest, "add", "-A")
-    git(dest, "commit", "-q", "-m", "project")
-    return dest

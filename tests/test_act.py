@@ -25,11 +25,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import tiny_raw, write_params
-from tests.containers import ROOT, copy_project, git, require
+from tests.conftest import ROOT, copy_project, git, tiny_raw, write_params
+from tests.containers import require
 from tests.fake_github import REPO, Served, gh_available, serve
 
-pytestmark = pytest.mark.slow
+# Each job makes its venv and the repro job runs the reduced pipeline (about 2 minutes each with pip's cache).
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 WORKFLOWS = ROOT / ".github" / "workflows"
 STANDINS = ROOT / "tests" / "act"

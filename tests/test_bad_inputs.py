@@ -10,12 +10,8 @@ test_params, test_preprocess); these make sure the whole path, up to the exit st
 from __future__ import annotations
 
 import csv
-import os
 import re
-import shutil
 import subprocess
-import sys
-import textwrap
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,7 +19,7 @@ from typing import Any
 import pytest
 import torch
 
-from tests.conftest import tiny_raw, write_params
+from tests.conftest import changed, leftovers, run_cli, run_patched, shown, snapshot, workspace
 
 pytestmark = pytest.mark.slow
 
@@ -34,59 +30,15 @@ UNKNOWN_IMAGE = "00099999_000.png"
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Helpers (kept local: every catalogue file is self-contained)
-
-
-def workspace(tiny_data: Path, root: Path, **override: Any) -> Path:
-    """A copy of the tiny data/ folder (raw, processed, splits) under `root`, with params.yaml for the tiny run."""
-    shutil.copytree(tiny_data / "data", root / "data")
-    write_params(root / "params.yaml", tiny_raw(**override))
-    return root
-
-
-def run_cli(
-    ws: Path, *args: str, params: str = "params.yaml", timeout: float = 300
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "cxrstudy", "--params", params, *args],
-        cwd=ws, capture_output=True, text=True, timeout=timeout, env={**os.environ, "TQDM_DISABLE": "1"},
-    )
-
-
-def run_patched(ws: Path, patch: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    """Run the command line in a fresh interpreter after `patch` (Python source) has run: a fault injected there
-    goes through `cxrstudy.cli.main` and its exit status exactly as in production."""
-    code = textwrap.dedent(patch) + "\nimport sys\nfrom cxrstudy.cli import main\nsys.exit(main(sys.argv[1:]))\n"
-    return subprocess.run(
-        [sys.executable, "-c", code, "--params", "params.yaml", *args],
-        cwd=ws, capture_output=True, text=True, timeout=timeout, env={**os.environ, "TQDM_DISABLE": "1"},
-    )
-
-
-def snapshot(path: Path) -> dict[str, bytes]:
-    """Every file under `path` (or `path` itself), by relative name: what "byte-identical" is checked against."""
-    if path.is_file():
-        return {"": path.read_bytes()}
-    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
-
-
-def changed(before: dict[str, bytes], after: dict[str, bytes]) -> list[str]:
-    """The names whose bytes differ (or that appeared or vanished) between two snapshots."""
-    return sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
-
-
-def leftovers(ws: Path) -> list[str]:
-    """Temporaries of the atomic writers (`.NAME.tmp-*`, `.NAME.old-*`) anywhere in the workspace."""
-    return sorted(str(p.relative_to(ws)) for p in ws.rglob(".*") if ".tmp-" in p.name or ".old-" in p.name)
+# Helpers (the workspace, the command line, snapshots and leftovers are shared: tests/conftest.py)
 
 
 def assert_refused(proc: subprocess.CompletedProcess[str], *needles: str, code: int = 2) -> None:
     """Exit status `code`, every needle in stderr, and a message rather than a traceback."""
-    shown = f"exit {proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
-    assert proc.returncode == code, shown
-    assert "Traceback" not in proc.stderr, shown
+    assert proc.returncode == code, shown(proc)
+    assert "Traceback" not in proc.stderr, shown(proc)
     for needle in needles:
-        assert needle in proc.stderr, f"{needle!r} not in the message\n{shown}"
+        assert needle in proc.stderr, f"{needle!r} not in the message\n{shown(proc)}"
 
 
 def earlier_model(ws: Path) -> dict[str, bytes]:
@@ -199,35 +151,25 @@ def test_an_image_listed_twice_is_named(tiny_data: Path, tmp_path: Path) -> None
     assert leftovers(ws) == []
 
 
-def test_an_unknown_label_is_named_with_the_accepted_ones(tiny_data: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("labels", "needles"), [
+    pytest.param("Cardiomegaly|Pneumonitis",
+                 ("unknown label 'Pneumonitis'", "accepted: 'No Finding'", "Pleural_Thickening"), id="unknown-label"),
+    pytest.param("", ("empty 'Finding Labels'", "expected 'No Finding' or findings joined by '|'"), id="empty-labels"),
+])
+def test_a_bad_finding_label_is_named_with_what_is_accepted(tiny_data: Path, tmp_path: Path, labels: str,
+                                                            needles: tuple[str, ...]) -> None:
     ws = workspace(tiny_data, tmp_path)
     before = snapshot(ws / "data/splits")
     name = first_image(ws)
 
     def change(rows: list[list[str]]) -> None:
-        rows[1][1] = "Cardiomegaly|Pneumonitis"
+        rows[1][1] = labels
 
     edit_entry(ws, change)
 
     proc = run_cli(ws, "split")
 
-    assert_refused(proc, "line 2", name, "unknown label 'Pneumonitis'", "accepted: 'No Finding'", "Pleural_Thickening")
-    assert changed(before, snapshot(ws / "data/splits")) == []
-
-
-def test_empty_finding_labels_are_named(tiny_data: Path, tmp_path: Path) -> None:
-    ws = workspace(tiny_data, tmp_path)
-    before = snapshot(ws / "data/splits")
-    name = first_image(ws)
-
-    def change(rows: list[list[str]]) -> None:
-        rows[1][1] = ""
-
-    edit_entry(ws, change)
-
-    proc = run_cli(ws, "split")
-
-    assert_refused(proc, "line 2", name, "empty 'Finding Labels'", "expected 'No Finding' or findings joined by '|'")
+    assert_refused(proc, "line 2", name, *needles)
     assert changed(before, snapshot(ws / "data/splits")) == []
 
 

@@ -15,13 +15,13 @@ from cxrstudy.errors import InputError
 from cxrstudy.reporting import compare
 from cxrstudy.reporting.results import read_predictions
 from cxrstudy.reporting.study import settings
-from tests.conftest import tiny_raw, write_params
+from tests.conftest import ROOT, git, markdown_tables, run_cli, tiny_raw, write_params
 from tests.synthetic import STUDY_SEEDS, Study, make_study
 
 
 def rows(text: str) -> dict[str, list[str]]:
-    lines = [line for line in text.splitlines() if line.startswith("| ")][1:]
-    return {cells[0]: cells[1:] for cells in ([c.strip() for c in line.strip("|").split("|")] for line in lines)}
+    """The body rows of the first table in `text`, by their first cell."""
+    return {row[0]: row[1:] for row in markdown_tables(text)[0][2:]}
 
 
 def sides(study: Study) -> dict[int, object]:
@@ -60,24 +60,14 @@ def test_different_test_sets_cannot_be_paired(base: Study, tmp_path: Path) -> No
         compare.compare(sides(base), sides(other), settings(base.params))  # type: ignore[arg-type]
 
 
-def _git(repo: Path, *args: str) -> None:
-    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=repo, check=True,
-                   capture_output=True)
-
-
-def _cli(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "cxrstudy", "--params", "params.yaml", "compare", *args], cwd=repo,
-                          capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
-
-
 def _repo_with_a_better_head(base: Study, tmp_path: Path) -> Path:
     """A git repo whose committed predictions are `base` and whose workspace has seed 12 clearly better."""
     repo = tmp_path / "repo"
     shutil.copytree(base.predictions, repo / "predictions")
     write_params(repo / "params.yaml", tiny_raw(seeds=STUDY_SEEDS, report={"bootstrap": 200}))
-    _git(repo, "init", "-q")
-    _git(repo, "add", "-A")
-    _git(repo, "commit", "-qm", "base")
+    git(repo, "init", "-q")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "base")
     better = make_study(tmp_path / "head", bootstrap=300, offset={12: 0.6})
     shutil.rmtree(repo / "predictions")
     shutil.copytree(better.predictions, repo / "predictions")
@@ -86,7 +76,7 @@ def _repo_with_a_better_head(base: Study, tmp_path: Path) -> Path:
 
 def test_the_command_reads_the_base_from_a_git_revision(base: Study, tmp_path: Path) -> None:
     repo = _repo_with_a_better_head(base, tmp_path)
-    done = _cli(repo, "--base", "HEAD")
+    done = run_cli(repo, "compare", "--base", "HEAD")
     assert done.returncode == 0, done.stderr
     assert rows(done.stdout)["seed 12"][-1] == "yes"
     assert "head (`predictions`) minus base (`HEAD`)" in done.stdout
@@ -97,10 +87,10 @@ def test_a_base_revision_without_predictions_is_an_error_naming_it(base: Study, 
     shutil.copytree(base.predictions, repo / "predictions")
     write_params(repo / "params.yaml", tiny_raw(seeds=STUDY_SEEDS))
     (repo / "README").write_text("x\n")
-    _git(repo, "init", "-q")
-    _git(repo, "add", "README", "params.yaml")
-    _git(repo, "commit", "-qm", "no predictions")
-    done = _cli(repo, "--base", "HEAD", "--out", "comment.md")
+    git(repo, "init", "-q")
+    git(repo, "add", "README", "params.yaml")
+    git(repo, "commit", "-qm", "no predictions")
+    done = run_cli(repo, "compare", "--base", "HEAD", "--out", "comment.md")
     assert done.returncode == 2
     assert "HEAD:predictions/seed_12.csv: not in git at that revision" in done.stderr
     assert "Traceback" not in done.stderr and not (repo / "comment.md").exists()
@@ -108,7 +98,7 @@ def test_a_base_revision_without_predictions_is_an_error_naming_it(base: Study, 
 
 def test_the_command_wants_exactly_one_base(tmp_path: Path) -> None:
     write_params(tmp_path / "params.yaml", tiny_raw())
-    done = _cli(tmp_path)
+    done = run_cli(tmp_path, "compare")
     assert done.returncode == 2 and "exactly one of --base REV" in done.stderr
 
 
@@ -117,7 +107,7 @@ def test_the_pr_comment_carries_the_paired_block(base: Study, tmp_path: Path) ->
     repo = _repo_with_a_better_head(base, tmp_path)
     (repo / "dvc.yaml").write_text("stages: {}\n")
     out = tmp_path / "body.md"
-    script = Path(__file__).resolve().parents[1] / "scripts" / "ci" / "comment_body.py"
+    script = ROOT / "scripts" / "ci" / "comment_body.py"
     done = subprocess.run([sys.executable, str(script), "--repo-dir", str(repo), "--out", str(out), "--base", "HEAD",
                            "--marker", "t"], capture_output=True, text=True,
                           env={k: v for k, v in os.environ.items() if k != "GITHUB_STEP_SUMMARY"})

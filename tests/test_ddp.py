@@ -17,32 +17,27 @@ import csv
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from cxrstudy.learning import evaluate, train
+from cxrstudy.learning import evaluate, predict
 from cxrstudy.learning.loader import XrayDataset, eval_transform, load_part, make_loader
 from cxrstudy.learning.losses import make_criterion
-from cxrstudy.metrics import nanmean, per_class_auroc
+from cxrstudy.metrics import per_class_auroc
 from cxrstudy.params import Params
-from tests.conftest import tiny_params, tiny_raw, write_params
+from tests.conftest import free_port, tiny_params, tiny_raw, write_params
 
 pytestmark = pytest.mark.slow
 
 SEED = 1
 NPROC = 2
-# Until train.py shards validation without padding, gathers it back in order and writes per-rank records
-# (the change proposed with issue 4: see docs/performance.md, "Distributed training"), these two fail.
-PENDING_DDP_FIX = pytest.mark.xfail(
-    not hasattr(train, "RANK_LOG_ENV"), strict=True,
-    reason="train.py: validation padded by DistributedSampler, no per-rank records (diff pending)")
 
 
 @dataclass(frozen=True)
@@ -56,12 +51,6 @@ class DdpRun:
     @property
     def model_dir(self) -> Path:
         return self.root / "model"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def launchers(launch: str) -> list[list[str]]:
@@ -135,21 +124,20 @@ def test_the_distributed_model_evaluates(ddp_run: DdpRun, tmp_path: Path) -> Non
     assert metrics["n_test"] > 0 and 0.0 <= metrics["auroc_mean"] <= 1.0
 
 
-@PENDING_DDP_FIX
 def test_recorded_validation_is_the_whole_set_once_as_one_process_computes_it(ddp_run: DdpRun) -> None:
     assert ddp_run.proc.returncode == 0
     data = ddp_run.data / "data"
     images, val = load_part(data / "raw", data / "processed", ddp_run.splits, "val")
     _, train_part = load_part(data / "raw", data / "processed", ddp_run.splits, "train")
     cfg = ddp_run.params.train
-    model = train.load_trained(ddp_run.model_dir / train.MODEL_FILE)
+    model = predict.load_trained(ddp_run.model_dir / predict.MODEL_FILE)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     loader = make_loader(XrayDataset(images, val, eval_transform(cfg.image_size, images.shape[-1])),
                          ddp_run.params.evaluate.batch_size, shuffle=False, generator=None, num_workers=0,
                          pin_memory=False)
-    logits, labels = train.predict(model, loader, torch.device("cpu"), cfg.channels_last, cfg.amp)
-    auroc = nanmean(per_class_auroc(labels, train.sigmoid(logits)))
+    logits, labels = predict.predict(model, loader, torch.device("cpu"), cfg.channels_last, cfg.amp)
+    auroc = np.nanmean(per_class_auroc(labels, predict.sigmoid(logits)))
     loss = float(make_criterion(cfg.loss, train_part.labels)(torch.from_numpy(logits), torch.from_numpy(labels)))
     best = int(json.loads((ddp_run.model_dir / "summary.json").read_text())["best_epoch"])
     row = history(ddp_run)[best - 1]
@@ -157,7 +145,6 @@ def test_recorded_validation_is_the_whole_set_once_as_one_process_computes_it(dd
     assert float(row["val_loss"]) == pytest.approx(loss, abs=2e-6)
 
 
-@PENDING_DDP_FIX
 def test_every_rank_sees_the_same_gathered_predictions_losses_and_weights(ddp_run: DdpRun) -> None:
     assert ddp_run.proc.returncode == 0
     n_val = len((ddp_run.splits / "val.txt").read_text().split())

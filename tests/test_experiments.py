@@ -5,11 +5,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,16 +13,10 @@ import pytest
 
 from cxrstudy.errors import InputError
 from cxrstudy.reporting import experiments
-from tests.conftest import tiny_params, tiny_raw, write_params
+from tests.conftest import cli, copy_project, git, sh, table_after, tiny_params, tiny_raw
 from tests.synthetic import make_study
 
 SEEDS = [12, 22]
-
-
-def git(repo: Path, *args: str) -> str:
-    done = subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=repo, check=True,
-                          capture_output=True, text=True)
-    return done.stdout.strip()
 
 
 def _entry(rev: str, name: str, params: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
@@ -93,13 +83,13 @@ def test_the_comparison_pairs_each_arm_with_the_baseline(grid: tuple[Path, list[
     experiments.run(tiny_params(seeds=SEEDS, report={"bootstrap": 200}), tmp_path / "exp.json", repo, out)
     text = out.read_text()
     assert text.startswith("# Phantom run — Experiment comparison: loss × CLAHE")
-    deltas = _table(text, "## Against the baseline")
+    deltas = table_after(text, "## Against the baseline")
     assert [r[0] for r in deltas[1:]] == ["bce-clahe", "focal-noclahe"]
     bce = next(r for r in deltas if r[0] == "bce-clahe")
     assert bce[1].endswith("✱") and bce[4] == "yes"
-    arms = _table(text, "## Arms")
+    arms = table_after(text, "## Arms")
     assert arms[1][0] == "focal-clahe (baseline)"
-    clahe = _table(text, "## CLAHE on − off, per loss")
+    clahe = table_after(text, "## CLAHE on − off, per loss")
     assert clahe[1][0].startswith("focal")
     assert "Not compared (no metrics yet): wbce-noclahe (queued)." in text
 
@@ -109,9 +99,9 @@ def test_the_differences_match_the_arms_own_numbers(grid: tuple[Path, list[dict[
     (tmp_path / "exp.json").write_text(json.dumps(data))
     out = tmp_path / "experiments.md"
     experiments.run(tiny_params(seeds=SEEDS, report={"bootstrap": 100}), tmp_path / "exp.json", repo, out)
-    arms = _table(out.read_text(), "## Arms")
+    arms = table_after(out.read_text(), "## Arms")
     point = {r[0].split()[0]: float(r[6].split()[0]) for r in arms[1:]}
-    deltas = _table(out.read_text(), "## Against the baseline")
+    deltas = table_after(out.read_text(), "## Against the baseline")
     for row in deltas[1:]:
         assert float(row[1].split()[0]) == pytest.approx(point[row[0]] - point["focal-clahe"], abs=2e-4)
 
@@ -139,43 +129,25 @@ def test_a_file_that_is_not_exp_show_output_is_an_error(tmp_path: Path) -> None:
         experiments.run(tiny_params(), bad, tmp_path, tmp_path / "c.md")
 
 
-def _table(text: str, heading: str) -> list[list[str]]:
-    lines = [ln for ln in text.split(heading, 1)[1].split("\n\n", 2)[1].splitlines() if ln.startswith("|")]
-    return [[c.strip() for c in re.split(r"(?<!\\)\|", ln[1:-1])] for ln in lines[:1] + lines[2:]]
-
-
 # ------------------------------------------------------------------------------------------------ for real
-
-
-def _sh(args: list[str], cwd: Path) -> str:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "TQDM_DISABLE": "1"}
-    done = subprocess.run(args, cwd=cwd, env=env, text=True, capture_output=True)
-    assert done.returncode == 0, f"{' '.join(args)} exited {done.returncode}\n{done.stdout}\n{done.stderr}"
-    return done.stdout
 
 
 @pytest.mark.slow
 def test_a_two_arm_grid_runs_end_to_end(tmp_path: Path) -> None:
     """queue -> run -> compare -> render, at toy size: CLAHE on (the baseline) and off, through `dvc exp`."""
-    from tests.test_pipeline import copy_project
-
-    root = copy_project(tmp_path / "project")
-    for generated in ("dvc.lock", "reports/report.md", "reports/experiments.md"):
-        (root / generated).unlink(missing_ok=True)
-    shutil.rmtree(root / "metrics", ignore_errors=True)
-    shutil.rmtree(root / "predictions", ignore_errors=True)
-    write_params(root / "params.yaml", tiny_raw(report={"bootstrap": 100, "min_positives": 3}))
-    _sh(["dvc", "repro"], root)
-    _sh(["git", "add", "-A"], root)
-    _sh(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "baseline"], root)
-    _sh(["dvc", "exp", "run", "--queue", "-S", "preprocess.clahe=true,false"], root)
-    _sh(["dvc", "exp", "run", "--run-all", "--jobs", "1"], root)
-    _sh([sys.executable, "-m", "cxrstudy", "experiments", "--out", "reports/experiments.md"], root)
+    root = copy_project(tmp_path / "project",
+                        drop=("dvc.lock", "reports/report.md", "reports/experiments.md", "metrics", "predictions"),
+                        params=tiny_raw(report={"bootstrap": 100, "min_positives": 3}))
+    sh(["dvc", "repro"], root)
+    git(root, "add", "-A")
+    git(root, "commit", "-qm", "baseline")
+    sh(["dvc", "exp", "run", "--queue", "-S", "preprocess.clahe=true,false"], root)
+    sh(["dvc", "exp", "run", "--run-all", "--jobs", "1"], root)
+    sh(cli("experiments", "--out", "reports/experiments.md"), root)
     text = (root / "reports/experiments.md").read_text()
-    arms = _table(text, "## Arms")
+    arms = table_after(text, "## Arms")
     assert len(arms) == 3 and sorted(r[3] for r in arms[1:]) == ["off", "on"]
     assert next(r for r in arms[1:] if r[0].endswith("(baseline)"))[3] == "on"
-    deltas = _table(text, "## Against the baseline")
+    deltas = table_after(text, "## Against the baseline")
     assert len(deltas) == 2 and not math.isnan(float(deltas[1][1].split()[0]))
     assert "## CLAHE on − off, per loss" in text

@@ -38,8 +38,19 @@ from cxrstudy.learning.evaluate import compute_metrics, save_predictions
 from cxrstudy.learning.train import TrainState, make_optimizer, make_scheduler, save_checkpoint, sigmoid
 from cxrstudy.params import parse_params
 from cxrstudy.reporting import report
-from tests.conftest import ROOT, section, tiny_params, tiny_raw, write_params
-from tests.test_atomic import leftovers, patched_cli, run_cli, shown, snapshot
+from tests.conftest import (
+    ROOT,
+    leftovers,
+    patched_cli,
+    run_cli,
+    section,
+    shown,
+    snapshot,
+    tiny_params,
+    tiny_raw,
+    workspace,
+    write_params,
+)
 from tests.test_resume import (
     CHECKPOINT,
     assert_same_results,
@@ -48,14 +59,6 @@ from tests.test_resume import (
     wait_for_checkpoint,
 )
 from tests.test_resume import workspace as train_workspace
-
-
-def workspace(tiny_data: Path, root: Path, **override: Any) -> Path:
-    """A project folder with a copy of the tiny data and the tiny parameters (with `override`)."""
-    root.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(tiny_data / "data", root / "data")
-    write_params(root / "params.yaml", tiny_raw(**override))
-    return root
 
 
 @pytest.fixture
@@ -477,25 +480,25 @@ def test_train_on_a_truncated_processed_array_is_one_line(tiny_data: Path, tmp_p
     assert "error: data/processed/images.npy: not a complete .npy array" in done.stderr, shown(done)
 
 
-# The stage, held once every image is processed but before it writes: its workers are up, waiting for more work.
-# (A worker busy on an image hands its KeyboardInterrupt back to the stage; an idle one used to print a traceback.)
+# The stage, held once every archive is processed but before it finishes: its worker processes are up and idle.
+# (An idle worker used to print a traceback of its own.)
 PREPROCESS_HELD = """
     import sys
     import cxrstudy.data.preprocess as preprocess
 
-    _process_all = preprocess.process_all
+    _process_archives = preprocess.process_archives
 
-    def process_all(paths, cfg):
-        results = _process_all(paths, cfg)
+    def process_archives(archives, names, images, cfg):
+        results = _process_archives(archives, names, images, cfg)
         try:
-            done = [next(results) for _ in paths]
+            done = [next(results) for _ in archives]
             print("started", flush=True)
             sys.stdin.readline()  # SIGINT interrupts this read
             yield from done
         finally:
             results.close()
 
-    preprocess.process_all = process_all
+    preprocess.process_archives = process_archives
 """
 
 
@@ -519,6 +522,7 @@ def test_ctrl_c_during_preprocess_is_one_line_and_keeps_the_earlier_output(tiny_
 
     assert proc.returncode == 130, f"exit {proc.returncode}\n{out}\n{err}"
     assert "Traceback" not in err and "KeyboardInterrupt" not in err and "ImportError" not in err, err
-    assert len(err.strip().splitlines()) == 1 and err.startswith("interrupted by SIGINT"), err
+    messages = [line for line in err.strip().splitlines() if not re.match(r"preprocess: +\d+%\|", line)]  # tqdm's bar
+    assert len(messages) == 1 and messages[0].startswith("interrupted by SIGINT"), err
     assert snapshot(ws / "data/processed") == before
     assert leftovers(ws / "data") == []

@@ -12,11 +12,12 @@ import gzip
 import hashlib
 import io
 import os
+import queue
+import select
 import socket
 import tarfile
 import tempfile
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -135,6 +136,7 @@ class ServerState:
     log: list[tuple[str, str | None]] = field(default_factory=list)
     release: threading.Event = field(default_factory=threading.Event)
     spent: set[str] = field(default_factory=set)  # one-shot faults already played
+    hung_up: queue.Queue[str] = field(default_factory=queue.Queue)  # stalled requests the client gave up on
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -150,7 +152,7 @@ class Handler(BaseHTTPRequestHandler):
         state.log.append((name, requested))
         mode = state.modes.get(name, "")
         if mode == "stall":
-            state.release.wait(5)
+            self._stall(state, name)
             return
         if mode == "fail-once" and name not in state.spent:
             state.spent.add(name)
@@ -160,6 +162,14 @@ class Handler(BaseHTTPRequestHandler):
             self.send_error(404)
             return
         self._send(state, name, mode, requested)
+
+    def _stall(self, state: ServerState, name: str) -> None:
+        """Answer nothing until the client hangs up (recorded) or the test ends, whichever comes first."""
+        while not state.release.is_set():
+            readable, _, _ = select.select([self.connection], [], [], 0.05)
+            if readable and not self.connection.recv(1, socket.MSG_PEEK):
+                state.hung_up.put(name)
+                return
 
     def _send(self, state: ServerState, name: str, mode: str, requested: str | None) -> None:
         data = state.files[name]
@@ -336,16 +346,18 @@ def test_missing_archive_404_names_it(tmp_path: Path, server: tuple[str, ServerS
         ingest_nih(params(tmp_path, base_url=url), out(tmp_path), checksums=release.checksums)
 
 
+@pytest.mark.timeout(60)  # without the client's timeout the download would wait for ever
 def test_stalled_server_times_out_and_names_the_archive(tmp_path: Path, server: tuple[str, ServerState]) -> None:
     url, state = server
     release = make_release()
     state.files.update(release.files)
-    state.modes["images_001.tar.gz"] = "stall"
-    started = time.monotonic()
-    with pytest.raises(InputError, match=r"images_001\.tar\.gz: download from .* failed 2 time\(s\)"):
+    state.modes["images_001.tar.gz"] = "stall"  # the server never answers: only the client's timeout ends a try
+    tried_twice = r"images_001\.tar\.gz: download from .* failed 2 time\(s\), last: .*timed out"
+    with pytest.raises(InputError, match=tried_twice):
         ingest_nih(params(tmp_path, base_url=url, timeout_s=0.3, retries=1), out(tmp_path),
                    checksums=release.checksums)
-    assert time.monotonic() - started < 3
+    gave_up = [state.hung_up.get(timeout=30) for _ in range(2)]  # the server notices each hang-up (bounded)
+    assert gave_up == ["images_001.tar.gz"] * 2 and state.hung_up.empty(), "the client ended both tries"
 
 
 def test_official_address_uses_nih_box_names() -> None:

@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from cxrstudy import numerics
-from tests.conftest import tiny_raw, write_params
+from tests.conftest import cli, tiny_raw, write_params
 
 SEED = 1
 # What a different machine's defaults look like to the libraries: one core, no pins, other kernels.
@@ -68,8 +68,7 @@ def run_seed(tiny_data: Path, out: Path, numerics_cfg: dict[str, Any], env: dict
         stages.append(["evaluate", *data, "--model", str(out / "model"), "--metrics", str(out / "metrics.json"),
                        "--predictions", str(out / "predictions.csv")])
     for stage in stages:
-        cmd = [*prefix, sys.executable, "-m", "cxrstudy", "--params", str(params), stage[0], "--seed", str(SEED),
-               *stage[1:]]
+        cmd = [*prefix, *cli(stage[0], "--seed", str(SEED), *stage[1:], params=str(params))]
         done = subprocess.run(cmd, cwd=out, env=full_env, capture_output=True, text=True, timeout=1800)
         assert done.returncode == 0, f"{' '.join(cmd)}\n{done.stdout}\n{done.stderr}"
     return Run(weights_digest(out / "model" / "model.pt"),

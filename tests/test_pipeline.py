@@ -3,64 +3,20 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, UP_TO_DATE, tiny_raw, write_params
+from tests.conftest import UP_TO_DATE, copy_project, git, sh, table_rows, tiny_raw, write_params
 
 pytestmark = pytest.mark.slow
 
 
-def sh(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "TQDM_DISABLE": "1"}
-    done = subprocess.run(args, cwd=cwd, env=env, text=True, capture_output=True)
-    if check and done.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} exited {done.returncode}\n{done.stdout}\n{done.stderr}")
-    return done
-
-
-def copy_project(dest: Path) -> Path:
-    """The project's tracked and untracked-but-not-ignored files, committed in a fresh git repository."""
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, check=True,
-                           capture_output=True).stdout.decode().split("\0")
-    for name in filter(None, files):
-        src = ROOT / name
-        if src.is_file():
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / name)
-    sh(["git", "init", "-q"], dest)
-    sh(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "init", "--allow-empty"], dest)
-    sh(["git", "add", "-A"], dest)
-    sh(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "project"], dest)
-    return dest
-
-
-def table_rows(markdown: str, heading: str) -> list[list[str]]:
-    """The body rows of the first table after `heading`, as lists of stripped cells."""
-    section = markdown.split(heading, 1)[1]
-    lines = [ln for ln in section.splitlines() if ln.startswith("|")]
-    rows = []
-    for ln in lines[2:]:
-        rows.append([c.strip() for c in ln.strip().strip("|").split("|")])
-        if not section.split(ln, 1)[1].lstrip("\n").startswith("|"):
-            break
-    return rows
-
-
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = copy_project(tmp_path_factory.mktemp("project"))
-    for generated in ("dvc.lock", "reports/report.md"):
-        (root / generated).unlink(missing_ok=True)
-    shutil.rmtree(root / "metrics", ignore_errors=True)
-    write_params(root / "params.yaml", tiny_raw())
+    root = copy_project(tmp_path_factory.mktemp("project"), drop=("dvc.lock", "reports/report.md", "metrics"),
+                        params=tiny_raw())
     sh(["dvc", "repro"], root)
     return root
 
@@ -99,21 +55,26 @@ def test_metrics_show_lists_each_seed(project: Path) -> None:
     assert {"metrics/eval/seed_1.json", "metrics/eval/seed_2.json"} <= set(files)
 
 
-def up_to_date(project: Path) -> bool:
+def assert_up_to_date(project: Path) -> None:
     """`dvc status` lists nothing but the manifest stage, which runs every time (it records the data source)."""
-    return json.loads(sh(["dvc", "status", "--json"], project).stdout) in UP_TO_DATE
+    status = json.loads(sh(["dvc", "status", "--json"], project).stdout)
+    assert status in UP_TO_DATE, f"dvc status: {status}"
+
+
+def _commit(project: Path, message: str) -> None:
+    git(project, "add", "-A")
+    git(project, "commit", "-qm", message, "--allow-empty")
 
 
 def test_a_second_repro_has_nothing_to_do(project: Path) -> None:
     out = sh(["dvc", "repro"], project).stdout
     assert set(re.findall(r"Running stage '([^']+)'", out)) == {"manifest"}  # it watches the data source
     assert "Stage 'ingest' didn't change, skipping" in out and "Stage 'report' didn't change, skipping" in out
-    assert up_to_date(project)
+    assert_up_to_date(project)
 
 
 def test_a_training_parameter_reruns_only_train_evaluate_and_report(project: Path) -> None:
-    sh(["git", "add", "-A"], project)
-    sh(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "baseline"], project)
+    _commit(project, "baseline")
     write_params(project / "params.yaml", tiny_raw(train={"lr": 0.001}))
     out = sh(["dvc", "repro"], project).stdout
     ran = set(re.findall(r"Running stage '([^']+)'", out))
@@ -124,8 +85,7 @@ def test_a_training_parameter_reruns_only_train_evaluate_and_report(project: Pat
 
 
 def test_a_bad_parameter_stops_repro_and_nothing_is_recorded(project: Path) -> None:
-    sh(["git", "add", "-A"], project)
-    sh(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "before"], project)
+    _commit(project, "before")
     lock = (project / "dvc.lock").read_text()
     before = (project / "data/processed/images.npy").read_bytes()
     write_params(project / "params.yaml", tiny_raw(preprocess={"clip_limit": 0}))
@@ -136,18 +96,13 @@ def test_a_bad_parameter_stops_repro_and_nothing_is_recorded(project: Path) -> N
     sh(["git", "checkout", "params.yaml"], project)
     sh(["dvc", "checkout"], project)  # DVC removed the stage's output before running it; the cache has it
     assert (project / "data/processed/images.npy").read_bytes() == before
-    assert up_to_date(project)
-
-
-def _commit(project: Path, message: str) -> None:
-    sh(["git", "add", "-A"], project)
-    sh(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", message, "--allow-empty"], project)
+    assert_up_to_date(project)
 
 
 def test_an_unknown_top_level_key_stops_repro_even_when_nothing_is_stale(project: Path) -> None:
     """No stage depends on a key nobody reads, so only a stage that always runs (manifest) can refuse it."""
     _commit(project, "before an unknown key")
-    assert up_to_date(project)
+    assert_up_to_date(project)
     lock = (project / "dvc.lock").read_text()
     params = project / "params.yaml"
     params.write_text(params.read_text() + "trian:\n  epochs: 1\n")
@@ -186,11 +141,12 @@ def test_a_failed_report_stage_is_undone_by_git_checkout_not_by_dvc_checkout(pro
 
     assert done.returncode != 0 and "seed_1.csv" in done.stdout + done.stderr
     assert not (project / "reports/report.md").exists(), "DVC removes a stage's outputs before running it"
-    sh(["dvc", "checkout", "--force"], project)  # brings back the predictions, which are cached
+    sh(["dvc", "checkout", "--force"], project)
     assert not (project / "reports/report.md").exists(), "dvc checkout has no copy of a cache: false output"
-    sh(["git", "checkout", "--", *REPORT_OUTS], project)
+    # The predictions are `cache: false` too (in git, for CI's base revision): git brings them back as well.
+    git(project, "checkout", "--", "predictions/seed_1.csv", *REPORT_OUTS)
     assert _files(project, REPORT_OUTS) == before
-    assert up_to_date(project)
+    assert_up_to_date(project)
 
 
 def test_a_configuration_run_before_comes_back_from_the_run_cache_without_training(project: Path) -> None:

@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 
 from cxrstudy.data.imageio import archive_paths, decode_gray, encode_png, iter_pngs, write_archive
-from tests.conftest import tiny_raw, write_params
-from tests.test_pipeline import copy_project, sh
+from tests.conftest import copy_project, sh, tiny_raw
 
 pytestmark = pytest.mark.slow
 
@@ -24,9 +23,7 @@ DATA_STAGES = ("ingest", "preprocess", "split")
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The project after `dvc repro split` on the tiny data, its outputs committed (kept pristine; copy it)."""
-    root = copy_project(tmp_path_factory.mktemp("raw-versioning"))
-    write_params(root / "params.yaml", tiny_raw())
-    (root / "dvc.lock").unlink(missing_ok=True)
+    root = copy_project(tmp_path_factory.mktemp("raw-versioning"), drop=("dvc.lock",), params=tiny_raw())
     sh(["dvc", "repro", "split"], root)
     return root
 

@@ -12,8 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -25,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, UP_TO_DATE, tiny_raw, write_params
+from tests.conftest import UP_TO_DATE, copy_project, free_port, tiny_raw
 
 pytestmark = pytest.mark.slow
 
@@ -44,12 +42,6 @@ AWS_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "A
 # DVC-tracked outputs (cached, so pushed and pulled) compared byte for byte between the two checkouts. The
 # predictions are `cache: false` outputs (in git, so that CI can read a base revision's), not among them.
 OUTS = ("data/raw", "data/processed", "data/splits", "models/seed_1", "models/seed_2")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class S3Server:
@@ -150,26 +142,6 @@ def run(args: list[str], cwd: Path, env: dict[str, str], server: S3Server, timeo
     return done.stdout + done.stderr
 
 
-def copy_project(dest: Path, env: dict[str, str], server: S3Server) -> Path:
-    """The project's tracked and untracked-but-not-ignored files, without pipeline results, in a new git repo."""
-    names = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, check=True,
-                           capture_output=True).stdout.decode().split("\0")
-    for name in filter(None, names):
-        src = ROOT / name
-        if src.is_file():
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / name)
-    for generated in ("dvc.lock", "reports/report.md"):
-        (dest / generated).unlink(missing_ok=True)
-    for generated in ("metrics", "plots", "predictions", "models", "data"):
-        shutil.rmtree(dest / generated, ignore_errors=True)
-    write_params(dest / "params.yaml", tiny_raw())
-    run(["git", "init", "-q", "-b", "main"], dest, env, server)
-    run(["git", "add", "-A"], dest, env, server)
-    run(["git", "commit", "-qm", "project with tiny params"], dest, env, server)
-    return dest
-
-
 def digest(root: Path, out: str) -> dict[str, str]:
     """sha256 of every file under an output (a file or a directory), keyed by path relative to `root`."""
     path = root / out
@@ -200,7 +172,9 @@ def test_push_then_pull_into_a_fresh_clone(tmp_path: Path, base_env: dict[str, s
 
     # 1. The project, configured with the documented command: URL + endpoint in .dvc/config (committed),
     #    credentials from the environment only.
-    origin = copy_project(tmp_path / "origin", base_env, s3)
+    # Without pipeline results: the remote and the fresh clone must bring back every one.
+    origin = copy_project(tmp_path / "origin", params=tiny_raw(),
+                          drop=("dvc.lock", "reports/report.md", "metrics", "plots", "predictions", "models", "data"))
     out = run(["bash", "scripts/remote.sh", REMOTE_URL, "--endpoint", s3.endpoint], origin, creds(base_env), s3)
     assert "storage" in out
     config = (origin / ".dvc" / "config").read_text()

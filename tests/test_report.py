@@ -21,7 +21,7 @@ from cxrstudy.reporting import references
 from cxrstudy.reporting.render import MAX_CHARS
 from cxrstudy.reporting.results import read_predictions
 from cxrstudy.reporting.stats import patient_counts
-from tests.conftest import ROOT, tiny_params
+from tests.conftest import ROOT, markdown_tables, table_after, tiny_params
 from tests.synthetic import STUDY_SEEDS, Study, make_study
 
 # Two findings below the 10-positive threshold (one with 2 positives: many resamples draw none), one separable.
@@ -40,34 +40,6 @@ def four_seed_report(four_seeds: Study) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ Markdown helpers
-
-
-def tables(text: str) -> list[list[list[str]]]:
-    """Every Markdown table in `text` as rows of cells (header first, the rule row kept)."""
-    out: list[list[list[str]]] = []
-    current: list[list[str]] = []
-    previous = ""
-    for line in text.splitlines() + [""]:
-        if line.startswith("|"):
-            if not current:
-                assert previous.strip() == "", f"a table must follow a blank line: {line!r}"
-            current.append(_cells(line))
-        elif current:
-            out.append(current)
-            current = []
-        previous = line
-    return out
-
-
-def _cells(line: str) -> list[str]:
-    assert line.endswith("|"), f"table row does not end with a pipe: {line!r}"
-    return [c.strip() for c in re.split(r"(?<!\\)\|", line[1:-1])]
-
-
-def table_after(text: str, heading: str, index: int = 0) -> list[list[str]]:
-    """The `index`-th table after the line `heading`, rule row dropped."""
-    found = tables(text.split(heading, 1)[1])[index]
-    return [found[0], *found[2:]]
 
 
 def column(table: list[list[str]], name: str) -> dict[str, str]:
@@ -225,23 +197,23 @@ def test_the_seed_verdict_follows_the_variance_decomposition(four_seeds: Study, 
 
 
 def test_ensemble_row_is_the_auroc_of_the_mean_probability(four_seeds: Study, four_seed_report: str) -> None:
-    from cxrstudy.metrics import nanmean, per_class_auroc
+    from cxrstudy.metrics import per_class_auroc
 
     preds = [read_predictions(four_seeds.predictions / f"seed_{s}.csv") for s in STUDY_SEEDS]
     mean_probs = np.mean([p.probs for p in preds], axis=0)
     overall = table_after(four_seed_report, "## Overall Metrics Comparison (per seed)")
     row = next(r for r in overall if r[0].startswith("ensemble"))
-    assert row[2] == f"{nanmean(per_class_auroc(preds[0].labels, mean_probs)):.4f}"
+    assert row[2] == f"{np.nanmean(per_class_auroc(preds[0].labels, mean_probs)):.4f}"
 
 
 def test_the_ensemble_f1_uses_thresholds_from_its_validation_predictions(four_seeds: Study,
                                                                         four_seed_report: str) -> None:
-    from cxrstudy.metrics import nanmean, per_class_f1, per_class_thresholds
+    from cxrstudy.metrics import per_class_f1, per_class_thresholds
 
     test = [read_predictions(four_seeds.predictions / f"seed_{s}.csv") for s in STUDY_SEEDS]
     val = [read_predictions(four_seeds.predictions / "val" / f"seed_{s}.csv") for s in STUDY_SEEDS]
     test_probs, val_probs = np.mean([p.probs for p in test], axis=0), np.mean([p.probs for p in val], axis=0)
-    expected = nanmean(per_class_f1(test[0].labels, test_probs, per_class_thresholds(val[0].labels, val_probs)))
+    expected = np.nanmean(per_class_f1(test[0].labels, test_probs, per_class_thresholds(val[0].labels, val_probs)))
     overall = table_after(four_seed_report, "## Overall Metrics Comparison (per seed)")
     f1 = column(overall, "Avg F1 (14 findings, validation thresholds)")
     assert f1["ensemble (mean of 4 seeds' probabilities)"] == f"{expected:.4f}"
@@ -299,11 +271,11 @@ def test_a_phantom_report_says_phantom_before_any_number(four_seed_report: str) 
 def test_a_phantom_report_sets_no_published_number_beside_its_own(four_seed_report: str) -> None:
     published = ("CheXNet", "Seed study", "seed study", "Wang et al.")
     ours = four_seed_report.split("## Published References", 1)[0]
-    for table in tables(ours):
+    for table in markdown_tables(ours):
         assert not any(p in cell for row in table for cell in row for p in published), table[0]
     refs = section(four_seed_report, "## Published References")
     assert "(real data; not comparable with this phantom run)" in four_seed_report
-    for table in tables(refs):
+    for table in markdown_tables(refs):
         assert not any("This run" in h or "this run" in row[0] for h in table[0] for row in table), table[0]
 
 
@@ -331,7 +303,7 @@ def test_on_the_real_data_published_references_sit_beside_ours_labelled_with_the
 
 
 def test_every_f1_column_names_its_threshold_protocol(four_seed_report: str) -> None:
-    for table in tables(four_seed_report):
+    for table in markdown_tables(four_seed_report):
         for header in table[0]:
             if "F1" in header:
                 assert re.search(r"validation|test-tuned|threshold", header), header
@@ -361,7 +333,7 @@ def test_a_reference_with_an_unknown_split_is_an_error(tmp_path: Path) -> None:
 
 
 def test_every_table_row_has_as_many_cells_as_its_header(four_seed_report: str) -> None:
-    found = tables(four_seed_report)
+    found = markdown_tables(four_seed_report)
     assert len(found) >= 12
     for table in found:
         assert all(len(row) == len(table[0]) for row in table), table[0]
@@ -405,7 +377,7 @@ def test_one_seed_renders_without_spread_comparisons_or_ensemble(tmp_path: Path)
     assert [r[0] for r in overall[1:]] == ["42"]
     assert "One seed (42) was run" in text
     assert "## Paired comparisons" not in text and "no training variance to estimate" in text
-    for table in tables(text):
+    for table in markdown_tables(text):
         assert all(len(row) == len(table[0]) for row in table)
 
 

@@ -11,9 +11,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -23,17 +21,12 @@ import yaml
 
 from cxrstudy.errors import InputError
 from cxrstudy.labels import FINDINGS
+from cxrstudy.learning.checkpoint import load_checkpoint
 from cxrstudy.learning.model import build_model
-from cxrstudy.learning.train import load_checkpoint, load_trained, make_optimizer, make_scheduler
+from cxrstudy.learning.predict import load_trained
+from cxrstudy.learning.train import make_optimizer, make_scheduler
 from cxrstudy.params import load_params, parse_params
-from tests.conftest import ROOT, tiny_params, tiny_raw, write_params
-
-
-def _closed_port() -> int:
-    """A loopback port nothing listens on (bound, then released): pushes to it are refused."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.conftest import ROOT, free_port, run_cli, tiny_params, tiny_raw, write_params
 
 
 @pytest.mark.slow
@@ -62,7 +55,7 @@ def test_a_planted_secret_reaches_no_output_log_or_report(tmp_path: Path) -> Non
         seeds=[1],
         train={"epochs": 1},
         report={"bootstrap": 20},
-        monitor={"port": 0, "pushgateway": f"127.0.0.1:{_closed_port()}", "push_timeout_s": 2.0},
+        monitor={"port": 0, "pushgateway": f"127.0.0.1:{free_port()}", "push_timeout_s": 2.0},
     ))
     stages = [
         ["ingest", "--workers", "1"],
@@ -74,15 +67,15 @@ def test_a_planted_secret_reaches_no_output_log_or_report(tmp_path: Path) -> Non
     ]
     printed: list[str] = []
     for args in stages:
-        proc = subprocess.run([sys.executable, "-m", "cxrstudy", "--params", "params.yaml", *args], cwd=ws,
-                              capture_output=True, text=True, timeout=600, env=env)
+        proc = run_cli(ws, *args, timeout=600, env=env)
         assert proc.returncode == 0, f"{args[0]}: exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
         printed += [proc.stdout, proc.stderr]
     assert "push to Pushgateway" in "".join(printed), "the failing push was not logged: the test lost its point"
     assert (ws / "reports/report.md").is_file() and (ws / "metrics/eval/seed_1.json").is_file()
 
     written = [p for p in ws.rglob("*") if p.is_file() and p != local_config]
-    assert len(written) > 100  # the images, the processed data, the splits, the model, metrics, report...
+    for folder in ("data/raw", "data/processed", "data/splits", "models", "metrics", "plots", "reports"):
+        assert any(p.is_relative_to(ws / folder) for p in written), f"{folder}: nothing written, nothing searched"
     leaked = [str(p.relative_to(ws)) for p in written if marker.encode() in p.read_bytes()]
     assert leaked == [], f"the planted secret is in {leaked}"
     assert all(marker not in text for text in printed), "the planted secret was printed"

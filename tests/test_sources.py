@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +13,7 @@ from cxrstudy.data import manifest
 from cxrstudy.data.nih import check_dvc_links, ingest_nih
 from cxrstudy.data.release import read_md5_file
 from cxrstudy.errors import InputError
-from tests.conftest import section, tiny_params, tiny_raw, write_params
+from tests.conftest import copy_project, section, sh, tiny_params, tiny_raw, write_params
 from tests.test_nih import Release, make_release
 
 
@@ -74,16 +72,11 @@ def test_a_bad_md5_list_is_named_with_its_line(tmp_path: Path, text: str, where:
         read_md5_file(path)
 
 
-def dvc(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(Path(sys.executable).parent / "dvc"), *args], cwd=cwd, capture_output=True,
-                          text=True, check=True)
-
-
 def test_dvc_must_link_not_copy_the_release(tmp_path: Path) -> None:
-    dvc("init", "--no-scm", "-q", cwd=tmp_path)
+    sh(["dvc", "init", "--no-scm", "-q"], tmp_path)
     with pytest.raises(InputError, match=r"dvc config --local cache\.type hardlink,symlink"):
         check_dvc_links(tmp_path)
-    dvc("config", "--local", "cache.type", "hardlink,symlink", cwd=tmp_path)
+    sh(["dvc", "config", "--local", "cache.type", "hardlink,symlink"], tmp_path)
     check_dvc_links(tmp_path)
 
 
@@ -101,8 +94,6 @@ def test_the_manifest_changes_exactly_when_the_local_copy_does(tmp_path: Path) -
 
 @pytest.mark.slow
 def test_dvc_repro_reruns_ingest_when_the_local_copy_changes(tmp_path: Path) -> None:
-    from tests.test_pipeline import copy_project, sh
-
     project = copy_project(tmp_path / "project")
     release = make_release()
     root = archive_copy(tmp_path, release)
