@@ -24,11 +24,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cxrstudy.errors import InputError
+from cxrstudy.params import NumericsParams
 
-if TYPE_CHECKING:  # type hints only: benchmarks/gpu_check.py trains where pydantic is not installed
+if TYPE_CHECKING:  # type hints only: torch must not load before the numerics are pinned
     import torch
-
-    from cxrstudy.params import NumericsParams
 
 # The variables that hold each library to its AVX2 kernels. Environment variables set by the user are overridden:
 # the point is that a machine's own defaults cannot change the numbers.

@@ -21,7 +21,6 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -31,9 +30,7 @@ from cxrstudy.atomic import atomic_dir
 from cxrstudy.data.imageio import ARCHIVES_DIR, ArchiveError, ImageError, archive_paths, decode_gray, iter_pngs
 from cxrstudy.errors import InputError
 from cxrstudy.labels import DATA_ENTRY_FILE, read_data_entry
-
-if TYPE_CHECKING:  # type hints only: the training code runs where pydantic is not installed
-    from cxrstudy.params import Params, PreprocessParams
+from cxrstudy.params import Params, PreprocessParams
 
 IMAGES_FILE = "images.npy"
 INDEX_FILE = "index.txt"

@@ -10,7 +10,6 @@ the unusable ones are left out of every part, and of the official lists.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -19,9 +18,7 @@ from sklearn.model_selection import GroupShuffleSplit
 from cxrstudy.atomic import atomic_dir, write_json
 from cxrstudy.errors import InputError
 from cxrstudy.labels import DATA_ENTRY_FILE, FINDINGS, label_matrix, read_data_entry
-
-if TYPE_CHECKING:  # type hints only: the training code runs where pydantic is not installed
-    from cxrstudy.params import Params, SplitParams
+from cxrstudy.params import Params, SplitParams
 
 TRAIN_VAL_LIST = "train_val_list.txt"
 TEST_LIST = "test_list.txt"

@@ -15,7 +15,7 @@ import random
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -26,9 +26,7 @@ from cxrstudy.atomic import atomic_file
 from cxrstudy.data.preprocess import IMAGES_FILE, INDEX_FILE, META_FILE
 from cxrstudy.labels import DATA_ENTRY_FILE
 from cxrstudy.learning.distributed import unwrap
-
-if TYPE_CHECKING:  # type hints only: the training code runs where pydantic is not installed (GPU boxes)
-    from cxrstudy.params import Params
+from cxrstudy.params import Params
 
 CHECKPOINT_FILE = "last.pt"
 SOURCES = Path(__file__).resolve().parents[1]  # the cxrstudy package, whose source is part of the fingerprint

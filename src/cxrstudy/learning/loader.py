@@ -6,7 +6,6 @@ import random
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -17,9 +16,7 @@ from cxrstudy.data.preprocess import load_processed
 from cxrstudy.data.split import read_list
 from cxrstudy.errors import InputError
 from cxrstudy.labels import DATA_ENTRY_FILE, label_matrix, read_data_entry
-
-if TYPE_CHECKING:  # type hints only: the training code runs where pydantic is not installed (GPU boxes)
-    from cxrstudy.params import AugmentParams
+from cxrstudy.params import AugmentParams
 
 
 @dataclass(frozen=True)

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torchvision.ops import sigmoid_focal_loss
 
-if TYPE_CHECKING:  # type hints only: the training code runs where pydantic is not installed
-    from cxrstudy.params import LossParams
+from cxrstudy.params import LossParams
 
 Criterion = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 

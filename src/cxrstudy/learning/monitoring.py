@@ -19,15 +19,13 @@ from __future__ import annotations
 
 import logging
 import warnings
-from typing import TYPE_CHECKING, Protocol
+from threading import Thread
+from typing import Protocol
+from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, push_to_gateway, start_http_server
 
-if TYPE_CHECKING:  # type hints only: the training code runs where pydantic is not installed (GPU boxes)
-    from threading import Thread
-    from wsgiref.simple_server import WSGIServer
-
-    from cxrstudy.params import MonitorParams
+from cxrstudy.params import MonitorParams
 
 log = logging.getLogger(__name__)
 

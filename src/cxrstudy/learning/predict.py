@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import random
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -19,9 +18,7 @@ from torch.utils.data import DataLoader
 from cxrstudy.errors import TrainingError
 from cxrstudy.learning.loader import to_input
 from cxrstudy.learning.model import build_model
-
-if TYPE_CHECKING:  # type hints only: the training code runs where pydantic is not installed (GPU boxes)
-    from cxrstudy.params import TrainParams
+from cxrstudy.params import TrainParams
 
 MODEL_FILE = "model.pt"  # the trained model, in the train stage's output folder
 

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -56,12 +56,10 @@ from cxrstudy.learning.distributed import (
 from cxrstudy.learning.loader import XrayDataset, eval_transform, load_parts, make_loader, to_input, train_transform
 from cxrstudy.learning.losses import Criterion, make_criterion
 from cxrstudy.learning.model import build_model
+from cxrstudy.learning.monitoring import Monitor, open_monitor
 from cxrstudy.learning.predict import MODEL_FILE, pick_device, predict, seed_everything, sigmoid
 from cxrstudy.metrics import per_class_auroc
-
-if TYPE_CHECKING:  # type hints only: the training code runs where pydantic is not installed (GPU boxes)
-    from cxrstudy.learning.monitoring import Monitor
-    from cxrstudy.params import Params, TrainParams
+from cxrstudy.params import Params, TrainParams
 
 MACHINE_FILE = "machine.json"
 # Debugging distributed runs: a folder where every rank appends one JSON line per epoch (rank<R>.jsonl).
@@ -275,8 +273,6 @@ def run(params: Params, seed: int, raw_dir: Path, processed_dir: Path, splits_di
                             describe_inputs(raw_dir, processed_dir, splits_dir)) or TrainState()
     if state.epoch and where.is_main:
         print(f"train seed {seed}: resuming after epoch {state.epoch} from {ckpt_path}")
-
-    from cxrstudy.learning.monitoring import open_monitor  # here: its pydantic import is not needed to use this module
 
     monitor = open_monitor(params.monitor, seed=seed, rank=where.rank)
     started = time.perf_counter()
