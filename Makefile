@@ -11,16 +11,22 @@ export PATH := $(if $(VENV),$(abspath $(VENV))/bin:,)$(PATH)
 .PHONY: setup dev repro test test-fast lint lock study metrics-diff clean-checkpoints
 
 setup: $(if $(VENV),$(STAMP),)
-$(STAMP): requirements.lock pyproject.toml
+# The locks are installed by docker/install-deps.sh, as in the images: every package checked against its hash. With
+# TORCH_INDEX_URL set (CI sets PyTorch's CPU index), torch and torchvision come from there and the CUDA libraries are
+# left out; by default everything comes from PyPI.
+TORCH_INDEX_URL ?=
+INSTALL_LOCK = PYTHON=$(BIN)python PIP_INSTALL_FLAGS=--quiet TORCH_INDEX_URL="$(TORCH_INDEX_URL)" docker/install-deps.sh cpu
+
+$(STAMP): requirements.lock pyproject.toml docker/install-deps.sh
 	$(if $(VENV),test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV),true)
 	$(BIN)python -m pip install --quiet --upgrade pip
-	$(BIN)python -m pip install --quiet --require-hashes -r requirements.lock
+	$(INSTALL_LOCK) requirements.lock
 	$(BIN)python -m pip install --quiet --no-deps -e .
 	touch $@
 
 dev: $(DEV_STAMP)
 $(DEV_STAMP): $(STAMP) requirements-dev.lock
-	$(BIN)python -m pip install --quiet --require-hashes -r requirements-dev.lock
+	$(INSTALL_LOCK) requirements-dev.lock
 	touch $@
 
 repro: setup  ## run the whole pipeline on the embedded sample

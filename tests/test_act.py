@@ -79,9 +79,9 @@ def act(
         "--no-cache-server",
         *local_repositories(),
     ]  # fmt: skip
-    # ci.yml points pip at PyTorch's CPU index for torch; where that index cannot be reached, the tests pass
+    # ci.yml points `make` at PyTorch's CPU index for torch; where that index cannot be reached, the tests pass
     # CXR_TEST_TORCH_INDEX_URL instead (default: empty, PyPI only), as for the image builds.
-    job_env = {"PIP_EXTRA_INDEX_URL": os.environ.get("CXR_TEST_TORCH_INDEX_URL", ""), **env}
+    job_env = {"TORCH_INDEX_URL": os.environ.get("CXR_TEST_TORCH_INDEX_URL", ""), **env}
     for key, value in job_env.items():
         cmd += ["--env", f"{key}={value}"]
     host_env = {
