@@ -7,6 +7,7 @@ of {"target", "measured", "met"} so a reader sees at once which goals a run met 
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import os
@@ -37,9 +38,11 @@ def use_repo_src() -> None:
         sys.path.insert(0, str(ROOT / "src"))
 
 
+@functools.cache
 def study_params() -> Any:
     """params.yaml with the study profile (configs/nih-study.yaml) laid over it, validated by the stages' own schema
-    (`cxrstudy.params.Params`): the benchmarks measure the study's settings, never a copy of them."""
+    (`cxrstudy.params.Params`): the benchmarks measure the study's settings, never a copy of them. Read once; callers
+    change it with `model_copy(update=...)`, which leaves this one as it is."""
     use_repo_src()
     from cxrstudy.profile import load
 

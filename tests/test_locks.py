@@ -28,9 +28,13 @@ def top_level(path: Path) -> dict[str, str]:
 
 def locked(path: Path) -> dict[str, tuple[str, int]]:
     """name -> (version, number of hashes) for each block of a pip-compile --generate-hashes file."""
+    return parse_lock(path.read_text())
+
+
+def parse_lock(text: str) -> dict[str, tuple[str, int]]:
     blocks: dict[str, tuple[str, int]] = {}
     name = None
-    for line in path.read_text().splitlines():
+    for line in text.splitlines():
         if match := PIN.match(line):
             name = match.group(1).lower()
             blocks[name] = (match.group(2), 0)
@@ -66,13 +70,13 @@ def test_a_lock_holds_nothing_of_the_machine_it_was_made_on(lock: str) -> None:
         assert marker not in text, f"{lock} holds {marker!r}: regenerate it with `make lock`"
 
 
-def test_the_cpu_image_installs_the_lock_without_the_cuda_libraries(tmp_path: Path) -> None:
+def test_the_cpu_image_installs_the_lock_without_the_cuda_libraries() -> None:
     """install-deps.sh --print cpu: what the CPU image installs after torch from the CPU index."""
     script, lock = str(ROOT / "docker/install-deps.sh"), str(ROOT / "requirements.lock")
     done = subprocess.run(["bash", script, "--print", "cpu", lock], capture_output=True, text=True,
                           env={"PATH": "/usr/bin:/bin", "TORCH_INDEX_URL": "x"})
     assert done.returncode == 0, done.stderr
-    printed = locked_text(done.stdout, tmp_path)
+    printed = parse_lock(done.stdout)
     full = locked(ROOT / "requirements.lock")
     dropped = sorted(set(full) - set(printed))
     assert dropped and all(CUDA_ONLY.match(f"{n}==") or n in ("torch", "torchvision") for n in dropped), dropped
@@ -80,19 +84,13 @@ def test_the_cpu_image_installs_the_lock_without_the_cuda_libraries(tmp_path: Pa
     assert all(hashes > 0 for _, hashes in printed.values()) and "numpy" in printed
 
 
-def test_with_pypis_torch_both_images_install_the_whole_lock(tmp_path: Path) -> None:
+def test_with_pypis_torch_both_images_install_the_whole_lock() -> None:
     for variant in ("cpu", "cuda"):
         done = subprocess.run(["bash", str(ROOT / "docker/install-deps.sh"), "--print", variant,
                                str(ROOT / "requirements.lock")],
                               capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", "TORCH_INDEX_URL": ""})
         assert done.returncode == 0, done.stderr
-        assert locked_text(done.stdout, tmp_path) == locked(ROOT / "requirements.lock"), variant
-
-
-def locked_text(text: str, tmp_path: Path) -> dict[str, tuple[str, int]]:
-    path = tmp_path / "printed.lock"
-    path.write_text(text)
-    return locked(path)
+        assert parse_lock(done.stdout) == locked(ROOT / "requirements.lock"), variant
 
 
 def test_one_python_target_everywhere() -> None:
