@@ -1,150 +1,64 @@
-"""The NIH ChestX-ray14 label table, parsed in one place.
+"""Label spaces and how they align: which finding of one dataset is which finding of another's.
 
-`Data_Entry_2017.csv` (and its 2020 revision) spell bracketed column names across two header cells
-(`OriginalImage[Width`, `Height]`, ...); the 2017 file also ends every line with an empty column. Both are accepted
-exactly as NIH ships them, and nothing else is: a wrong header is an error that names the file.
+Every dataset carries its own label names (`dataset.json`); a model is trained on one dataset's and carries them in
+its file. To test a model on another dataset, the findings the two label spaces share are paired through
+`resources/label_map.csv`, written once as data: one row per shared finding, one column per label space (`nih`,
+`chexpert`), NIH ChestX-ray14's `Effusion` being CheXpert's `Pleural Effusion`, for instance. Two datasets of the same
+label space share every finding both list.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import numpy as np
-import pandas as pd
+import csv
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
 
 from cxrstudy.errors import InputError
 
-# Alphabetical, as in the seed study's tables.
+LABEL_MAP_FILE = "label_map.csv"
+
+# NIH ChestX-ray14's findings, alphabetical as in the seed study's tables. Only the reporting side still reads this
+# constant, until it takes the names from the predictions it reads; everything else takes them from the data.
 FINDINGS: tuple[str, ...] = (
-    "Atelectasis",
-    "Cardiomegaly",
-    "Consolidation",
-    "Edema",
-    "Effusion",
-    "Emphysema",
-    "Fibrosis",
-    "Hernia",
-    "Infiltration",
-    "Mass",
-    "Nodule",
-    "Pleural_Thickening",
-    "Pneumonia",
-    "Pneumothorax",
-)
-NO_FINDING = "No Finding"
-DATA_ENTRY_FILE = "Data_Entry_2017.csv"
-
-DATA_ENTRY_HEADER: tuple[str, ...] = (
-    "Image Index",
-    "Finding Labels",
-    "Follow-up #",
-    "Patient ID",
-    "Patient Age",
-    "Patient Gender",
-    "View Position",
-    "OriginalImage[Width",
-    "Height]",
-    "OriginalImagePixelSpacing[x",
-    "y]",
+    "Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Effusion", "Emphysema", "Fibrosis", "Hernia",
+    "Infiltration", "Mass", "Nodule", "Pleural_Thickening", "Pneumonia", "Pneumothorax",
 )
 
 
-def _check_header(path: Path, header: list[str]) -> None:
-    cells = list(header)
-    # The 2017 release ends each line with a trailing comma: one unnamed, empty column.
-    if len(cells) == len(DATA_ENTRY_HEADER) + 1 and cells[-1].strip() in ("", "Unnamed: 11"):
-        cells = cells[:-1]
-    if tuple(c.strip() for c in cells) != DATA_ENTRY_HEADER:
-        raise InputError(
-            f"{path}: unexpected CSV header {cells!r}; expected NIH's Data_Entry header "
-            f"{','.join(DATA_ENTRY_HEADER)} (optionally with one trailing empty column)"
-        )
+@dataclass(frozen=True)
+class SharedFinding:
+    """One finding two label spaces share: its name in the model's space (`finding`) and in the other's (`other`)."""
+
+    finding: str
+    other: str
 
 
-def read_data_entry(path: Path) -> pd.DataFrame:
-    """Read an NIH `Data_Entry` CSV (plain or gzipped).
-
-    Returns one row per image with columns `image` (file name), `labels` (the `|`-separated string), `follow_up`,
-    `patient` (int), `age`, `sex`, `view`, `width`, `height`. Raises `InputError` naming the file and row on a bad
-    header, an unknown label, an empty label cell or a duplicated image name.
-    """
-    if not path.is_file():
-        raise InputError(f"{path}: label table not found")
-    try:
-        header = pd.read_csv(path, nrows=0).columns.tolist()
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise InputError(f"{path}: not a readable CSV ({err})") from None
-    _check_header(path, header)
-    raw = pd.read_csv(path, dtype=str, keep_default_na=False)
-    table = pd.DataFrame(
-        {
-            "image": raw["Image Index"].str.strip(),
-            "labels": raw["Finding Labels"].str.strip(),
-            "follow_up": pd.to_numeric(raw["Follow-up #"], errors="coerce"),
-            "patient": pd.to_numeric(raw["Patient ID"], errors="coerce"),
-            "age": pd.to_numeric(raw["Patient Age"], errors="coerce"),
-            "sex": raw["Patient Gender"].str.strip(),
-            "view": raw["View Position"].str.strip(),
-            "width": pd.to_numeric(raw["OriginalImage[Width"], errors="coerce"),
-            "height": pd.to_numeric(raw["Height]"], errors="coerce"),
-        }
-    )
-    bad_patient = table.index[table["patient"].isna()].tolist()
-    if bad_patient:
-        row = bad_patient[0] + 2  # +1 for the header, +1 for 1-based line numbers
-        raise InputError(f"{path}: line {row}: Patient ID {raw['Patient ID'][bad_patient[0]]!r} is not an integer")
-    table["patient"] = table["patient"].astype(np.int64)
-    dupes = table["image"][table["image"].duplicated()].unique().tolist()
-    if dupes:
-        raise InputError(f"{path}: image(s) listed more than once: {dupes[:10]} (each image must have one row)")
-    label_matrix(table, source=path)  # validates every label cell
-    return table
+@cache
+def label_map() -> tuple[dict[str, str], ...]:
+    """The rows of `resources/label_map.csv`: label space -> that space's name of one shared finding."""
+    text = (resources.files("cxrstudy") / "resources" / LABEL_MAP_FILE).read_text()
+    return tuple(dict(row) for row in csv.DictReader(text.splitlines()))
 
 
-def parse_labels(cell: str) -> list[str]:
-    """Split a `Finding Labels` cell on `|`; 'No Finding' becomes the empty list."""
-    parts = [p.strip() for p in cell.split("|")]
-    if parts == [NO_FINDING]:
-        return []
-    return parts
+def label_spaces() -> tuple[str, ...]:
+    """The label spaces the map knows (its columns after `finding`)."""
+    return tuple(k for k in label_map()[0] if k != "finding")
 
 
-def label_matrix(table: pd.DataFrame, source: Path | str = "label table") -> np.ndarray:
-    """One row per image, one column per finding in `FINDINGS` order, 1 where the finding is present (uint8)."""
-    index = {name: i for i, name in enumerate(FINDINGS)}
-    out = np.zeros((len(table), len(FINDINGS)), dtype=np.uint8)
-    for row, cell in enumerate(table["labels"].tolist()):
-        if not cell:
-            raise InputError(
-                f"{source}: line {row + 2} ({table['image'].iloc[row]}): empty 'Finding Labels'; "
-                f"expected '{NO_FINDING}' or findings joined by '|'"
-            )
-        for name in parse_labels(cell):
-            if name not in index:
-                raise InputError(
-                    f"{source}: line {row + 2} ({table['image'].iloc[row]}): unknown label {name!r}; "
-                    f"accepted: {NO_FINDING!r} or any of {', '.join(FINDINGS)}"
-                )
-            out[row, index[name]] = 1
-    return out
-
-
-def write_data_entry(table: pd.DataFrame, path: Path) -> None:
-    """Write a table with `read_data_entry`'s columns back in NIH's exact layout (header quirk included)."""
-    spacing = table.get("spacing", pd.Series([0.143] * len(table), index=table.index))
-    out = pd.DataFrame(
-        {
-            "Image Index": table["image"],
-            "Finding Labels": table["labels"],
-            "Follow-up #": table["follow_up"].astype(int),
-            "Patient ID": table["patient"].astype(int),
-            "Patient Age": table["age"].astype(int),
-            "Patient Gender": table["sex"],
-            "View Position": table["view"],
-            "OriginalImage[Width": table["width"].astype(int),
-            "Height]": table["height"].astype(int),
-            "OriginalImagePixelSpacing[x": spacing,
-            "y]": spacing,
-        }
-    )
-    out.to_csv(path, index=False, lineterminator="\n")
+def shared_findings(space: str, labels: Sequence[str], other_space: str,
+                    other_labels: Sequence[str]) -> list[SharedFinding]:
+    """The findings of `labels` (in label space `space`) that `other_labels` (in `other_space`) also has, in the order
+    of `labels`. Within one label space a finding is shared when both list its name; across spaces, when a row of the
+    label map names it in both and both datasets list it."""
+    if space == other_space:
+        present = set(other_labels)
+        return [SharedFinding(name, name) for name in labels if name in present]
+    known = label_spaces()
+    for s in (space, other_space):
+        if s not in known:
+            raise InputError(f"label space {s!r} is not in resources/{LABEL_MAP_FILE}; known: {', '.join(known)}")
+    pairs = {row[space]: row[other_space] for row in label_map() if row[space] and row[other_space]}
+    present = set(other_labels)
+    return [SharedFinding(name, pairs[name]) for name in labels if name in pairs and pairs[name] in present]

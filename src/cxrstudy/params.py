@@ -43,12 +43,43 @@ class NumericsParams(_Section):
 
 
 class PhantomParams(_Section):
-    """The embedded, NIH-shaped synthetic sample."""
+    """`ingest.phantom`: the embedded, NIH-shaped synthetic sample (site A)."""
 
     n_images: Annotated[int, Field(ge=20, le=5000)]
     image_size: Annotated[int, Field(ge=64, le=1024)]
     seed: int
     test_fraction: Annotated[float, Field(gt=0.0, lt=1.0)]
+    # A planted subgroup gap: the finding signatures of AP views drawn at this fraction of their contrast (PA views
+    # unchanged). 1 plants nothing; the report must then claim no gap beyond noise.
+    ap_signature_contrast: Annotated[float, Field(gt=0.0, le=1.0)]
+
+
+Uncertain = Literal["zeros", "ones", "ignore"]
+
+
+class ChexpertPhantomParams(_Section):
+    """`ingest.chexpert_phantom`: the embedded, CheXpert-shaped synthetic sample (site B): real CheXpert label rows,
+    the same findings' signatures as site A, acquired differently (another exposure, noise and detector size, more AP
+    views, a burned-in corner marker)."""
+
+    n_images: Annotated[int, Field(ge=20, le=5000)]
+    image_size: Annotated[int, Field(ge=64, le=1024)]
+    seed: int
+    # Of patients, in the official test list; 1 = every image (the default: site B is an external test site).
+    test_fraction: Annotated[float, Field(gt=0.0, le=1.0)]
+    uncertain: Uncertain  # what an uncertain (-1) label becomes: zeros | ones | ignore (masked out of loss and metrics)
+    views: Literal["frontal", "all"]
+
+
+class ChexpertParams(_Section):
+    """`ingest.chexpert`: a local copy of CheXpert-v1.0-small (train.csv, valid.csv and the JPEGs)."""
+
+    local_path: str | None  # the folder holding train.csv, valid.csv, train/ and valid/
+    uncertain: Uncertain
+    views: Literal["frontal", "all"]
+    # Archives packed (once) from the extracted JPEGs; never inside data/. Relative paths are from the project root.
+    download_dir: str
+    workers: Annotated[int, Field(ge=0, le=256)]  # archives packed at once; 0 = one per CPU core
 
 
 def _no_credentials(value: str | None, what: str) -> str | None:
@@ -92,10 +123,23 @@ class NihParams(_Section):
         return _no_credentials(value, "the address")
 
 
+Source = Literal["phantom", "chexpert_phantom", "nih", "chexpert"]
+
+
 class IngestParams(_Section):
-    source: Literal["phantom", "nih"]
+    source: Source  # the training site (data/raw)
+    external: Literal["none", "phantom", "chexpert_phantom", "nih", "chexpert"]  # the external test site
     phantom: PhantomParams
+    chexpert_phantom: ChexpertPhantomParams
     nih: NihParams
+    chexpert: ChexpertParams
+
+    @model_validator(mode="after")
+    def _external_is_another_site(self) -> IngestParams:
+        if self.external == self.source:
+            raise ValueError(f"external ({self.external}) must be another source than the training site (source), "
+                             "or none")
+        return self
 
 
 class PreprocessParams(_Section):

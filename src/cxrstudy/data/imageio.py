@@ -1,14 +1,17 @@
-"""Reading chest X-ray PNGs as they really are, into one 8-bit channel, and where they are: in NIH's archives.
+"""Reading chest X-rays (PNG, as NIH ships them, or JPEG, as CheXpert does) as they really are, into one 8-bit
+channel, and where they are: in archives.
 
 Rules (stated once, applied everywhere):
 - grey images pass through; LA / RGB / RGBA images are reduced to their luminance (alpha is dropped);
 - 16-bit images are reduced to 8 bits by keeping the high byte (`value >> 8`), i.e. a linear rescale of 0..65535
   onto 0..255 with no windowing;
-- anything OpenCV cannot decode (empty, truncated, not a PNG) raises `ImageError` naming the file.
+- anything OpenCV cannot decode (empty, truncated, neither PNG nor JPEG) raises `ImageError` naming the file;
+- an archive member is never trusted: its size is read from the tar header before its bytes (`max_bytes`), and its
+  width and height from the image header before it is decoded (`image_size`), so that a bomb is refused, not read.
 
-The raw images are kept as NIH distributes them: tar archives (`images_001.tar.gz` ..., members `images/<name>.png`)
-in `data/raw/archives/`. Twelve files instead of 112,120 keep DVC's bookkeeping cheap (docs/performance.md); the
-PNGs are streamed out of them, each read once, never extracted to disk.
+The raw images are kept as archives (NIH's `images_001.tar.gz` ..., members `images/<name>`) in
+`data/raw/archives/`. Twelve files instead of 112,120 keep DVC's bookkeeping cheap (docs/performance.md); the
+images are streamed out of them, each read once, never extracted to disk.
 """
 
 from __future__ import annotations
@@ -22,15 +25,21 @@ import zlib
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import cv2
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PNG_END = b"IEND\xaeB`\x82"
+JPEG_SIGNATURE = b"\xff\xd8\xff"
+JPEG_END = b"\xff\xd9"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 ARCHIVES_DIR = "archives"  # data/raw/archives: the image archives
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 MEMBER_DIR = "images"  # NIH's archives unpack into images/
+Image.MAX_IMAGE_PIXELS = None  # the pixel cap is ours (`image_size` + preprocess.max_image_pixels), stated once
 
 
 class ImageError(Exception):
@@ -61,23 +70,49 @@ def to_gray8(image: np.ndarray, name: str = "image") -> np.ndarray:
     raise ImageError(f"{name}: unsupported channel count {channels}")
 
 
-def decode_gray(data: bytes, name: str = "image") -> np.ndarray:
-    """Decode PNG bytes into one uint8 channel, rejecting empty, truncated or non-PNG data."""
+def _kind(data: bytes, name: str) -> str:
+    """'PNG' or 'JPEG', from the signature; empty, unknown or truncated data is an `ImageError` naming `name`."""
     if not data:
         raise ImageError(f"{name}: empty file (0 bytes)")
-    if not data.startswith(PNG_SIGNATURE):
-        raise ImageError(f"{name}: not a PNG (bad signature)")
-    # libpng decodes many truncated files with a warning; the missing IEND chunk catches them.
-    if PNG_END not in data[-64:]:
-        raise ImageError(f"{name}: truncated PNG (no IEND chunk at the end)")
+    if data.startswith(PNG_SIGNATURE):
+        # libpng decodes many truncated files with a warning; the missing IEND chunk catches them.
+        if PNG_END not in data[-64:]:
+            raise ImageError(f"{name}: truncated PNG (no IEND chunk at the end)")
+        return "PNG"
+    if data.startswith(JPEG_SIGNATURE):
+        if JPEG_END not in data[-64:]:
+            raise ImageError(f"{name}: truncated JPEG (no end-of-image marker at the end)")
+        return "JPEG"
+    raise ImageError(f"{name}: neither a PNG nor a JPEG (bad signature)")
+
+
+def image_size(data: bytes, name: str = "image") -> tuple[int, int]:
+    """(width, height) from a PNG's or JPEG's header, without decoding its pixels (Pillow reads only the header)."""
+    kind = _kind(data, name)
+    try:
+        with Image.open(io.BytesIO(data), formats=[kind]) as image:
+            return int(image.width), int(image.height)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise ImageError(f"{name}: corrupt {kind} header ({err})") from None
+
+
+def decode_gray(data: bytes, name: str = "image", max_pixels: int | None = None) -> np.ndarray:
+    """Decode PNG or JPEG bytes into one uint8 channel, rejecting empty, truncated or unknown data; with
+    `max_pixels`, an image whose header declares more pixels is refused before it is decoded."""
+    kind = _kind(data, name)
+    if max_pixels is not None:
+        width, height = image_size(data, name)
+        if width * height > max_pixels:
+            raise ImageError(f"{name}: {width} x {height} px declared in its header, over the limit of "
+                             f"{max_pixels:,} pixels (preprocess.max_image_pixels); not decoded")
     image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
     if image is None:
-        raise ImageError(f"{name}: corrupt PNG (OpenCV could not decode it)")
+        raise ImageError(f"{name}: corrupt {kind} (OpenCV could not decode it)")
     return to_gray8(image, name)
 
 
 def read_gray(path: Path) -> np.ndarray:
-    """Read a PNG file into one uint8 channel; `ImageError` names the file when it cannot be used."""
+    """Read a PNG or JPEG file into one uint8 channel; `ImageError` names the file when it cannot be used."""
     try:
         data = Path(path).read_bytes()
     except FileNotFoundError:
@@ -117,29 +152,65 @@ def archive_paths(raw_dir: Path) -> list[Path]:
 
 
 def member_name(path: str) -> str | None:
-    """The image name of an archive member (`images/00000001_000.png` -> `00000001_000.png`); None if not a PNG."""
+    """The image name of an archive member (`images/00000001_000.png` -> `00000001_000.png`); None if not an image
+    (PNG or JPEG by its suffix)."""
     base = path.rsplit("/", 1)[-1]
-    return base if base.lower().endswith(".png") and not base.startswith(".") else None
+    return base if base.lower().endswith(IMAGE_SUFFIXES) and not base.startswith(".") else None
 
 
-def iter_pngs(archive: Path) -> Iterator[tuple[str, bytes]]:
-    """(image name, file bytes) of every PNG in a tar or tar.gz archive, in archive order, streamed in one read.
+class _Hashing(io.RawIOBase):
+    """A file read through a hash (`digest.update` on every byte read), so that an archive is verified in the one
+    read that streams its images."""
+
+    def __init__(self, handle: BinaryIO, digest: Any) -> None:
+        self.handle = handle
+        self.digest = digest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        count = self.handle.readinto(buffer)  # type: ignore[attr-defined]
+        if count:
+            self.digest.update(memoryview(buffer)[:count])
+        return count or 0
+
+    def drain(self) -> None:
+        while chunk := self.handle.read(1 << 20):
+            self.digest.update(chunk)
+
+
+def iter_images(archive: Path, max_bytes: int | None = None,
+                digest: Any = None) -> Iterator[tuple[str, bytes | ImageError]]:
+    """(image name, file bytes) of every PNG or JPEG in a tar or tar.gz archive, in archive order, streamed in one
+    read. A member over `max_bytes` (read from its tar header) is not read: an `ImageError` naming the archive and the
+    member stands in for its bytes. With `digest` (e.g. `hashlib.md5()`), every byte of the archive file goes through
+    it, to its end.
 
     Folders in member paths are dropped (NIH's members are `images/<name>.png`); other members are skipped.
     Raises `ArchiveError` naming the archive when it is not a readable tar(.gz) or ends early.
     """
     count = 0
     try:
-        with tarfile.open(archive, mode="r|*") as tar:
-            for member in tar:
-                name = member_name(member.name)
-                if name is None or not member.isfile():
-                    continue
-                handle = tar.extractfile(member)
-                assert handle is not None  # a regular file always has one
-                data = handle.read()
-                count += 1
-                yield name, data
+        with open(archive, "rb") as raw:
+            source = _Hashing(raw, digest) if digest is not None else None
+            stream = io.BufferedReader(source) if source is not None else raw
+            with tarfile.open(fileobj=stream, mode="r|*") as tar:
+                for member in tar:
+                    name = member_name(member.name)
+                    if name is None or not member.isfile():
+                        continue
+                    count += 1
+                    if max_bytes is not None and member.size > max_bytes:
+                        yield name, ImageError(
+                            f"{name}: member of {archive.name} declares {member.size / 1e6:,.1f} MB, over the limit "
+                            f"of {max_bytes / 1e6:,.1f} MB (preprocess.max_image_mb); not read")
+                        continue
+                    handle = tar.extractfile(member)
+                    assert handle is not None  # a regular file always has one
+                    yield name, handle.read()
+            if source is not None:  # every byte the reader took went through the hash; now the rest of the file
+                source.drain()
     except (tarfile.TarError, EOFError, zlib.error, OSError) as err:
         where = f"after {count} image(s)" if count else "before any image"
         raise ArchiveError(f"{archive}: not a readable tar(.gz) archive ({err}), {where}") from None
@@ -187,9 +258,9 @@ def read_raw_images(raw_dir: Path, names: Iterable[str]) -> dict[str, np.ndarray
     lock = threading.Lock()
 
     def scan(archive: Path) -> None:
-        for name, data in iter_pngs(archive):
+        for name, data in iter_images(archive):
             with lock:
-                if name in wanted:
+                if name in wanted and isinstance(data, bytes):
                     found.setdefault(name, data)
                 if len(found) == len(wanted):
                     return

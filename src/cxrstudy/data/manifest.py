@@ -1,11 +1,15 @@
-"""The manifest stage: a small record of what the configured data source holds, so that DVC re-runs ingest when it
-changes.
+"""The manifest stage: a small record of what the configured data sources hold outside the project, so that ingest
+re-runs when one changes.
 
-DVC cannot watch a folder outside the repository cheaply (it would hash all 45 GB of it), so `dvc.yaml` runs this
-stage every time (`always_changed: true`) and ingest depends on its output, which changes exactly when the source
-does: for a local copy, the name, size and modification time of every file in it (as counts and a digest); for a
-download, the checksums the archives are verified against; for the phantom, nothing beyond its parameters, which
-are a dependency of ingest already.
+DVC cannot watch a folder outside the repository cheaply (it would hash all 45 GB of it), so ingest depends on this
+record instead, which changes exactly when a source does: for a local copy, the name, size and modification time of
+every file in it (as counts and a digest); for a download, the checksums the archives are verified against; for a
+phantom, nothing beyond its parameters, which are a dependency of ingest already. Each adapter says what its source
+holds (`manifest()` in `cxrstudy.data.sources`).
+
+The stage runs when its parameters change; `make repro` and `make study` re-run it every time (`dvc repro --force
+--single-item manifest`), so that a changed local copy is seen, and it rewrites the same bytes when nothing changed,
+so that `dvc status` stays clean.
 """
 
 from __future__ import annotations
@@ -36,11 +40,11 @@ def _walk(root: Path) -> list[tuple[str, int, int]]:
     return sorted(entries)
 
 
-def folder_record(root: Path) -> dict[str, Any]:
-    """Counts and a digest of the names, sizes and modification times of the files under `root`."""
+def folder_record(root: Path, parameter: str) -> dict[str, Any]:
+    """Counts and a digest of the names, sizes and modification times of the files under `root` (`parameter` names
+    the setting that points there, in the error when it is not a folder)."""
     if not root.is_dir():
-        raise InputError(f"ingest.nih.local_path: {root} is not a folder; expected NIH's archives "
-                         "(images_001.tar.gz ...) or extracted images (images/*.png) plus the metadata files")
+        raise InputError(f"{parameter}: {root} is not a folder; see docs/datasets.md for the layout expected")
     entries = _walk(root)
     digest = hashlib.sha256()
     for name, size, mtime in entries:
@@ -49,26 +53,20 @@ def folder_record(root: Path) -> dict[str, Any]:
 
 
 def build(params: Params) -> dict[str, Any]:
-    """The manifest of `params.ingest`'s source."""
-    cfg = params.ingest
-    if cfg.source == "phantom":
-        return {"source": "phantom"}
-    record: dict[str, Any] = {"source": "nih"}
-    if cfg.nih.md5_file:
-        path = Path(cfg.nih.md5_file)
-        if not path.is_file():
-            raise InputError(f"ingest.nih.md5_file: {path} not found; give a file in md5sum format "
-                             "(`<md5>  <file name>` a line), or null for NIH's published checksums")
-        record["md5_file_sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
-    if cfg.nih.local_path:
-        record["local_copy"] = folder_record(Path(cfg.nih.local_path).expanduser())
+    """The manifest of both sites' sources: the training site (`ingest.source`) and the external one."""
+    from cxrstudy.data.dataset import NONE
+    from cxrstudy.data.sources import adapter
+
+    record: dict[str, Any] = {}
+    for site, source in (("internal", params.ingest.source), ("external", params.ingest.external)):
+        record[site] = {"source": source, **(adapter(source).manifest(params) if source != NONE else {})}
     return record
 
 
 def run(params: Params, out_file: Path) -> None:
-    """Stage entry point: write the manifest of the configured source to `out_file`."""
+    """Stage entry point: write the manifest of the configured sources to `out_file`."""
     record = build(params)
     write_json(out_file, record)
-    held = record.get("local_copy")
-    print(f"manifest ({record['source']}): " + (f"{held['files']} files, {held['bytes']} bytes" if held else
-                                                "nothing outside the repository") + f" -> {out_file}")
+    held = [r["local_copy"] for r in record.values() if "local_copy" in r]
+    print("manifest: " + (", ".join(f"{h['files']} files, {h['bytes']} bytes" for h in held) if held else
+                          "nothing outside the repository") + f" -> {out_file}")

@@ -1,9 +1,8 @@
-"""The real NIH ChestX-ray14 release: download or link, verify, and lay out as `data/raw/`.
+"""The real NIH ChestX-ray14 release: download or link, and verify, for the NIH adapter (`cxrstudy.data.sources.nih`).
 
-The raw data are NIH's own 12 archives, verified against their MD5s, and the metadata files:
-
-    data/raw/archives/images_001.tar.gz ... images_012.tar.gz   links to the one real copy of each archive
-    data/raw/Data_Entry_2017.csv  train_val_list.txt  test_list.txt  BBox_List_2017.csv
+The raw data are NIH's own 12 archives, verified against their MD5s, linked as `data/raw/archives/images_0NN.tar.gz`
+to the one real copy of each, and NIH's metadata files (the label table, the official lists, the boxes), turned into
+the dataset contract (`cxrstudy.data.dataset`).
 
 Three ways in, one result:
 
@@ -37,12 +36,21 @@ import pandas as pd
 from tqdm import tqdm
 
 from cxrstudy.atomic import write_json
+from cxrstudy.data.dataset import Dataset, DatasetInfo
 from cxrstudy.data.download import CHUNK, archive_url, download, join_url, metadata_base
 from cxrstudy.data.imageio import ARCHIVES_DIR, member_info, member_name
+from cxrstudy.data.nihtable import (
+    DATA_ENTRY_FILE,
+    FINDINGS,
+    NIH_LABEL_SOURCE,
+    NIH_SITE,
+    read_bbox_list,
+    read_data_entry,
+    to_contract,
+)
 from cxrstudy.data.release import archive_file_names, archive_names, expected_checksums, origin_of
-from cxrstudy.data.split import TEST_LIST, TRAIN_VAL_LIST, check_split, read_list
+from cxrstudy.data.split import check_split, read_list
 from cxrstudy.errors import InputError
-from cxrstudy.labels import DATA_ENTRY_FILE, read_data_entry
 from cxrstudy.params import NihParams
 
 NIH_BOX_PAGE = "https://nihcc.app.box.com/v/ChestXray-NIHCC"
@@ -50,6 +58,8 @@ NIH_BOX_PAGE = "https://nihcc.app.box.com/v/ChestXray-NIHCC"
 # `ingest.nih.metadata` -> the Data_Entry file looked for (it is written out as Data_Entry_2017.csv).
 DATA_ENTRY_SOURCES: dict[str, str] = {"v2020": "Data_Entry_2017_v2020.csv", "2017": "Data_Entry_2017.csv"}
 BBOX_FILE = "BBox_List_2017.csv"
+TRAIN_VAL_LIST = "train_val_list.txt"
+TEST_LIST = "test_list.txt"
 VERIFIED_FILE = "verified.json"  # in download_dir: the MD5 of each local archive, by file identity
 PACKED = "packed"  # download_dir/packed: archives made from an extracted copy
 
@@ -296,22 +306,6 @@ def link_file(src: Path, dst: Path, mode: str) -> str:
     return "copy"
 
 
-def _open_text(path: Path) -> IO[bytes]:
-    return cast(IO[bytes], gzip.open(path, "rb")) if path.suffix == ".gz" else path.open("rb")
-
-
-def copy_metadata(src: Path, dst: Path) -> None:
-    """Copy a metadata file byte for byte (decompressing .gz)."""
-    with _open_text(src) as fin, dst.open("wb") as fout:
-        shutil.copyfileobj(fin, fout)
-
-
-def _check_lists(table: pd.DataFrame, out_dir: Path, source: str) -> None:
-    """The official lists must name only known images and keep every patient on one side."""
-    lists = {"train_val": read_list(out_dir / TRAIN_VAL_LIST), "test": read_list(out_dir / TEST_LIST)}
-    check_split(table, lists, source=source)
-
-
 LINKING_CACHE_TYPES = {"hardlink", "symlink", "reflink"}
 
 
@@ -334,20 +328,20 @@ def check_dvc_links(project: Path = Path(".")) -> None:
         )
 
 
-def ingest_nih(cfg: NihParams, out_dir: Path, checksums: Mapping[str, str] | None = None) -> pd.DataFrame:
-    """Lay out the real NIH release in `out_dir` (empty) and return its label table.
+def ingest_nih(cfg: NihParams, out_dir: Path, checksums: Mapping[str, str] | None = None) -> Dataset:
+    """Link the real NIH release's archives into `out_dir/archives` and return it as the dataset contract.
 
     `checksums` maps file names to MD5s (default: `ingest.nih.md5_file`'s list, or NIH_MD5): its images_NNN.tar.gz
-    keys are the archives ingested. Writes archives/images_NNN.tar[.gz] (links to the verified archives),
-    Data_Entry_2017.csv, train_val_list.txt, test_list.txt and BBox_List_2017.csv. Raises `InputError` on a
-    missing or mismatching archive, missing metadata, or split lists that name unknown images or leak patients.
+    keys are the archives ingested. Raises `InputError` on a missing or mismatching archive, missing metadata, or
+    official lists that name unknown images or leak patients.
     """
     checksums = expected_checksums(cfg) if checksums is None else checksums
     sources = _sources(cfg, checksums)
-    for out_name, src in sources.metadata.items():
-        copy_metadata(src, out_dir / out_name)
-    table = read_data_entry(out_dir / DATA_ENTRY_FILE)
-    _check_lists(table, out_dir, source=f"NIH split lists ({sources.metadata[TRAIN_VAL_LIST].parent})")
+    entries = read_data_entry(sources.metadata[DATA_ENTRY_FILE])
+    lists = {"train_val": read_list(sources.metadata[TRAIN_VAL_LIST]), "test": read_list(sources.metadata[TEST_LIST])}
+    check_split(entries, lists, source=f"NIH split lists ({sources.metadata[TRAIN_VAL_LIST].parent})")
+    boxes = read_bbox_list(sources.metadata[BBOX_FILE])
+    boxes = boxes[boxes["image"].isin(set(entries["image"]))].reset_index(drop=True)
     (out_dir / ARCHIVES_DIR).mkdir()
     kinds: Counter[str] = Counter()
     for name, src in sources.archives.items():
@@ -356,4 +350,9 @@ def ingest_nih(cfg: NihParams, out_dir: Path, checksums: Mapping[str, str] | Non
     links = ", ".join(f"{n} {k}s" for k, n in kinds.most_common())
     print(f"ingest (nih): {len(sources.archives)} archives ({size / 1e6:,.0f} MB) linked into "
           f"{out_dir.name}/{ARCHIVES_DIR} ({links}); preprocess decodes every image once and names any bad one")
-    return table
+    info = DatasetInfo(source="nih", name="NIH ChestX-ray14", site=NIH_SITE, label_space="nih", labels=FINDINGS,
+                       uncertain="zeros", label_source=NIH_LABEL_SOURCE,
+                       official_test="NIH's official patient-wise test list (test_list.txt)")
+    table = to_contract(entries, lists["train_val"], lists["test"], NIH_SITE)
+    md5 = {name: checksums[name].lower() for name in sources.archives if name in checksums}
+    return Dataset(table, info, boxes, archive_md5=md5)

@@ -1,17 +1,18 @@
-"""The embedded, NIH-shaped phantom: real NIH label rows, synthetic low-contrast chests with learnable findings.
+"""The phantom: synthetic low-contrast chest radiographs with a learnable signature per finding, drawn for real label
+rows (NIH's for site A, CheXpert's for site B; `cxrstudy.data.sources.phantom`, `...chexpert_phantom`).
 
-Label rows come from a committed subset of NIH's `Data_Entry_2017_v2020.csv` (patients kept whole, with their
-follow-ups; see `resources/README.md` for attribution). Each image is drawn from its own random stream,
-seeded by (phantom seed, patient, follow-up), so images do not depend on the sample size or drawing order.
-
-Each finding has a signature at a plausible place. Eight findings take their position and size from a real box of
-NIH's `BBox_List_2017.csv` for that finding; the others are placed by anatomy. The exposure is deliberately poor
-(narrow grey range, uneven illumination, per-image gain and gamma), so that local contrast enhancement matters.
+Each image is drawn from its own random stream, seeded by (phantom seed, patient, follow-up), so images do not depend
+on the sample size or drawing order. Each finding has a signature at a plausible place. Eight findings take their
+position and size from a real box of NIH's `BBox_List_2017.csv` for that finding; the others are placed by anatomy.
+The exposure is deliberately poor (narrow grey range, uneven illumination, per-image gain and gamma), so that local
+contrast enhancement matters. The images are written as archives, like the real releases, rendered in parallel.
 """
 
 from __future__ import annotations
 
 import gzip
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -19,23 +20,18 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pandas as pd
+from tqdm import tqdm
 
-from cxrstudy.labels import FINDINGS, parse_labels, read_data_entry
+from cxrstudy.data.imageio import encode_png, write_archive
+from cxrstudy.data.nihtable import BBOX_NAMES
+from cxrstudy.data.pool import WORKER_CONTEXT, die_with_parent, sigint_ignored
+from cxrstudy.data.release import archive_file_names
 
-SAMPLE_FILE = "nih_sample.csv"
 BBOX_FILE = "BBox_List_2017.csv.gz"
-# BBox_List_2017 spells Infiltration "Infiltrate".
-BBOX_NAMES = {"Infiltrate": "Infiltration"}
-MAX_IMAGES_PER_PATIENT = 6
 
 
 def resource_path(name: str) -> Path:
     return Path(str(resources.files("cxrstudy") / "resources" / name))
-
-
-def load_sample() -> pd.DataFrame:
-    """The committed NIH label rows the phantom draws from, in selection order."""
-    return read_data_entry(resource_path(SAMPLE_FILE))
 
 
 def load_bboxes() -> dict[str, np.ndarray]:
@@ -48,48 +44,6 @@ def load_bboxes() -> dict[str, np.ndarray]:
     return {
         name: group[["x", "y", "w", "h"]].to_numpy(dtype=np.float64) for name, group in boxes.groupby("finding")
     }
-
-
-def select_sample(entries: pd.DataFrame, n_images: int, seed: int, min_positives: int = 40) -> pd.DataFrame:
-    """Choose whole patients from the NIH table: first enough for `min_positives` of every finding, then at random.
-
-    Patients with more than `MAX_IMAGES_PER_PATIENT` images are left out so that no one patient dominates.
-    The returned rows are ordered by selection, so any prefix of whole patients is itself a stratified sample.
-    """
-    rng = np.random.default_rng(seed)
-    counts = entries.groupby("patient")["image"].transform("size")
-    pool = entries[counts <= MAX_IMAGES_PER_PATIENT]
-    patients = pool["patient"].unique()
-    rng.shuffle(patients)
-    by_patient = {pid: rows for pid, rows in pool.groupby("patient", sort=False)}
-    have = dict.fromkeys(FINDINGS, 0)
-    chosen: list[int] = []
-    total = 0
-    # Rarest findings first, so that Hernia (0.2 % of NIH) is represented at all.
-    prevalence = {f: pool["labels"].str.contains(f, regex=False).sum() for f in FINDINGS}
-    for finding in sorted(FINDINGS, key=prevalence.__getitem__):
-        for pid in patients:
-            if have[finding] >= min_positives or total >= n_images:
-                break
-            if pid in chosen:
-                continue
-            rows = by_patient[pid]
-            if not rows["labels"].str.contains(finding, regex=False).any():
-                continue
-            chosen.append(pid)
-            total += len(rows)
-            for cell in rows["labels"]:
-                for name in parse_labels(cell):
-                    have[name] += 1
-    chosen_set = set(chosen)
-    for pid in patients:
-        if total >= n_images:
-            break
-        if pid not in chosen_set:
-            chosen.append(pid)
-            chosen_set.add(pid)
-            total += len(by_patient[pid])
-    return pd.concat([by_patient[pid] for pid in chosen], ignore_index=True)
 
 
 def take_patients(sample: pd.DataFrame, n_images: int) -> pd.DataFrame:
@@ -130,6 +84,18 @@ def _noise_field(rng: np.random.Generator, size: int, sigma: float) -> np.ndarra
     return field / (field.std() + 1e-6)
 
 
+@dataclass(frozen=True)
+class RenderJob:
+    """One image to draw: its name, the patient and follow-up that seed it, its findings (names the renderer knows)
+    and its view."""
+
+    image: str
+    patient: int
+    follow_up: int
+    findings: tuple[str, ...]
+    view: str
+
+
 class PhantomRenderer:
     """Draws one phantom chest radiograph for a given set of findings."""
 
@@ -144,6 +110,10 @@ class PhantomRenderer:
             return None
         x, y, w, h = boxes[rng.integers(len(boxes))] * (self.size / 1024.0)
         return float(x), float(y), float(w), float(h)
+
+    def render_job(self, job: RenderJob) -> tuple[np.ndarray, list[Box]]:
+        """The image and planted boxes of one job."""
+        return self.render(job.patient, job.follow_up, list(job.findings))
 
     def render(self, patient: int, follow_up: int, findings: list[str]) -> tuple[np.ndarray, list[Box]]:
         s = self.size
@@ -309,3 +279,56 @@ class PhantomRenderer:
         out = np.clip(offset + gain * img, 0, 1) ** rng.uniform(0.85, 1.2)
         return np.clip(np.rint(out * 255), 0, 255).astype(np.uint8)
 
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Rendering in parallel, into archives
+
+_renderer: PhantomRenderer | None = None
+
+
+def _init_worker(make_renderer: Callable[[], PhantomRenderer]) -> None:
+    global _renderer
+    die_with_parent()
+    cv2.setNumThreads(1)
+    _renderer = make_renderer()
+
+
+def _render(job: RenderJob) -> tuple[bytes, list[Box]]:
+    assert _renderer is not None
+    image, boxes = _renderer.render_job(job)
+    return encode_png(image, name=job.image), boxes
+
+
+def render_archives(jobs: Sequence[RenderJob], make_renderer: Callable[[], PhantomRenderer], archives_dir: Path,
+                    workers: int, desc: str = "phantom") -> dict[str, list[Box]]:
+    """Draw every job (sorted by image name) into NIH-style archives in `archives_dir` (which must not exist): NIH's
+    12 archive sizes scaled to the number of images. `make_renderer` (picklable) makes each worker's renderer.
+    Returns the boxes planted in each image, in the renderer's pixel coordinates."""
+    jobs = sorted(jobs, key=lambda job: job.image)
+    archives_dir.mkdir()
+    boxes_of: dict[str, list[Box]] = {}
+    pool = ProcessPoolExecutor(mp_context=WORKER_CONTEXT, max_workers=max(1, workers), initializer=_init_worker,
+                               initargs=(make_renderer,))
+    with pool, tqdm(total=len(jobs), desc=desc, unit="img") as bar:
+        with sigint_ignored():  # map() submits every job, which starts the workers (and the forkserver) now
+            results = pool.map(_render, jobs, chunksize=16)
+        rendered = zip((job.image for job in jobs), results, strict=True)
+
+        def members(count: int) -> Iterator[tuple[str, bytes]]:
+            for _ in range(count):
+                name, (png, boxes) = next(rendered)
+                boxes_of[name] = boxes
+                bar.update()
+                yield name, png
+
+        for archive, count in archive_file_names(len(jobs)).items():
+            write_archive(archives_dir / archive, members(count), compresslevel=1)
+    return boxes_of
+
+
+def boxes_table(boxes_of: dict[str, list[Box]], size: int) -> pd.DataFrame:
+    """The planted boxes as the contract's `boxes.csv` rows: fractions of the `size`-px image, by image name."""
+    rows = [(name, b.finding, b.x / size, b.y / size, b.w / size, b.h / size)
+            for name in sorted(boxes_of) for b in boxes_of[name]]
+    return pd.DataFrame(rows, columns=["image", "finding", "x", "y", "w", "h"])

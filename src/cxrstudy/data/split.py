@@ -1,10 +1,11 @@
 """The split stage: patient-wise train / validation / test lists, checked for leakage.
 
-`official` reads NIH's `train_val_list.txt` / `test_list.txt`; `random-patient` draws the test set by patient with
-`split.seed` (the original study's protocol, but with its own seed, separate from the training seeds). Either way
-the validation set is carved from train_val by patient with `split.seed`, so every training seed sees the same data.
-Only images that preprocessing produced are split (`data/processed/index.txt`): with `preprocess.on_bad_image: skip`
-the unusable ones are left out of every part, and of the official lists.
+`official` keeps the dataset's own test list (the contract's `official_split` column: NIH's `test_list.txt`,
+CheXpert's radiologist-labelled `valid.csv`, a phantom's patient-wise list); `random-patient` draws the test set by
+patient with `split.seed` (the original study's protocol, but with its own seed, separate from the training seeds).
+Either way the validation set is carved from the rest by patient with `split.seed`, so every training seed sees the
+same data. Only images that preprocessing produced are split (`data/processed/index.csv`): with
+`preprocess.on_bad_image: skip` the unusable ones are left out of every part.
 """
 
 from __future__ import annotations
@@ -16,13 +17,10 @@ import pandas as pd
 from sklearn.model_selection import GroupShuffleSplit
 
 from cxrstudy.atomic import atomic_dir, write_json
+from cxrstudy.data.dataset import read_info, read_table, targets
 from cxrstudy.errors import InputError
-from cxrstudy.labels import DATA_ENTRY_FILE, FINDINGS, label_matrix, read_data_entry
 from cxrstudy.params import Params, SplitParams
 
-TRAIN_VAL_LIST = "train_val_list.txt"
-TEST_LIST = "test_list.txt"
-PROCESSED_INDEX = "index.txt"  # preprocess's list of the images it produced (cxrstudy.data.preprocess.INDEX_FILE)
 PARTS = ("train", "val", "test")
 
 
@@ -40,10 +38,19 @@ def write_list(path: Path, names: list[str]) -> None:
     path.write_text("".join(f"{n}\n" for n in names))
 
 
+def _patient_groups(patients: pd.Series) -> np.ndarray:
+    """Patients as group numbers in their natural order (numerically when every id is a number, as NIH's are), so
+    that a split does not depend on whether the ids were read as numbers or as text."""
+    values = patients.astype(str)
+    numeric = values.str.fullmatch(r"\d+").all()
+    order = sorted(values.unique(), key=(lambda v: (int(v), v)) if numeric else str)
+    return values.map({v: i for i, v in enumerate(order)}).to_numpy()
+
+
 def patient_split(table: pd.DataFrame, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Split row positions of `table` into (kept, held out) with about `fraction` of patients held out."""
     splitter = GroupShuffleSplit(n_splits=1, test_size=fraction, random_state=seed)
-    kept, held = next(splitter.split(np.zeros(len(table)), groups=table["patient"].to_numpy()))
+    kept, held = next(splitter.split(np.zeros(len(table)), groups=_patient_groups(table["patient"])))
     return np.sort(kept), np.sort(held)
 
 
@@ -57,7 +64,7 @@ def check_split(table: pd.DataFrame, parts: dict[str, list[str]], source: str = 
         if unknown:
             raise InputError(
                 f"{source}: {part} names {len(unknown)} image(s) not in the metadata, e.g. {unknown[:5]}; "
-                "every listed image must have a row in Data_Entry_2017.csv"
+                "every listed image must have a row in the label table"
             )
         for name in names:
             if name in seen:
@@ -75,17 +82,15 @@ def check_split(table: pd.DataFrame, parts: dict[str, list[str]], source: str = 
                 )
 
 
-def make_splits(table: pd.DataFrame, raw_dir: Path, cfg: SplitParams,
-                left_out: frozenset[str] = frozenset()) -> dict[str, list[str]]:
-    """Train / val / test image names, in the table's order; `left_out` images are in none of them (the table must
-    not hold them either)."""
+def make_splits(table: pd.DataFrame, cfg: SplitParams) -> dict[str, list[str]]:
+    """Train / val / test image names, in the table's order."""
     if cfg.method == "official":
-        train_val = [n for n in read_list(raw_dir / TRAIN_VAL_LIST) if n not in left_out]
-        test = [n for n in read_list(raw_dir / TEST_LIST) if n not in left_out]
-        check_split(table, {"train_val": train_val, "test": test}, source=str(raw_dir))
-        in_test = set(test)
-        pool = table[table["image"].isin(set(train_val))]
-        test_names = table["image"][table["image"].isin(in_test)].tolist()
+        in_test = (table["official_split"] == "test").to_numpy()
+        if not in_test.any():
+            raise InputError("split.method official: the dataset has no official test list (no row's official_split "
+                             "is test); use split.method: random-patient")
+        pool = table[~in_test]
+        test_names = table["image"][in_test].tolist()
     else:
         rest, held = patient_split(table, cfg.test_fraction, cfg.seed)
         pool = table.iloc[rest]
@@ -100,18 +105,23 @@ def make_splits(table: pd.DataFrame, raw_dir: Path, cfg: SplitParams,
     return parts
 
 
-def summarize(table: pd.DataFrame, parts: dict[str, list[str]]) -> dict[str, object]:
-    """Images, patients and positives per finding for each part."""
-    labels = label_matrix(table)
+def summarize(table: pd.DataFrame, labels: list[str], uncertain: str,
+              parts: dict[str, list[str]]) -> dict[str, object]:
+    """Images and patients per part, and per finding its positive images, positive patients and masked (uncertain
+    under `ignore`) images."""
+    matrix = targets(table, labels, uncertain)
     row_of = {name: i for i, name in enumerate(table["image"])}
     out: dict[str, object] = {}
     for part, names in parts.items():
-        rows = [row_of[n] for n in names]
-        sub = labels[rows]
+        rows = np.array([row_of[n] for n in names], dtype=np.int64)
+        sub = matrix[rows]
+        patients = table["patient"].to_numpy()[rows]
         out[part] = {
             "images": len(rows),
-            "patients": int(table["patient"].iloc[rows].nunique()),
-            "positives": {f: int(v) for f, v in zip(FINDINGS, sub.sum(axis=0), strict=True)},
+            "patients": int(len(set(patients))),
+            "positives": {f: int(np.nansum(sub[:, k])) for k, f in enumerate(labels)},
+            "positive_patients": {f: int(len(set(patients[sub[:, k] == 1]))) for k, f in enumerate(labels)},
+            "masked": {f: int(np.isnan(sub[:, k]).sum()) for k, f in enumerate(labels)},
         }
     return out
 
@@ -119,18 +129,17 @@ def summarize(table: pd.DataFrame, parts: dict[str, list[str]]) -> dict[str, obj
 def run(params: Params, raw_dir: Path, out_dir: Path, processed_dir: Path | None = None) -> None:
     """Stage entry point: write `train.txt`, `val.txt`, `test.txt` and `summary.json` into `out_dir`; with
     `processed_dir`, only the images preprocessing produced are split."""
-    table = read_data_entry(raw_dir / DATA_ENTRY_FILE)
-    left_out: frozenset[str] = frozenset()
+    from cxrstudy.data.preprocess import read_index
+
+    info = read_info(raw_dir)
+    table = read_table(raw_dir, info)
     if processed_dir is not None:
-        if not (processed_dir / PROCESSED_INDEX).is_file():
-            raise InputError(f"{processed_dir / PROCESSED_INDEX}: not found; run the preprocess stage first (only the "
-                             "images it produced are split)")
-        produced = set(read_list(processed_dir / PROCESSED_INDEX))
-        left_out = frozenset(table["image"][~table["image"].isin(produced)])
+        produced = set(read_index(processed_dir))
+        left_out = int((~table["image"].isin(produced)).sum())
         table = table[table["image"].isin(produced)].reset_index(drop=True)
         if left_out:
-            print(f"split: {len(left_out)} image(s) left out by preprocess (listed in {processed_dir}/bad_images.txt)")
-    parts = make_splits(table, raw_dir, params.split, left_out)
+            print(f"split: {left_out} image(s) left out by preprocess (listed in {processed_dir}/bad_images.txt)")
+    parts = make_splits(table, params.split)
     for part in PARTS:
         if not parts[part]:
             raise InputError(f"split: the {part} part is empty; lower split.val_fraction/test_fraction or add data")
@@ -138,6 +147,7 @@ def run(params: Params, raw_dir: Path, out_dir: Path, processed_dir: Path | None
         for part in PARTS:
             write_list(tmp / f"{part}.txt", parts[part])
         write_json(tmp / "summary.json", {"method": params.split.method, "seed": params.split.seed,
-                                          **summarize(table, parts)})
+                                          "dataset": info.name, "labels": list(info.labels),
+                                          **summarize(table, list(info.labels), info.uncertain, parts)})
     counts = ", ".join(f"{p} {len(parts[p])}" for p in PARTS)
     print(f"split ({params.split.method}, seed {params.split.seed}): {counts} images")
