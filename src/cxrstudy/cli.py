@@ -23,6 +23,8 @@ from cxrstudy.params import DEFAULT_PARAMS, Params, load_params
 RAW = Path("data/raw")
 PROCESSED = Path("data/processed")
 SPLITS = Path("data/splits")
+EXTERNAL_RAW = Path("data/external/raw")
+EXTERNAL_PROCESSED = Path("data/external/processed")
 
 
 def _manifest(p: Params, a: argparse.Namespace) -> None:
@@ -34,7 +36,7 @@ def _manifest(p: Params, a: argparse.Namespace) -> None:
 def _ingest(p: Params, a: argparse.Namespace) -> None:
     from cxrstudy.data import ingest
 
-    ingest.run(p, a.out, workers=a.workers)
+    ingest.run(p, a.site, a.out or (RAW if a.site == "internal" else EXTERNAL_RAW), workers=a.workers)
 
 
 def _preprocess(p: Params, a: argparse.Namespace) -> None:
@@ -73,6 +75,15 @@ def _evaluate(p: Params, a: argparse.Namespace) -> None:
                  a.val_predictions or Path(f"predictions/val/seed_{a.seed}.csv"))
 
 
+def _external(p: Params, a: argparse.Namespace) -> None:
+    from cxrstudy.learning import external
+
+    _check_seed(p, a.seed)
+    external.run(p, a.seed, a.raw, a.external_raw, a.external_processed, a.model or Path(f"models/seed_{a.seed}"),
+                 a.metrics or Path(f"metrics/external/seed_{a.seed}.json"),
+                 a.predictions or Path(f"predictions/external/seed_{a.seed}.csv"))
+
+
 def _report(p: Params, a: argparse.Namespace) -> None:
     from cxrstudy.reporting import report
 
@@ -107,11 +118,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = stage("manifest", _manifest, "record what the configured data source holds (ingest re-runs when it changes)")
     p.add_argument("--out", type=Path, default=Path("data/source-manifest.json"))
 
-    p = stage("ingest", _ingest, "build data/raw in NIH's layout from the configured source")
-    p.add_argument("--out", type=Path, default=RAW)
-    p.add_argument("--workers", type=int, default=2, help="processes drawing the phantom (default: %(default)s)")
+    p = stage("ingest", _ingest, "turn the configured source into the dataset contract (images.csv, dataset.json, "
+                                 "boxes.csv, the images as archives)")
+    p.add_argument("--site", choices=("internal", "external"), default="internal",
+                   help="internal: the training site (ingest.source); external: the external test site "
+                        "(ingest.external) (default: %(default)s)")
+    p.add_argument("--out", type=Path, default=None, help="default: data/raw, or data/external/raw")
+    p.add_argument("--workers", type=int, default=2, help="processes drawing a phantom (default: %(default)s)")
 
-    p = stage("preprocess", _preprocess, "CLAHE and resize every image into one uint8 array")
+    p = stage("preprocess", _preprocess, "CLAHE and resize every image into one uint8 array per archive")
     p.add_argument("--raw", type=Path, default=RAW)
     p.add_argument("--out", type=Path, default=PROCESSED)
 
@@ -137,6 +152,16 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--predictions", type=Path, help="test predictions CSV (default: predictions/seed_SEED.csv)")
             p.add_argument("--val-predictions", type=Path,
                            help="validation predictions CSV (default: predictions/val/seed_SEED.csv)")
+
+    p = stage("external", _external, "test one seed's model at the external site, on the findings both label "
+                                     "spaces share")
+    p.add_argument("--seed", type=int, required=True, help="a training seed listed in params.yaml")
+    p.add_argument("--raw", type=Path, default=RAW, help="the training site's dataset (its label space)")
+    p.add_argument("--external-raw", type=Path, default=EXTERNAL_RAW)
+    p.add_argument("--external-processed", type=Path, default=EXTERNAL_PROCESSED)
+    p.add_argument("--model", type=Path, help="model folder (default: models/seed_SEED)")
+    p.add_argument("--metrics", type=Path, help="metrics JSON (default: metrics/external/seed_SEED.json)")
+    p.add_argument("--predictions", type=Path, help="predictions CSV (default: predictions/external/seed_SEED.csv)")
 
     p = stage("report", _report, "render reports/report.md (and its figures) from the metrics and predictions")
     p.add_argument("--metrics", type=Path, default=Path("metrics/eval"))

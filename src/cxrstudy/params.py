@@ -153,6 +153,10 @@ class PreprocessParams(_Section):
     # An image that is missing, empty, truncated or cannot be decoded. error: stop, naming every one; skip: leave
     # them out (listed in data/processed/bad_images.txt; split leaves them out too).
     on_bad_image: Literal["error", "skip"]
+    # Limits on what one archive member may cost, read from its headers before it is read or decoded: its size in
+    # the archive (MB), and its width x height. Over either, it is a bad image, named with its archive.
+    max_image_mb: Annotated[float, Field(gt=0.0, le=4096.0)]
+    max_image_pixels: Annotated[int, Field(ge=1024, le=1_000_000_000)]
 
     @model_validator(mode="after")
     def _clahe_size_not_below_stored(self) -> PreprocessParams:

@@ -18,7 +18,6 @@ No image is decoded here: `preprocess` reads every PNG once and names every bad 
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import os
@@ -30,9 +29,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import IO, Any, cast
+from typing import Any
 
-import pandas as pd
 from tqdm import tqdm
 
 from cxrstudy.atomic import write_json

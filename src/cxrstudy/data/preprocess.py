@@ -1,45 +1,56 @@
-"""The preprocess stage: CLAHE and resize every image once, into one memory-mappable uint8 array.
+"""The preprocess stage: CLAHE (the study's contrast enhancement) and a resize of every image, one shard per archive.
 
-Input: the image archives in `data/raw/archives/` (NIH's `images_NNN.tar.gz`, or `.tar`) and the label table. The
-PNGs are streamed out of the archives, one archive per worker process, and each is read and decoded exactly once:
-this is where bad images are found (missing, empty, truncated, not a PNG, undecodable), all of them in one run.
+The images are streamed out of the archives, one archive per worker process, and each is read and decoded exactly
+once: this is where bad images are found (missing, empty, truncated, neither PNG nor JPEG, undecodable, or over the
+limits), all of them in one run. An archive member is never trusted: one larger than `preprocess.max_image_mb` (from
+its tar header) is not read, and an image whose header declares more than `preprocess.max_image_pixels` is not
+decoded, so a worker's memory stays bounded whatever an archive holds. Every archive is checked against the MD5 that
+ingest recorded (`archives.md5`), in the same read: an archive changed since ingest (a damaged copy, or a linked DVC
+cache holding damaged bytes) is refused before any of its images is used.
 
-Output (`data/processed/`): `images.npy` (N × S × S, uint8, in `Data_Entry` order), `index.txt` (the image names,
-one a line, same order), `meta.json` (what was done) and, with `on_bad_image: skip`, `bad_images.txt` (the images
-left out, with the reason). One large file keeps `dvc status` / `dvc push` fast where a directory of 100k small PNGs
-would not, and lets the training loader read any image without decoding.
+Output (`data/processed/`, `cxrstudy.data.shards`): a shard per archive, its record, `index.csv`, `meta.json` and,
+with `on_bad_image: skip`, `bad_images.txt`. A shard whose archive MD5, settings, code and label table are those of
+the shard already there is kept as it is (hard-linked into the new output): a changed archive re-processes only its
+own shard. The whole output is put in place at once, or not at all.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-import multiprocessing
 import os
-import signal
-from collections.abc import Generator, Iterator, Sequence
+import shutil
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from contextlib import contextmanager
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 from tqdm import tqdm
 
-from cxrstudy.atomic import atomic_dir
-from cxrstudy.data.imageio import ARCHIVES_DIR, ArchiveError, ImageError, archive_paths, decode_gray, iter_pngs
+from cxrstudy.atomic import atomic_dir, write_json
+from cxrstudy.data.dataset import MD5_FILE, TABLE_FILE, read_info, read_table
+from cxrstudy.data.imageio import ARCHIVES_DIR, ArchiveError, ImageError, archive_paths, decode_gray, iter_images
+from cxrstudy.data.pool import WORKER_CONTEXT, die_with_parent, sigint_ignored
+from cxrstudy.data.release import MD5_LINE
+from cxrstudy.data.shards import (
+    BAD_IMAGES_FILE,
+    INDEX_FILE,
+    META_FILE,
+    SHARDS_DIR,
+    ShardWriter,
+    read_sidecar,
+    shard_name,
+    write_index,
+)
 from cxrstudy.errors import InputError
-from cxrstudy.labels import DATA_ENTRY_FILE, read_data_entry
 from cxrstudy.params import Params, PreprocessParams
 
-IMAGES_FILE = "images.npy"
-INDEX_FILE = "index.txt"
-META_FILE = "meta.json"
-BAD_IMAGES_FILE = "bad_images.txt"
 MAX_LISTED = 100  # bad images named in an error message; the full list goes to a file
-
-# forkserver, not fork: forking a process that already used OpenCV's or torch's threads can deadlock.
-WORKER_CONTEXT = multiprocessing.get_context("forkserver")
+CODE = (Path(__file__).with_name("imageio.py"), Path(__file__), Path(__file__).with_name("shards.py"))
 
 
 def apply_clahe(image: np.ndarray, clip_limit: float, tile_grid: int) -> np.ndarray:
@@ -71,8 +82,8 @@ def process_image(image: np.ndarray, cfg: PreprocessParams) -> np.ndarray:
 
 @dataclass
 class ArchiveResult:
-    """What one archive gave: the wanted images found in it (archive order), those unusable, with the reason, the
-    PNGs not in the label table, and why the archive could not be read to its end (None when it could)."""
+    """What one archive gave: the wanted images found in it (archive order, = the shard's rows), those unusable,
+    with the reason, the images not in the label table, and why the archive cannot be used (None when it can)."""
 
     archive: str
     seen: list[str] = field(default_factory=list)
@@ -80,12 +91,22 @@ class ArchiveResult:
     extra: int = 0
     error: str | None = None
 
+    def record(self, key: str) -> dict[str, Any]:
+        return {"key": key, "archive": self.archive, "images": self.seen, "bad": self.bad, "extra": self.extra}
+
+
+@dataclass(frozen=True)
+class Job:
+    archive: str  # its path
+    md5: str  # as ingest recorded it
+    key: str  # what makes the shard: archive MD5, settings, code, the table's images
+    out: str  # the shard's path (.npy; its record beside it, .json)
+
 
 @dataclass(frozen=True)
 class _Work:
     cfg: PreprocessParams
-    row_of: dict[str, int]  # image name -> its row in the output array
-    images: str  # the output array (.npy), already allocated
+    wanted: frozenset[str]
 
 
 _work: _Work | None = None
@@ -93,220 +114,201 @@ _work: _Work | None = None
 
 def _init_worker(work: _Work) -> None:
     global _work
+    die_with_parent()
     cv2.setNumThreads(1)  # one process per core; OpenCV's own threads would only oversubscribe
     _work = work
 
 
-def process_archive(archive: str) -> ArchiveResult:
-    """Stream one archive: decode, process and write each wanted image into its row of the output array."""
+def process_archive(job: Job) -> ArchiveResult:
+    """Stream one archive (verifying its MD5 in the same read): decode, process and append each wanted image to its
+    shard; write the shard's record beside it unless the archive cannot be used."""
     assert _work is not None
-    out = np.load(_work.images, mmap_mode="r+")
-    result = ArchiveResult(Path(archive).name)
+    cfg = _work.cfg
+    archive = Path(job.archive)
+    result = ArchiveResult(archive.name)
+    writer = ShardWriter(Path(job.out), cfg.image_size)
+    digest = hashlib.md5(usedforsecurity=False)
+    met: set[str] = set()
     try:
-        for name, data in iter_pngs(Path(archive)):
-            row = _work.row_of.get(name)
-            if row is None:
+        for name, data in iter_images(archive, max_bytes=int(cfg.max_image_mb * 1e6), digest=digest):
+            if name not in _work.wanted:
                 result.extra += 1
                 continue
-            result.seen.append(name)
+            if name in met:
+                result.bad.append((name, f"in two members of {archive.name}"))
+                continue
+            met.add(name)
             try:
-                out[row] = process_image(decode_gray(data, name), _work.cfg)
+                if isinstance(data, ImageError):
+                    raise data
+                image = process_image(decode_gray(data, name, max_pixels=cfg.max_image_pixels), cfg)
             except ImageError as err:
                 result.bad.append((name, str(err).removeprefix(f"{name}: ")))
+                continue
+            writer.append(image)
+            result.seen.append(name)
     except ArchiveError as err:
         result.error = str(err)
-    out.flush()
-    del out
+    finally:
+        writer.close()
+    if result.error is None and digest.hexdigest() != job.md5:
+        result.error = (f"{archive}: MD5 {digest.hexdigest()}, but ingest recorded {job.md5} in {MD5_FILE}: the "
+                        "archive changed after ingest (with a linked DVC cache, the cache's copy may be damaged "
+                        "too; see docs/robustness.md); none of its images was used")
+    if result.error is None:
+        write_json(Path(job.out).with_suffix(".json"), result.record(job.key))
     return result
 
 
-@contextmanager
-def _sigint_ignored() -> Iterator[None]:
-    """SIGINT ignored in this process while the block starts worker processes, which inherit that (through the
-    forkserver's exec too): Ctrl-C, sent to the whole process group, then stops the stage once, here, instead of
-    printing a traceback from every worker (or a bogus ImportError from one caught importing NumPy)."""
-    try:
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    except ValueError:  # not the main thread: signals are not ours to handle
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
-def process_archives(archives: Sequence[Path], names: Sequence[str], images: Path,
-                     cfg: PreprocessParams) -> Generator[ArchiveResult, None, None]:
-    """Process every archive into `images` (an allocated N × S × S .npy whose row i is `names[i]`), one archive
-    per worker process (`cfg.workers`; 0 or 1 = in this process); yields each archive's result as it finishes."""
-    work = _Work(cfg, {name: row for row, name in enumerate(names)}, str(images))
-    workers = min(cfg.workers, len(archives))
-    if workers <= 1:
-        _init_worker(work)
-        yield from (process_archive(str(a)) for a in archives)
-        return
-    pool = ProcessPoolExecutor(mp_context=WORKER_CONTEXT, max_workers=workers, initializer=_init_worker,
+def run_jobs(jobs: Sequence[Job], work: _Work, workers: int) -> list[ArchiveResult]:
+    """Process the archives, one per worker process (`workers`; 0 or 1 = in this process), largest first."""
+    count = min(workers, len(jobs))
+    if count <= 1:
+        _init_worker_here(work)
+        return [process_archive(job) for job in tqdm(jobs, desc="preprocess", unit="archive")]
+    pool = ProcessPoolExecutor(mp_context=WORKER_CONTEXT, max_workers=count, initializer=_init_worker,
                                initargs=(work,))
+    results: list[ArchiveResult] = []
     try:
-        largest_first = sorted(archives, key=lambda a: -a.stat().st_size)  # the last to finish is a small one
-        with _sigint_ignored():  # submit() starts the workers (and the forkserver) now
-            futures = [pool.submit(process_archive, str(a)) for a in largest_first]
-        yield from (future.result() for future in as_completed(futures))
+        largest_first = sorted(jobs, key=lambda j: -Path(j.archive).stat().st_size)
+        with sigint_ignored():  # submit() starts the workers (and the forkserver) now
+            futures = {pool.submit(process_archive, job): job for job in largest_first}
+        with tqdm(total=len(futures), desc="preprocess", unit="archive") as bar:
+            for future in as_completed(futures):
+                results.append(future.result())
+                bar.update()
+    except BrokenProcessPool:
+        running = sorted(Path(futures[f].archive).name for f in futures if not f.done() or f.exception())
+        raise InputError(f"preprocess: a worker process died (killed by the system: out of memory?) while reading "
+                         f"{', '.join(running) or 'an archive'}; nothing was replaced. Lower preprocess.workers, or "
+                         "preprocess.max_image_pixels / max_image_mb, and re-run") from None
     finally:  # an error or Ctrl-C: the archives not yet started are cancelled, the running ones waited for
         pool.shutdown(wait=True, cancel_futures=True)
+    return results
 
 
-@dataclass
-class Findings:
-    """Every archive's result, gathered: which images were found where, and everything unusable."""
-
-    names: Sequence[str]
-    where: dict[str, str] = field(default_factory=dict)  # image -> the archive it was found in
-    bad: dict[str, str] = field(default_factory=dict)  # image -> why it cannot be used
-    broken: list[str] = field(default_factory=list)  # archives that cannot be read to their end
-    extra: int = 0
-
-    def add(self, result: ArchiveResult) -> None:
-        for name in result.seen:
-            if name in self.where:
-                self.bad[name] = f"in more than one archive member ({self.where[name]}, {result.archive})"
-            self.where.setdefault(name, result.archive)
-        self.bad.update(result.bad)
-        self.extra += result.extra
-        if result.error:
-            self.broken.append(result.error)
-
-    def finish(self, archives_dir: Path) -> list[tuple[str, str]]:
-        """The complete list of unusable images, sorted: the undecodable, the repeated and the missing."""
-        for name in self.names:
-            if name not in self.where:
-                self.bad[name] = f"missing image file (named in {DATA_ENTRY_FILE}, in no archive of {archives_dir})"
-        return sorted(self.bad.items())
+def _init_worker_here(work: _Work) -> None:
+    global _work
+    _work = work
 
 
-def reserve(path: Path) -> None:
-    """Allocate a freshly created memory-mappable file's blocks now. `open_memmap` creates a sparse file, and a write
-    into a hole on a full disk kills the process with SIGBUS; allocating first makes it a clean ENOSPC `OSError`."""
-    if not hasattr(os, "posix_fallocate"):
-        return
-    fd = os.open(path, os.O_RDWR)
-    try:
-        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
-    finally:
-        os.close(fd)
-
-
-def process_into(images: Path, archives: Sequence[Path], names: Sequence[str], cfg: PreprocessParams,
-                 progress: bool = True) -> Findings:
-    """Create `images` (an N × S × S uint8 .npy whose row i is `names[i]`) and fill it from the archives; return
-    what was found (`Findings.finish` lists the unusable images)."""
-    array = np.lib.format.open_memmap(images, mode="w+", dtype=np.uint8,
-                                      shape=(len(names), cfg.image_size, cfg.image_size))
-    reserve(images)
-    del array
-    found = Findings(names)
-    results = process_archives(archives, names, images, cfg)
-    try:
-        with tqdm(total=len(names), desc="preprocess", unit="img", disable=not progress) as bar:
-            for result in results:
-                found.add(result)
-                bar.update(len(result.seen))
-    finally:
-        results.close()  # stops the workers now, not at exit (Ctrl-C)
+def read_md5(raw_dir: Path) -> dict[str, str]:
+    """`archives.md5` (written by ingest): archive name -> MD5."""
+    path = raw_dir / MD5_FILE
+    if not path.is_file():
+        raise InputError(f"{path}: not found; re-run the ingest stage (dvc repro ingest)")
+    found: dict[str, str] = {}
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        match = MD5_LINE.match(line.strip())
+        if not match:
+            raise InputError(f"{path}:{number}: not an md5sum line; re-run the ingest stage")
+        found[Path(match.group(2).strip()).name] = match.group(1).lower()
     return found
 
 
-def _refuse(found: Findings, bad: list[tuple[str, str]], listing: Path) -> None:
-    """One error naming every broken archive and every unusable image (the first MAX_LISTED; all in `listing`)."""
+def shard_key(archive: str, md5: str, cfg: PreprocessParams, names_digest: str) -> str:
+    """What decides a shard's bytes: its archive, the settings (but the worker count), the code and the images the
+    label table names."""
+    code = hashlib.sha256(b"".join(p.read_bytes() for p in CODE)).hexdigest()
+    settings = cfg.model_dump(exclude={"workers"})
+    blob = json.dumps([archive, md5, settings, code, names_digest], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def _reuse(old: Path, new: Path) -> None:
+    """Put an unchanged shard and its record into the new output: a hard link, or a copy across file systems."""
+    for suffix in (".npy", ".json"):
+        try:
+            os.link(old.with_suffix(suffix), new.with_suffix(suffix))
+        except OSError:
+            shutil.copyfile(old.with_suffix(suffix), new.with_suffix(suffix))
+
+
+def _refuse(broken: list[str], bad: list[tuple[str, str]], total: int, listing: Path) -> None:
+    """One error naming every unusable archive and every unusable image (the first MAX_LISTED; all in `listing`)."""
     lines = []
-    if found.broken:
-        lines.append(f"preprocess: {len(found.broken)} archive(s) cannot be read to their end:")
-        lines += [f"  {error}" for error in sorted(found.broken)]
+    if broken:
+        lines.append(f"preprocess: {len(broken)} archive(s) cannot be used:")
+        lines += [f"  {error}" for error in sorted(broken)]
     if bad:
         listing.write_text("".join(f"{name}\t{reason}\n" for name, reason in bad))
-        lines.append(f"preprocess: {len(bad)} unusable image(s) of {len(found.names)} (full list: {listing}):")
+        lines.append(f"preprocess: {len(bad)} unusable image(s) of {total} (full list: {listing}):")
         lines += [f"  {name}: {reason}" for name, reason in bad[:MAX_LISTED]]
         if len(bad) > MAX_LISTED:
             lines.append(f"  ... and {len(bad) - MAX_LISTED} more")
-    lines.append(f"every image listed in {DATA_ENTRY_FILE} must be a complete, readable PNG (8- or 16-bit; grey, "
-                 "grey+alpha, RGB or RGBA) in one readable archive: replace the archives that hold these images, or "
-                 "set preprocess.on_bad_image: skip to leave the images out")
+    lines.append(f"every image listed in {TABLE_FILE} must be a complete, readable PNG or JPEG (8- or 16-bit; grey, "
+                 "grey+alpha, RGB or RGBA) within preprocess.max_image_mb and max_image_pixels, in one archive that "
+                 "matches its MD5: replace the archives that hold these images, or set preprocess.on_bad_image: skip "
+                 "to leave the images out")
     raise InputError("\n".join(lines))
 
 
-def _keep_rows(images: Path, rows: list[int]) -> None:
-    """Rewrite the array at `images` with only `rows`, in order (the images left out by on_bad_image: skip)."""
-    source = np.load(images, mmap_mode="r")
-    kept_path = images.with_name("kept.npy")
-    kept = np.lib.format.open_memmap(kept_path, mode="w+", dtype=np.uint8, shape=(len(rows), *source.shape[1:]))
-    reserve(kept_path)
-    for start in range(0, len(rows), 1024):
-        kept[start : start + 1024] = source[rows[start : start + 1024]]
-    kept.flush()
-    del kept, source
-    os.replace(kept_path, images)
-
-
 def run(params: Params, raw_dir: Path, out_dir: Path) -> None:
-    """Stage entry point: `raw_dir` (archives + label table) -> `out_dir` (images.npy, index.txt, meta.json)."""
+    """Stage entry point: `raw_dir` (the dataset contract) -> `out_dir` (shards, index, records, meta)."""
     if not raw_dir.is_dir():
         raise InputError(f"{raw_dir}: raw data folder not found; run the ingest stage first (dvc repro ingest)")
     cfg = params.preprocess
-    table = read_data_entry(raw_dir / DATA_ENTRY_FILE)
-    names: list[str] = table["image"].tolist()
+    from cxrstudy.data.dataset import has_dataset
+
+    if not has_dataset(raw_dir):  # the external site's placeholder (ingest.external: none)
+        with atomic_dir(out_dir) as tmp:
+            write_json(tmp / META_FILE, {"images": 0, "source": "none"})
+        print(f"preprocess: no dataset in {raw_dir} (ingest.external: none) -> {out_dir}")
+        return
+    names: list[str] = read_table(raw_dir, read_info(raw_dir))["image"].tolist()
     archives = archive_paths(raw_dir)
     if not archives:
         raise InputError(f"{raw_dir / ARCHIVES_DIR}: no image archive (*.tar.gz, *.tgz or *.tar); run the ingest "
                          "stage first (dvc repro ingest)")
+    md5 = read_md5(raw_dir)
+    unlisted = [a.name for a in archives if a.name not in md5]
+    if unlisted:
+        raise InputError(f"{raw_dir / MD5_FILE}: no MD5 for {', '.join(unlisted)}; re-run the ingest stage")
+    names_digest = hashlib.sha256("\n".join(names).encode()).hexdigest()
     listing = out_dir.parent / BAD_IMAGES_FILE  # the full list when the stage stops on bad images
     with atomic_dir(out_dir) as tmp:
-        found = process_into(tmp / IMAGES_FILE, archives, names, cfg)
-        bad = found.finish(raw_dir / ARCHIVES_DIR)
-        if found.broken or (bad and (cfg.on_bad_image == "error" or len(bad) == len(names))):
-            _refuse(found, bad, listing)
-        if bad:
-            left_out = {name for name, _ in bad}
-            _keep_rows(tmp / IMAGES_FILE, [row for row, name in enumerate(names) if name not in left_out])
-            names = [name for name in names if name not in left_out]
-            (tmp / BAD_IMAGES_FILE).write_text("".join(f"{name}\t{reason}\n" for name, reason in bad))
-        (tmp / INDEX_FILE).write_text("".join(f"{n}\n" for n in names))
-        meta = {"images": len(names), "left_out": len(bad), **cfg.model_dump()}
+        (tmp / SHARDS_DIR).mkdir()
+        jobs, kept = [], []
+        for archive in archives:
+            key = shard_key(archive.name, md5[archive.name], cfg, names_digest)
+            job = Job(str(archive), md5[archive.name], key, str(tmp / SHARDS_DIR / f"{shard_name(archive)}.npy"))
+            old = out_dir / SHARDS_DIR / f"{shard_name(archive)}.npy"
+            record = read_sidecar(old.with_suffix(".json"))
+            if record is not None and record.get("key") == key and old.is_file():
+                _reuse(old, Path(job.out))
+                kept.append(ArchiveResult(record["archive"], list(record["images"]),
+                                          [tuple(b) for b in record["bad"]], int(record["extra"])))
+            else:
+                jobs.append(job)
+        results = kept + run_jobs(jobs, _Work(cfg, frozenset(names)), cfg.workers)
+        located: dict[str, tuple[str, int]] = {}
+        bad: dict[str, str] = {}
+        for result in sorted(results, key=lambda r: r.archive):
+            for row, name in enumerate(result.seen):
+                if name in located:
+                    bad[name] = f"in more than one archive ({located[name][0]}, {result.archive})"
+                located.setdefault(name, (shard_name(Path(result.archive)), row))
+            bad.update(result.bad)
+        for name in names:
+            if name not in located and name not in bad:
+                bad[name] = f"missing image file (named in {TABLE_FILE}, in no archive of {raw_dir / ARCHIVES_DIR})"
+        broken = [r.error for r in results if r.error]
+        bad_list = sorted(bad.items())
+        if broken or (bad_list and (cfg.on_bad_image == "error" or len(bad_list) == len(names))):
+            _refuse(broken, bad_list, len(names), listing)
+        kept_names = [n for n in names if n not in bad]
+        write_index(tmp / INDEX_FILE, kept_names, located)
+        if bad_list:
+            (tmp / BAD_IMAGES_FILE).write_text("".join(f"{name}\t{reason}\n" for name, reason in bad_list))
+        meta = {"images": len(kept_names), "left_out": len(bad_list), "shards": len(archives),
+                "reused": len(kept), **cfg.model_dump(exclude={"workers"})}
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     listing.unlink(missing_ok=True)  # a list left by an earlier, refused run no longer holds
-    if found.extra:
-        print(f"note: {found.extra} PNG(s) in the archives are not in {DATA_ENTRY_FILE} and were not used")
-    if bad:
-        print(f"WARNING: left out {len(bad)} unusable image(s) (preprocess.on_bad_image: skip), listed with the "
+    extra = sum(r.extra for r in results)
+    if extra:
+        print(f"note: {extra} image(s) in the archives are not in {TABLE_FILE} and were not used")
+    if bad_list:
+        print(f"WARNING: left out {len(bad_list)} unusable image(s) (preprocess.on_bad_image: skip), listed with the "
               f"reason in {out_dir / BAD_IMAGES_FILE}; split leaves them out too")
-    print(f"preprocess: {len(names)} images from {len(archives)} archives, CLAHE {'on' if cfg.clahe else 'off'}, "
-          f"{cfg.image_size} px -> {out_dir}")
-
-
-def read_index(processed_dir: Path) -> list[str]:
-    """The names of the processed images, in the array's order."""
-    path = processed_dir / INDEX_FILE
-    if not path.is_file():
-        raise InputError(f"{path}: processed image index not found; run the preprocess stage first")
-    return path.read_text().split()
-
-
-def load_processed(processed_dir: Path) -> tuple[np.ndarray, list[str]]:
-    """The processed images (memory-mapped, read-only) and their names. A missing, truncated or foreign file is an
-    `InputError` naming it."""
-    images_path, index_path = processed_dir / IMAGES_FILE, processed_dir / INDEX_FILE
-    rerun = "re-run the preprocess stage (dvc repro preprocess, or python -m cxrstudy preprocess)"
-    for path in (images_path, index_path):
-        if not path.is_file():
-            raise InputError(f"{path}: processed data not found; {rerun}")
-    try:
-        images = np.load(images_path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError, EOFError) as err:  # numpy's words for a truncated or foreign file
-        raise InputError(f"{images_path}: not a complete .npy array ({err}); {rerun}") from None
-    if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1] != images.shape[2]:
-        raise InputError(f"{images_path}: holds a {images.dtype} array of shape {images.shape}; expected uint8 "
-                         f"images N x S x S; {rerun}")
-    names = index_path.read_text().split()
-    if len(names) != len(images):
-        raise InputError(f"{processed_dir}: {INDEX_FILE} lists {len(names)} names for {len(images)} images; {rerun}")
-    return images, names
+    print(f"preprocess: {len(kept_names)} images from {len(archives)} archives ({len(kept)} shard(s) unchanged, "
+          f"kept), CLAHE {'on' if cfg.clahe else 'off'}, {cfg.image_size} px -> {out_dir}")

@@ -129,7 +129,7 @@ def summarize(table: pd.DataFrame, labels: list[str], uncertain: str,
 def run(params: Params, raw_dir: Path, out_dir: Path, processed_dir: Path | None = None) -> None:
     """Stage entry point: write `train.txt`, `val.txt`, `test.txt` and `summary.json` into `out_dir`; with
     `processed_dir`, only the images preprocessing produced are split."""
-    from cxrstudy.data.preprocess import read_index
+    from cxrstudy.data.shards import read_index
 
     info = read_info(raw_dir)
     table = read_table(raw_dir, info)

@@ -23,8 +23,8 @@ from torch import nn
 
 from cxrstudy import numerics
 from cxrstudy.atomic import atomic_file
-from cxrstudy.data.preprocess import IMAGES_FILE, INDEX_FILE, META_FILE
-from cxrstudy.labels import DATA_ENTRY_FILE
+from cxrstudy.data.dataset import INFO_FILE, TABLE_FILE
+from cxrstudy.data.shards import stat_fingerprint
 from cxrstudy.learning.distributed import unwrap
 from cxrstudy.params import Params
 
@@ -81,16 +81,16 @@ def code_digest() -> str:
 def fingerprint(params: Params, seed: int, raw_dir: Path, processed_dir: Path, splits_dir: Path,
                 world_size: int) -> dict[str, str]:
     """What a checkpoint must match to be resumed, one digest per input (`describe_inputs` words them): the parameters
-    (training, numerics, the seed and the process count), the bytes of the processed data, of the training and
-    validation lists and of the label table, and the code's version. Whatever else changes a training result changes
-    one of them."""
+    (training, numerics, the seed and the process count), the processed data (its index, records and each shard's
+    size, time and inode: no image is read again), the bytes of the training and validation lists and of the label
+    table, and the code's version. Whatever else changes a training result changes one of them."""
     settings = json.dumps({"train": params.train.model_dump(), "numerics": params.numerics.model_dump(),
                            "seed": seed, "world": world_size}, sort_keys=True)
     return {
         "parameters": hashlib.sha256(settings.encode()).hexdigest()[:16],
-        "processed": _digest([processed_dir / name for name in (IMAGES_FILE, INDEX_FILE, META_FILE)], processed_dir),
+        "processed": stat_fingerprint(processed_dir),
         "splits": _digest([splits_dir / f"{part}.txt" for part in ("train", "val")], splits_dir),
-        "labels": _digest([raw_dir / DATA_ENTRY_FILE], raw_dir),
+        "labels": _digest([raw_dir / TABLE_FILE, raw_dir / INFO_FILE], raw_dir),
         "code": code_digest(),
     }
 
@@ -106,7 +106,7 @@ def describe_inputs(raw_dir: Path, processed_dir: Path, splits_dir: Path) -> dic
         "parameters": "the training parameters (params.yaml train, numerics), the seed or the process count",
         "processed": f"the processed images ({processed_dir})",
         "splits": f"the training or validation list ({splits_dir / 'train.txt'}, {splits_dir / 'val.txt'})",
-        "labels": f"the labels ({raw_dir / DATA_ENTRY_FILE})",
+        "labels": f"the labels ({raw_dir / TABLE_FILE}, {raw_dir / INFO_FILE})",
         "code": "the code (cxrstudy's source, or the version of Python, torch, torchvision, NumPy, OpenCV or "
                 "scikit-learn)",
     }

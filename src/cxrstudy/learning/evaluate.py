@@ -21,10 +21,19 @@ import torch
 from cxrstudy import numerics
 from cxrstudy.atomic import atomic_file, check_writable, sync
 from cxrstudy.calibration import calibration
-from cxrstudy.labels import FINDINGS
+from cxrstudy.errors import InputError
 from cxrstudy.learning.loader import SplitData, XrayDataset, eval_transform, load_parts, make_loader
 from cxrstudy.learning.losses import make_criterion
-from cxrstudy.learning.predict import MODEL_FILE, load_trained, pick_device, predict, seed_everything, sigmoid
+from cxrstudy.learning.predict import (
+    MODEL_FILE,
+    load_trained,
+    model_labels,
+    pick_device,
+    predict,
+    read_trained,
+    seed_everything,
+    sigmoid,
+)
 from cxrstudy.metrics import per_class_auroc, per_class_f1, per_class_thresholds
 from cxrstudy.params import Params
 
@@ -36,20 +45,29 @@ def _clean(value: float) -> float | None:
     return None if math.isnan(value) else round(float(value), 6)
 
 
-def _by_class(values: list[float]) -> dict[str, float | None]:
-    return {name: _clean(v) for name, v in zip(FINDINGS, values, strict=True)}
+def _by_class(names: tuple[str, ...], values: list[float]) -> dict[str, float | None]:
+    return {name: _clean(v) for name, v in zip(names, values, strict=True)}
 
 
-def _counts(labels: np.ndarray) -> dict[str, int]:
-    return {n: int(v) for n, v in zip(FINDINGS, labels.sum(axis=0), strict=True)}
+def _counts(names: tuple[str, ...], labels: np.ndarray) -> dict[str, int]:
+    return {n: int(v) for n, v in zip(names, np.nansum(labels, axis=0), strict=True)}
+
+
+def positive_patients(names: tuple[str, ...], labels: np.ndarray, patients: np.ndarray) -> dict[str, int]:
+    """Per finding, how many patients have at least one positive image."""
+    return {n: int(len(set(patients[labels[:, k] == 1]))) for k, n in enumerate(names)}
 
 
 def compute_metrics(seed: int, loss: float, val: tuple[np.ndarray, np.ndarray],
                     test: tuple[np.ndarray, np.ndarray], environment: dict[str, object] | None = None,
-                    calibration_bins: int = 10) -> dict[str, object]:
-    """Metrics from (labels, probabilities) of the validation and test sets."""
+                    calibration_bins: int = 10, names: tuple[str, ...] = (),
+                    patients: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, object]:
+    """Metrics from (labels, probabilities) of the validation and test sets; `names` are the label names (one per
+    column), `patients` the (validation, test) patient of each row, for the positive-patient counts."""
     val_labels, val_probs = val
     test_labels, test_probs = test
+    if not names:
+        raise ValueError("compute_metrics needs the label names")
     auroc = per_class_auroc(test_labels, test_probs)
     thresholds = per_class_thresholds(val_labels, val_probs)
     f1 = per_class_f1(test_labels, test_probs, thresholds)
@@ -62,17 +80,23 @@ def compute_metrics(seed: int, loss: float, val: tuple[np.ndarray, np.ndarray],
         "f1_mean": _clean(float(np.nanmean(f1))),
         "f1_test_tuned_mean": _clean(float(np.nanmean(tuned))),
         "f1_protocol": THRESHOLD_PROTOCOL,
-        "auroc": _by_class(auroc),
-        "f1": _by_class(f1),
-        "f1_test_tuned": _by_class(tuned),
-        "threshold": _by_class(thresholds),
+        "auroc": _by_class(names, auroc),
+        "f1": _by_class(names, f1),
+        "f1_test_tuned": _by_class(names, tuned),
+        "threshold": _by_class(names, thresholds),
         "n_val": int(len(val_labels)),
         "n_test": int(len(test_labels)),
-        "test_positives": _counts(test_labels),
-        "val_positives": _counts(val_labels),
-        "brier": _by_class(list(calib.brier)),
+        "test_positives": _counts(names, test_labels),
+        "val_positives": _counts(names, val_labels),
+        **({"test_positive_patients": positive_patients(names, test_labels, patients[1]),
+            "val_positive_patients": positive_patients(names, val_labels, patients[0]),
+            "test_patients": int(len(set(patients[1]))), "val_patients": int(len(set(patients[0])))}
+           if patients is not None else {}),
+        **({"masked": _counts(names, np.isnan(test_labels).astype(np.float32))} if np.isnan(test_labels).any()
+           else {}),
+        "brier": _by_class(names, list(calib.brier)),
         "brier_mean": _clean(calib.brier_mean),
-        "ece": _by_class(list(calib.ece)),
+        "ece": _by_class(names, list(calib.ece)),
         "ece_mean": _clean(calib.ece_mean),
         "calibration_bins": calibration_bins,
         "mean_prob": _clean(calib.mean_prob),
@@ -94,7 +118,12 @@ def run(params: Params, seed: int, raw_dir: Path, processed_dir: Path, splits_di
     images, parts = load_parts(raw_dir, processed_dir, splits_dir, ("train", "val", "test"))
     train_part, val_part, test_part = parts["train"], parts["val"], parts["test"]
     transform = eval_transform(cfg.image_size, images.shape[-1])
-    model = load_trained(model_dir / MODEL_FILE, len(FINDINGS)).to(device)
+    names = test_part.label_names
+    trained_on = model_labels(read_trained(model_dir / MODEL_FILE))
+    if trained_on != names:
+        raise InputError(f"{model_dir / MODEL_FILE}: predicts {list(trained_on)}, but the dataset's labels are "
+                         f"{list(names)}; re-run the train stage on this dataset (dvc repro train)")
+    model = load_trained(model_dir / MODEL_FILE).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
 
@@ -109,34 +138,37 @@ def run(params: Params, seed: int, raw_dir: Path, processed_dir: Path, splits_di
     loss = float(criterion(torch.from_numpy(test_logits), torch.from_numpy(test_labels)))
     test_probs, val_probs = sigmoid(test_logits), sigmoid(val_logits)
     metrics = compute_metrics(seed, loss, (val_labels, val_probs), (test_labels, test_probs),
-                              numerics.environment(params.numerics, device), params.evaluate.calibration_bins)
+                              numerics.environment(params.numerics, device), params.evaluate.calibration_bins, names,
+                              (val_part.patients, test_part.patients))
     # All three files or none: each is written and synced before any replaces its earlier version.
     with (atomic_file(metrics_file) as metrics_out, atomic_file(predictions_file) as predictions_out,
           atomic_file(val_predictions_file) as val_out):
         json.dump(metrics, metrics_out, indent=2, sort_keys=True)
         metrics_out.write("\n")
-        write_predictions(predictions_out, test_part.names, test_part.patients, test_labels, test_probs)
-        write_predictions(val_out, val_part.names, val_part.patients, val_labels, val_probs)
+        write_predictions(predictions_out, test_part.names, test_part.patients, test_labels, test_probs, names)
+        write_predictions(val_out, val_part.names, val_part.patients, val_labels, val_probs, names)
         sync(metrics_out, predictions_out, val_out)
     print(f"evaluate seed {seed}: test loss {metrics['loss']}, mean AUROC {metrics['auroc_mean']}, "
           f"mean F1 {metrics['f1_mean']} -> {metrics_file}")
 
 
-def write_predictions(handle: IO[str], names: list[str], patients: np.ndarray, labels: np.ndarray,
-                      probs: np.ndarray) -> None:
-    """One row per image: name, patient, the 14 labels and the 14 predicted probabilities, written with the
-    9 significant digits that give back every float32 exactly (so the report's AUROCs equal evaluate's)."""
-    frame = pd.DataFrame({"image": names, "patient": patients})
-    for k, name in enumerate(FINDINGS):
-        frame[f"label_{name}"] = labels[:, k].astype(np.int8)
-    for k, name in enumerate(FINDINGS):
+def write_predictions(handle: IO[str], images: list[str], patients: np.ndarray, labels: np.ndarray,
+                      probs: np.ndarray, names: tuple[str, ...]) -> None:
+    """One row per image: name, patient, a label per finding (1, 0, or empty when masked) and a predicted
+    probability per finding, written with the 9 significant digits that give back every float32 exactly (so the
+    report's AUROCs equal evaluate's)."""
+    frame = pd.DataFrame({"image": images, "patient": patients})
+    for k, name in enumerate(names):
+        column = labels[:, k]
+        frame[f"label_{name}"] = pd.array(np.where(np.isnan(column), 0, column).astype(np.int8), dtype="Int8")
+        frame.loc[np.isnan(column), f"label_{name}"] = pd.NA
+    for k, name in enumerate(names):
         frame[f"prob_{name}"] = probs[:, k].astype(np.float32)
     frame.to_csv(handle, index=False, lineterminator="\n", float_format="%.9g")
 
 
-def save_predictions(path: Path, names: list[str], patients: np.ndarray, labels: np.ndarray,
-                     probs: np.ndarray) -> None:
+def save_predictions(path: Path, images: list[str], patients: np.ndarray, labels: np.ndarray, probs: np.ndarray,
+                     names: tuple[str, ...]) -> None:
     """`write_predictions` into `path`, atomically."""
     with atomic_file(path) as handle:
-        write_predictions(handle, names, patients, labels, probs)
-
+        write_predictions(handle, images, patients, labels, probs, names)

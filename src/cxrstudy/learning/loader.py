@@ -8,55 +8,61 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
-from cxrstudy.data.preprocess import load_processed
+from cxrstudy.data.dataset import read_info, read_table, targets
+from cxrstudy.data.shards import Processed, load_processed
 from cxrstudy.data.split import read_list
 from cxrstudy.errors import InputError
-from cxrstudy.labels import DATA_ENTRY_FILE, label_matrix, read_data_entry
 from cxrstudy.params import AugmentParams
 
 
 @dataclass(frozen=True)
 class SplitData:
-    """One split part: rows into the processed array, their labels, names and patients."""
+    """One set of images: rows into the processed images, their targets (NaN: masked), names and patients, and
+    the names of the target columns (the dataset's label space)."""
 
     rows: np.ndarray
     labels: np.ndarray
     names: list[str]
     patients: np.ndarray
+    label_names: tuple[str, ...]
+
+
+def select(table: pd.DataFrame, processed: Processed, names: list[str], labels: tuple[str, ...], uncertain: str,
+           where: str) -> SplitData:
+    """The images `names` (in that order) as a `SplitData`; `where` names the list in errors."""
+    row_of = {n: i for i, n in enumerate(processed.names)}
+    missing = [n for n in names if n not in row_of]
+    if missing:
+        raise InputError(f"{where}: {len(missing)} image(s) not among the processed images, e.g. {missing[:5]}; "
+                         "re-run preprocess")
+    rows = table.set_index("image").loc[names].reset_index()
+    return SplitData(rows=np.array([row_of[n] for n in names], dtype=np.int64),
+                     labels=targets(rows, labels, uncertain), names=list(names),
+                     patients=rows["patient"].to_numpy(dtype=str), label_names=labels)
 
 
 def load_parts(raw_dir: Path, processed_dir: Path, splits_dir: Path,
-               parts: tuple[str, ...]) -> tuple[np.ndarray, dict[str, SplitData]]:
-    """The processed image array (memory-mapped) and the named parts ('train', 'val', 'test') of the split.
+               parts: tuple[str, ...]) -> tuple[Processed, dict[str, SplitData]]:
+    """The processed images (memory-mapped) and the named parts ('train', 'val', 'test') of the split, with targets
+    from the dataset contract's table and policy.
 
     The label table and the processed index are read once, whatever the number of parts.
     """
-    images, names = load_processed(processed_dir)
-    table = read_data_entry(raw_dir / DATA_ENTRY_FILE).set_index("image")
-    row_of = {n: i for i, n in enumerate(names)}
-    out: dict[str, SplitData] = {}
-    for part in parts:
-        wanted = read_list(splits_dir / f"{part}.txt")
-        missing = [n for n in wanted if n not in row_of]
-        if missing:
-            raise InputError(f"{splits_dir / (part + '.txt')}: {len(missing)} image(s) not in {processed_dir}, "
-                             f"e.g. {missing[:5]}; re-run preprocess")
-        rows = table.loc[wanted].reset_index()
-        out[part] = SplitData(
-            rows=np.array([row_of[n] for n in wanted], dtype=np.int64),
-            labels=label_matrix(rows).astype(np.float32),
-            names=wanted,
-            patients=rows["patient"].to_numpy(),
-        )
+    images = load_processed(processed_dir)
+    info = read_info(raw_dir)
+    table = read_table(raw_dir, info)
+    out = {part: select(table, images, read_list(splits_dir / f"{part}.txt"), info.labels, info.uncertain,
+                        str(splits_dir / f"{part}.txt")) for part in parts}
     return images, out
 
 
-def load_part(raw_dir: Path, processed_dir: Path, splits_dir: Path, part: str) -> tuple[np.ndarray, SplitData]:
-    """The processed image array (memory-mapped) and one `part` of the split."""
+def load_part(raw_dir: Path, processed_dir: Path, splits_dir: Path, part: str) -> tuple[Processed, SplitData]:
+    """The processed images (memory-mapped) and one `part` of the split."""
     images, parts = load_parts(raw_dir, processed_dir, splits_dir, (part,))
     return images, parts[part]
 
@@ -76,9 +82,9 @@ def eval_transform(size: int, stored: int) -> v2.Transform | None:
 
 
 class XrayDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
-    """uint8 images (1 × H × W) and float labels (14,), optionally transformed."""
+    """uint8 images (1 × H × W) and float targets (one per label; NaN: masked), optionally transformed."""
 
-    def __init__(self, images: np.ndarray, part: SplitData, transform: v2.Transform | None,
+    def __init__(self, images: Processed, part: SplitData, transform: v2.Transform | None,
                  labels: np.ndarray | None = None) -> None:
         self.images = images
         self.part = part

@@ -9,13 +9,14 @@ from __future__ import annotations
 import os
 import random
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from cxrstudy.errors import TrainingError
+from cxrstudy.errors import InputError, TrainingError
 from cxrstudy.learning.loader import to_input
 from cxrstudy.learning.model import build_model
 from cxrstudy.params import TrainParams
@@ -66,9 +67,25 @@ def sigmoid(logits: np.ndarray) -> np.ndarray:
     return torch.sigmoid(torch.from_numpy(np.ascontiguousarray(logits, dtype=np.float32))).numpy()
 
 
-def load_trained(path: Path, num_classes: int = 14) -> nn.Module:
-    """The best model of a train stage (its `MODEL_FILE`), loaded safely (`weights_only=True`)."""
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    model = build_model(num_classes, pretrained=False)
+def read_trained(path: Path) -> dict[str, Any]:
+    """A train stage's `MODEL_FILE`, loaded safely (`weights_only=True`); a missing file is an `InputError`."""
+    if not path.is_file():
+        raise InputError(f"{path}: trained model not found; run the train stage for this seed")
+    return dict(torch.load(path, map_location="cpu", weights_only=True))
+
+
+def model_labels(payload: dict[str, Any]) -> tuple[str, ...]:
+    """The label names a trained model predicts, in the order of its outputs, and its label space."""
+    labels = payload.get("labels")
+    if not labels:
+        raise InputError("the model file records no label names: it was trained by an older version; re-run the "
+                         "train stage (dvc repro train)")
+    return tuple(str(n) for n in labels)
+
+
+def load_trained(path: Path) -> nn.Module:
+    """The best model of a train stage (its `MODEL_FILE`), with as many outputs as it was trained with."""
+    payload = read_trained(path)
+    model = build_model(int(payload["model"]["net.classifier.weight"].shape[0]), pretrained=False)
     model.load_state_dict(payload["model"])
     return model

@@ -135,13 +135,14 @@ class Training:
     train_loader: Loader
     val_loader: Loader
     loader_gen: torch.Generator  # the training order (and the workers' seeds), checkpointed with the RNG states
+    labels: tuple[str, ...]  # the label names, in the order of the model's outputs (from the dataset)
 
 
 def build_loaders(cfg: TrainParams, seed: int, where: Dist, device: torch.device, raw_dir: Path, processed_dir: Path,
-                  splits_dir: Path) -> tuple[Loader, Loader, np.ndarray, torch.Generator]:
+                  splits_dir: Path) -> tuple[Loader, Loader, np.ndarray, torch.Generator, tuple[str, ...]]:
     """The training loader (a new order every epoch from the seed; on N processes each rank takes its share of every
     batch), the validation loader (this rank's shard, in order), the training labels (shuffled with
-    `train.shuffle_labels`, the negative control) and the generator of the training order."""
+    `train.shuffle_labels`, the negative control), the generator of the training order and the label names."""
     images, parts = load_parts(raw_dir, processed_dir, splits_dir, ("train", "val"))
     train_labels = parts["train"].labels
     if cfg.shuffle_labels:  # negative control: break the image-label link, keep the label distribution
@@ -164,14 +165,14 @@ def build_loaders(cfg: TrainParams, seed: int, where: Dist, device: torch.device
                             "lower train.batch_size")
     val_loader = make_loader(val_set, cfg.val_batch_size, shuffle=False, sampler=shard(len(val_set), where),
                              generator=None, num_workers=cfg.num_workers, pin_memory=pin)
-    return train_loader, val_loader, train_labels, loader_gen
+    return train_loader, val_loader, train_labels, loader_gen, parts["train"].label_names
 
 
 def build_training(cfg: TrainParams, seed: int, where: Dist, device: torch.device, raw_dir: Path,
                    processed_dir: Path, splits_dir: Path) -> Training:
     """The loaders, then the model (initialised from the seeded generator), loss, optimizer and scheduler."""
-    train_loader, val_loader, train_labels, loader_gen = build_loaders(cfg, seed, where, device, raw_dir,
-                                                                       processed_dir, splits_dir)
+    train_loader, val_loader, train_labels, loader_gen, labels = build_loaders(cfg, seed, where, device, raw_dir,
+                                                                               processed_dir, splits_dir)
     model: nn.Module = build_model(train_labels.shape[1], cfg.pretrained).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -181,7 +182,7 @@ def build_training(cfg: TrainParams, seed: int, where: Dist, device: torch.devic
     criterion = make_criterion(cfg.loss, train_labels)
     opt = make_optimizer(model, cfg)
     sched = make_scheduler(opt, cfg, cfg.epochs * len(train_loader))
-    return Training(model, forward, criterion, opt, sched, train_loader, val_loader, loader_gen)
+    return Training(model, forward, criterion, opt, sched, train_loader, val_loader, loader_gen, labels)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -283,7 +284,7 @@ def run(params: Params, seed: int, raw_dir: Path, processed_dir: Path, splits_di
         monitor.close()
     seconds = time.perf_counter() - started
     if where.is_main:
-        _write_outputs(state, seed, fingerprint_id(inputs), out_dir, plots_file,
+        _write_outputs(state, seed, fingerprint_id(inputs), t.labels, out_dir, plots_file,
                        numerics.environment(params.numerics, device))
         ckpt_path.unlink(missing_ok=True)
         sweep_stale(ckpt_path)  # what a run killed while checkpointing left behind
@@ -292,14 +293,14 @@ def run(params: Params, seed: int, raw_dir: Path, processed_dir: Path, splits_di
     close_distributed(where)
 
 
-def _write_outputs(state: TrainState, seed: int, fp: str, out_dir: Path, plots_file: Path,
+def _write_outputs(state: TrainState, seed: int, fp: str, labels: tuple[str, ...], out_dir: Path, plots_file: Path,
                    environment: dict[str, Any]) -> None:
     """The model folder and the history, both or neither: everything is written and synced before either is
     renamed into place. The model folder records the environment that trained it, and the machine."""
     with atomic_dir(out_dir) as tmp, atomic_file(plots_file) as handle:
         with atomic_file(tmp / MODEL_FILE, "wb") as model_out:  # a Python file: a full disk is an OSError
             save_torch({"model": state.best_model, "seed": seed, "epoch": state.best_epoch,
-                        "val_auroc": state.best_auroc, "fingerprint": fp}, model_out)
+                        "val_auroc": state.best_auroc, "fingerprint": fp, "labels": list(labels)}, model_out)
         write_json(tmp / "summary.json", {"seed": seed, "best_epoch": state.best_epoch,
                                           "best_val_auroc": round(state.best_auroc, 6),
                                           "epochs": state.epoch, "environment": environment})

@@ -318,9 +318,11 @@ def clahe_samples(params: Params, raw_dir: Path, processed_dir: Path,
                   candidates: list[str] | None) -> tuple[list[Any], str, str]:
     """A few images (evenly spaced through the sorted test images) before and after preprocessing, same size."""
     from cxrstudy.data.imageio import ImageError, read_raw_images
-    from cxrstudy.data.preprocess import load_processed, process_image
+    from cxrstudy.data.preprocess import process_image
+    from cxrstudy.data.shards import load_processed
 
-    images, names = load_processed(processed_dir)
+    images = load_processed(processed_dir)
+    names = images.names
     row_of = {n: i for i, n in enumerate(names)}
     pool = sorted(n for n in (candidates or names) if n in row_of)
     if not pool:

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from cxrstudy.data.dataset import Dataset
-from cxrstudy.data.nih import check_dvc_links, ingest_nih
 from cxrstudy.data.manifest import folder_record
+from cxrstudy.data.nih import check_dvc_links, ingest_nih
 from cxrstudy.errors import InputError
 from cxrstudy.params import Params
 

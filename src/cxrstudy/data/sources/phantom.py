@@ -18,8 +18,15 @@ import pandas as pd
 from cxrstudy.data.dataset import Dataset, DatasetInfo
 from cxrstudy.data.imageio import ARCHIVES_DIR
 from cxrstudy.data.nihtable import FINDINGS, NIH_LABEL_SOURCE, parse_labels, read_data_entry, to_contract
-from cxrstudy.data.phantom import PhantomRenderer, RenderJob, boxes_table, load_bboxes, render_archives, \
-    resource_path, take_patients
+from cxrstudy.data.phantom import (
+    PhantomRenderer,
+    RenderJob,
+    boxes_table,
+    load_bboxes,
+    render_archives,
+    resource_path,
+    take_patients,
+)
 from cxrstudy.data.split import patient_split
 from cxrstudy.params import Params, PhantomParams
 
