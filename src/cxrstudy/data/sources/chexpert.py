@@ -126,9 +126,10 @@ def read_labels_csv(path: Path, split: str, faults: Faults) -> pd.DataFrame:
         return empty
     raw = raw.apply(lambda column: column.str.strip())
     where = f"{path.name} line " + pd.Series(range(2, len(raw) + 2), index=raw.index).astype(str)
+    located = where + " (" + raw["Path"] + ")"
     parts = raw["Path"].str.extract(PATH_PATTERN)
     laid_out = parts["patient"].notna()
-    _bad_cells(faults, where, raw["Path"], ~laid_out, f"Path outside CheXpert's layout in {path.name}",
+    _bad_cells(faults, located, raw["Path"], ~laid_out, f"Path outside CheXpert's layout in {path.name}",
                f"a path in CheXpert's layout, {PATH_LAYOUT}")
     parts = parts.fillna("")
     stem = parts["patient"] + "/" + parts["study"] + "/" + parts["view"] + "_" + parts["kind"] + ".jpg"
@@ -142,7 +143,7 @@ def read_labels_csv(path: Path, split: str, faults: Faults) -> pd.DataFrame:
          "the view its file name says (_frontal.jpg: Frontal, _lateral.jpg: Lateral)"),
         ("AP/PA", ~raw["AP/PA"].isin(PROJECTIONS), "unknown projection", "AP, PA, LL, RL or blank"),
     ):
-        _bad_cells(faults, where, raw[column], wrong, f"{what} in {path.name}", accepted)
+        _bad_cells(faults, located, raw[column], wrong, f"{what} in {path.name}", accepted)
     frontal = kind == "frontal"
     age = pd.to_numeric(raw["Age"].where(whole_years), errors="coerce").astype("Int64")
     rows = pd.DataFrame({
@@ -161,7 +162,7 @@ def read_labels_csv(path: Path, split: str, faults: Faults) -> pd.DataFrame:
         "frontal": frontal,
     })
     for name in OBSERVATIONS:
-        _bad_cells(faults, where, raw[name], ~raw[name].isin(LABEL_CELLS), f"bad label in {path.name}",
+        _bad_cells(faults, located, raw[name], ~raw[name].isin(LABEL_CELLS), f"bad label in {path.name}",
                    "1.0 (positive), 0.0 (negative), -1.0 (uncertain) or blank (not mentioned)")
         rows[name] = raw[name].map(LABEL_CELLS).fillna("")
     return rows
@@ -234,10 +235,10 @@ def check_images(rows: pd.DataFrame, root: Path, folder: Path, faults: Faults, w
             todo = [name for name, here in present.items() if here]
         for name in files:
             if not present[name]:
-                faults.add("missing image", f"{where[name]}: {files[name]}: missing image file")
+                faults.add("missing image", f"{files[name]}: missing image file ({where[name]})")
         for name, fault in zip(todo, pool.map(lambda n: jpeg_fault(files[n]), todo), strict=True):
             if fault:
-                faults.add("bad image", f"{where[name]}: {files[name]}: {fault}")
+                faults.add("bad image", f"{files[name]}: {fault} ({where[name]})")
     return files
 
 
@@ -254,13 +255,14 @@ def local_root(cfg: ChexpertParams) -> Path:
     return root
 
 
-def describe(table: pd.DataFrame, cfg: ChexpertParams, name: str, site: str, label_source: str) -> DatasetInfo:
-    """What a CheXpert-shaped table is (counts are added when it is written)."""
+def describe(table: pd.DataFrame, cfg: ChexpertParams) -> DatasetInfo:
+    """What the ingested copy is (the counts are added when it is written)."""
     test = table[table["official_split"] == "test"]
     official = (f"CheXpert's valid.csv ({len(test)} images of {test['patient'].nunique()} patients, labelled by "
                 "radiologists), standing in for CheXpert's test set, which is hidden (not public)")
-    return DatasetInfo(source=NAME, name=name, site=site, label_space="chexpert", labels=OBSERVATIONS,
-                       uncertain=cfg.uncertain, label_source=label_source, official_test=official)
+    return DatasetInfo(source=NAME, name="CheXpert-v1.0-small", site=SITE, label_space="chexpert",
+                       labels=OBSERVATIONS, uncertain=cfg.uncertain, label_source=LABEL_SOURCE,
+                       official_test=official)
 
 
 def ingest(params: Params, out_dir: Path, workers: int) -> Dataset:
@@ -278,7 +280,7 @@ def ingest(params: Params, out_dir: Path, workers: int) -> Dataset:
     table = to_contract(rows, cfg.views)
     print(f"ingest (chexpert): {len(files)} JPEGs in {len(archives)} archives, linked into {out_dir.name}/"
           f"{ARCHIVES_DIR} ({describe_links(links)}); {len(table)} images kept (views: {cfg.views})")
-    return Dataset(table, describe(table, cfg, "CheXpert-v1.0-small", SITE, LABEL_SOURCE))
+    return Dataset(table, describe(table, cfg))
 
 
 def manifest(params: Params) -> dict[str, Any]:
