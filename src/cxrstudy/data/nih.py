@@ -21,8 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tarfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -36,7 +34,9 @@ from tqdm import tqdm
 from cxrstudy.atomic import write_json
 from cxrstudy.data.dataset import Dataset, DatasetInfo
 from cxrstudy.data.download import CHUNK, archive_url, download, join_url, metadata_base
-from cxrstudy.data.imageio import ARCHIVES_DIR, member_info, member_name
+from cxrstudy.data.imageio import ARCHIVES_DIR, member_name
+from cxrstudy.data.localcopy import PACKED, link_file, pack_archives, plan_archives
+from cxrstudy.data.localcopy import check_dvc_links as check_dvc_links  # re-exported: the NIH adapter calls it
 from cxrstudy.data.nihtable import (
     DATA_ENTRY_FILE,
     FINDINGS,
@@ -46,7 +46,7 @@ from cxrstudy.data.nihtable import (
     read_data_entry,
     to_contract,
 )
-from cxrstudy.data.release import archive_file_names, archive_names, expected_checksums, origin_of
+from cxrstudy.data.release import archive_names, expected_checksums, origin_of
 from cxrstudy.data.split import check_split, read_list
 from cxrstudy.errors import InputError
 from cxrstudy.params import NihParams
@@ -59,7 +59,6 @@ BBOX_FILE = "BBox_List_2017.csv"
 TRAIN_VAL_LIST = "train_val_list.txt"
 TEST_LIST = "test_list.txt"
 VERIFIED_FILE = "verified.json"  # in download_dir: the MD5 of each local archive, by file identity
-PACKED = "packed"  # download_dir/packed: archives made from an extracted copy
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -134,42 +133,12 @@ def index_images(dirs: Iterable[Path]) -> dict[str, Path]:
     return index
 
 
-def _pack_one(dest: Path, members: list[tuple[str, Path]]) -> None:
-    """Write `members` as an uncompressed tar at `dest` (via a `.part` file), unless the stamp beside it says that
-    `dest` already holds these files (names, sizes and modification times)."""
-    stamp = dest.with_name(f".{dest.name}.done")
-    digest = hashlib.sha256()
-    for name, path in members:
-        info = path.stat()
-        digest.update(f"{name}\t{info.st_size}\t{info.st_mtime_ns}\n".encode())
-    if dest.is_file() and stamp.is_file() and stamp.read_text().strip() == digest.hexdigest():
-        return
-    part = dest.with_name(dest.name + ".part")
-    with part.open("wb") as raw, tarfile.open(fileobj=raw, mode="w", format=tarfile.GNU_FORMAT) as tar:
-        for name, path in members:
-            with path.open("rb") as fh:
-                tar.addfile(member_info(name, os.fstat(fh.fileno()).st_size), fh)
-    os.replace(part, dest)
-    stamp.write_text(digest.hexdigest() + "\n")
-
-
 def pack_extracted(image_dirs: list[Path], cache: Path, workers: int) -> dict[str, Path]:
     """Pack an extracted copy into NIH's 12 archives (uncompressed: PNGs do not compress), once, in parallel."""
     index = index_images(image_dirs)
     if not index:
         raise InputError(f"no PNG in {', '.join(map(str, image_dirs))}")
-    names = sorted(index)
-    folder = cache / PACKED
-    folder.mkdir(parents=True, exist_ok=True)
-    jobs: dict[str, list[tuple[str, Path]]] = {}
-    start = 0
-    for archive, count in archive_file_names(len(names), ".tar").items():
-        jobs[archive] = [(n, index[n]) for n in names[start : start + count]]
-        start += count
-    print(f"packing {len(names)} extracted images into {len(jobs)} archives in {folder} (once; a second copy)")
-    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
-        list(pool.map(lambda item: _pack_one(folder / item[0], item[1]), jobs.items()))
-    return {archive: folder / archive for archive in jobs}
+    return pack_archives(plan_archives(index, ".tar"), cache / PACKED, workers)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -282,48 +251,6 @@ def _sources(cfg: NihParams, checksums: Mapping[str, str]) -> Sources:
 
 # ---------------------------------------------------------------------------------------------------------------
 # Writing data/raw
-
-
-def link_file(src: Path, dst: Path, mode: str) -> str:
-    """Make `dst` refer to `src` (hardlink, absolute symlink or copy); 'auto' = hardlink, else symlink.
-
-    Returns the kind made.
-    """
-    if mode in ("auto", "hardlink"):
-        try:
-            os.link(src, dst)
-            return "hardlink"
-        except OSError as err:
-            if mode == "hardlink":
-                raise InputError(f"{src}: cannot hardlink into {dst.parent} ({err.strerror}); set ingest.nih.link "
-                                 "to auto, symlink or copy") from None
-    if mode in ("auto", "symlink"):
-        os.symlink(src.resolve(), dst)
-        return "symlink"
-    shutil.copyfile(src, dst)
-    return "copy"
-
-
-LINKING_CACHE_TYPES = {"hardlink", "symlink", "reflink"}
-
-
-def check_dvc_links(project: Path = Path(".")) -> None:
-    """Refuse a DVC project whose cache would copy the release: DVC's default cache type on ext4 is `copy`, which
-    doubles 45 GB. Outside a DVC project (the stage run by hand) there is nothing to check."""
-    if not (project / ".dvc").is_dir():
-        return
-    try:
-        from dvc.config import Config
-    except ImportError:
-        return
-    configured = Config(dvc_dir=str(project / ".dvc"))["cache"].get("type")
-    types = {t.strip() for t in (configured if isinstance(configured, list) else str(configured or "").split(","))}
-    if not types & LINKING_CACHE_TYPES or "copy" in types:
-        raise InputError(
-            f"DVC's cache.type is {configured or 'unset (reflink,copy: a copy on most file systems)'}: DVC would copy "
-            "the 45 GB release into its cache. Run `dvc config --local cache.type hardlink,symlink` first (`make "
-            "study` does), then re-run"
-        )
 
 
 def ingest_nih(cfg: NihParams, out_dir: Path, checksums: Mapping[str, str] | None = None) -> Dataset:

@@ -4,8 +4,15 @@ rows (NIH's for site A, CheXpert's for site B; `cxrstudy.data.sources.phantom`, 
 Each image is drawn from its own random stream, seeded by (phantom seed, patient, follow-up), so images do not depend
 on the sample size or drawing order. Each finding has a signature at a plausible place. Eight findings take their
 position and size from a real box of NIH's `BBox_List_2017.csv` for that finding; the others are placed by anatomy.
-The exposure is deliberately poor (narrow grey range, uneven illumination, per-image gain and gamma), so that local
-contrast enhancement matters. The images are written as archives, like the real releases, rendered in parallel.
+A site's acquisition (`cxrstudy.data.acquisition`: exposure, noise, a burned-in marker) turns the drawn chest into
+8-bit grey levels; site A's exposure is deliberately poor, so that local contrast enhancement matters. The images are
+written as archives, like the real releases, rendered in parallel.
+
+A planted subgroup gap (`ingest.phantom.ap_signature_contrast` < 1): AP views' finding signatures are drawn at that
+fraction of their contrast, PA views' unchanged. A signature is what the finding adds to the chest; for the two drawn
+into the anatomy, Cardiomegaly's enlarged heart and Emphysema's larger, darker lungs, their departure from the normal
+chest is scaled likewise. At 1 (the default) nothing is planted and the images are those of earlier versions, bit
+for bit.
 """
 
 from __future__ import annotations
@@ -22,7 +29,8 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from cxrstudy.data.imageio import encode_png, write_archive
+from cxrstudy.data.acquisition import SITE_A, Acquisition, encode, expose
+from cxrstudy.data.imageio import write_archive
 from cxrstudy.data.nihtable import BBOX_NAMES
 from cxrstudy.data.pool import WORKER_CONTEXT, die_with_parent, sigint_ignored
 from cxrstudy.data.release import archive_file_names
@@ -84,25 +92,35 @@ def _noise_field(rng: np.random.Generator, size: int, sigma: float) -> np.ndarra
     return field / (field.std() + 1e-6)
 
 
+def _toward(normal: float, diseased: float, strength: float) -> float:
+    """`normal` moved `strength` of the way to `diseased`: exactly `diseased` at 1, exactly `normal` at 0."""
+    return diseased if strength == 1.0 else normal + strength * (diseased - normal)
+
+
 @dataclass(frozen=True)
 class RenderJob:
-    """One image to draw: its name, the patient and follow-up that seed it, its findings (names the renderer knows)
-    and its view."""
+    """One image to draw: its name, the patient and follow-up that seed it, its findings (names the renderer knows),
+    its view, and which shot of the study it is (0 = the first; a later one gets its own random stream)."""
 
     image: str
     patient: int
     follow_up: int
     findings: tuple[str, ...]
     view: str
+    shot: int = 0
 
 
 class PhantomRenderer:
-    """Draws one phantom chest radiograph for a given set of findings."""
+    """Draws one phantom chest radiograph for a given set of findings, as the site's `acquisition` takes it, AP views'
+    signatures at `ap_signature_contrast` of their contrast."""
 
-    def __init__(self, size: int, seed: int, bboxes: dict[str, np.ndarray]) -> None:
+    def __init__(self, size: int, seed: int, bboxes: dict[str, np.ndarray], acquisition: Acquisition = SITE_A,
+                 ap_signature_contrast: float = 1.0) -> None:
         self.size = size
         self.seed = seed
         self.bboxes = bboxes
+        self.acquisition = acquisition
+        self.ap_signature_contrast = ap_signature_contrast
 
     def _real_box(self, rng: np.random.Generator, finding: str) -> tuple[float, float, float, float] | None:
         boxes = self.bboxes.get(finding)
@@ -113,22 +131,31 @@ class PhantomRenderer:
 
     def render_job(self, job: RenderJob) -> tuple[np.ndarray, list[Box]]:
         """The image and planted boxes of one job."""
-        return self.render(job.patient, job.follow_up, list(job.findings))
+        return self.render(job.patient, job.follow_up, list(job.findings), job.view, job.shot)
 
-    def render(self, patient: int, follow_up: int, findings: list[str]) -> tuple[np.ndarray, list[Box]]:
+    def render(self, patient: int, follow_up: int, findings: list[str], view: str = "",
+               shot: int = 0) -> tuple[np.ndarray, list[Box]]:
+        """The 8-bit image and the boxes planted in it."""
+        img, boxes, rng = self.scene(patient, follow_up, findings, view, shot)
+        return expose(img, rng, self.acquisition), boxes
+
+    def scene(self, patient: int, follow_up: int, findings: list[str], view: str = "",
+              shot: int = 0) -> tuple[np.ndarray, list[Box], np.random.Generator]:
+        """The drawn chest before acquisition (float32), its boxes, and the image's random stream, to be exposed."""
         s = self.size
         anatomy = np.random.default_rng([self.seed, patient])  # the same chest at every follow-up
-        rng = np.random.default_rng([self.seed, patient, follow_up])
+        rng = np.random.default_rng([self.seed, patient, follow_up, *([shot] if shot else [])])
         img = np.zeros((s, s), np.float32)
         boxes: list[Box] = []
         has = set(findings)
+        strength = self.ap_signature_contrast if view == "AP" else 1.0
 
         # Body, lungs (radiolucent, so darker), spine, heart, clavicles.
         cx = s * (0.5 + anatomy.normal(0, 0.01))
         _ellipse(img, (cx, s * 0.56), (s * 0.44, s * 0.52), 0.55)
-        emph = "Emphysema" in has
-        lung_h = s * (0.25 + anatomy.normal(0, 0.01)) * (1.12 if emph else 1.0)
-        lung_w = s * (0.13 + anatomy.normal(0, 0.006)) * (1.08 if emph else 1.0)
+        emph = strength if "Emphysema" in has else 0.0
+        lung_h = s * (0.25 + anatomy.normal(0, 0.01)) * _toward(1.0, 1.12, emph)
+        lung_w = s * (0.13 + anatomy.normal(0, 0.006)) * _toward(1.0, 1.08, emph)
         lung_y = s * 0.45 + (lung_h - s * 0.25) * 0.5
         lungs = np.zeros((s, s), np.float32)
         left = (cx - s * 0.17, lung_y)
@@ -136,12 +163,12 @@ class PhantomRenderer:
         _ellipse(lungs, left, (lung_w, lung_h), 1.0)
         _ellipse(lungs, right, (lung_w * 0.95, lung_h * 0.97), 1.0)
         lungs = np.clip(_blur(lungs, s * 0.006), 0, 1)
-        depth = 0.42 if emph else 0.32
-        img -= depth * lungs
-        markings = _noise_field(rng, s, s * 0.006) * (0.012 if emph else 0.03)
+        img -= _toward(0.32, 0.42, emph) * lungs
+        markings = _noise_field(rng, s, s * 0.006) * _toward(0.03, 0.012, emph)
         img += markings * lungs
         _ellipse(img, (cx, s * 0.5), (s * 0.035, s * 0.5), 0.18)
         heart_w, heart_h = s * (0.11 + anatomy.normal(0, 0.005)), s * 0.095
+        normal_heart = (heart_w, heart_h)
         heart_c = (cx + s * 0.05, s * 0.64)
         if "Cardiomegaly" in has:
             box = self._real_box(rng, "Cardiomegaly")
@@ -150,7 +177,11 @@ class PhantomRenderer:
                 heart_h = max(box[3] / 2.4, heart_h * 1.15)
             else:
                 heart_w, heart_h = heart_w * 1.4, heart_h * 1.15
-        _ellipse(img, heart_c, (heart_w, heart_h), 0.22)
+        if "Cardiomegaly" in has and strength != 1.0:  # the enlargement at `strength` of its contrast
+            _ellipse(img, heart_c, normal_heart, 0.22 * (1.0 - strength))
+            _ellipse(img, heart_c, (heart_w, heart_h), 0.22 * strength)
+        else:
+            _ellipse(img, heart_c, (heart_w, heart_h), 0.22)
         if "Cardiomegaly" in has:
             boxes.append(Box("Cardiomegaly", heart_c[0] - heart_w, heart_c[1] - heart_h, 2 * heart_w, 2 * heart_h))
         for side in (-1, 1):
@@ -160,10 +191,13 @@ class PhantomRenderer:
         ribs = np.sin(2 * np.pi * (yy * 11 + 2.0 * (xx - cx / s) ** 2) + anatomy.uniform(0, 6.3)) > 0.55
         img += 0.05 * ribs.astype(np.float32) * lungs
 
+        # The signatures, drawn straight into the chest, or into a layer added at `strength` of its contrast.
+        layer = img if strength == 1.0 else np.zeros_like(img)
         for finding in findings:
-            self._draw(finding, img, lungs, rng, left, right, lung_w, lung_h, cx, boxes)
-
-        return self._expose(img, rng), boxes
+            self._draw(finding, layer, lungs, rng, left, right, lung_w, lung_h, cx, boxes)
+        if layer is not img:
+            img += np.float32(strength) * layer
+        return img, boxes, rng
 
     def _draw(self, finding: str, img: np.ndarray, lungs: np.ndarray, rng: np.random.Generator,
               left: tuple[float, float], right: tuple[float, float], lung_w: float, lung_h: float, cx: float,
@@ -266,19 +300,28 @@ class PhantomRenderer:
             edge = cv2.Laplacian(region, cv2.CV_32F)
             img += 0.6 * np.clip(-edge, 0, None)
             planted((x, y, w, h))
-
-    def _expose(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """Poor exposure: narrow grey range, uneven illumination, gamma, sensor noise, 8-bit quantisation."""
-        s = self.size
-        yy, xx = np.mgrid[0:s, 0:s].astype(np.float32) / s
-        angle = rng.uniform(0, 2 * np.pi)
-        illumination = 0.09 * ((xx - 0.5) * np.cos(angle) + (yy - 0.5) * np.sin(angle))
-        img = img + illumination + 0.004 * rng.standard_normal(img.shape).astype(np.float32)
-        gain = rng.uniform(0.28, 0.4)
-        offset = rng.uniform(0.3, 0.45)
-        out = np.clip(offset + gain * img, 0, 1) ** rng.uniform(0.85, 1.2)
-        return np.clip(np.rint(out * 255), 0, 255).astype(np.uint8)
-
+        # CheXpert's own observations (site B), beyond those that share a signature with an NIH finding.
+        elif finding == "Enlarged Cardiomediastinum":  # a widened upper mediastinum above the heart
+            w, h, y = s * rng.uniform(0.07, 0.09), s * 0.12, s * 0.42
+            layer = np.zeros_like(img)
+            _ellipse(layer, (cx, y), (w, h), 1.0)
+            img += 0.16 * _blur(layer, s * 0.01)
+            planted((cx - w, y - h, 2 * w, 2 * h))
+        elif finding == "Fracture":  # a healing rib fracture: a callus on a rib near the lateral chest wall
+            x = side[0] + (-1 if side is left else 1) * lung_w * rng.uniform(0.6, 0.9)
+            y = side[1] + lung_h * rng.uniform(-0.5, 0.3)
+            r = s * rng.uniform(0.012, 0.018)
+            _ellipse(img, (x, y), (r * 1.6, r), 0.3, angle=rng.uniform(-30, 30))
+            planted((x - 2 * r, y - 2 * r, 4 * r, 4 * r))
+        elif finding == "Support Devices":  # a tube or line: a thin radio-opaque curve from the neck into the chest
+            t = np.linspace(0.0, 1.0, 16)
+            xs = cx + s * (rng.uniform(-0.02, 0.02) + 0.04 * np.sin(t * rng.uniform(1.0, 3.0)))
+            ys = s * (0.02 + t * rng.uniform(0.4, 0.55))
+            layer = np.zeros_like(img)
+            points = np.stack([xs, ys], axis=1).round().astype(np.int32)
+            cv2.polylines(layer, [points], False, 1.0, thickness=max(1, round(s / 128)), lineType=cv2.LINE_AA)
+            img += 0.35 * layer
+            planted((float(xs.min()), float(ys.min()), float(np.ptp(xs)) + 1, float(np.ptp(ys)) + 1))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -297,7 +340,7 @@ def _init_worker(make_renderer: Callable[[], PhantomRenderer]) -> None:
 def _render(job: RenderJob) -> tuple[bytes, list[Box]]:
     assert _renderer is not None
     image, boxes = _renderer.render_job(job)
-    return encode_png(image, name=job.image), boxes
+    return encode(image, _renderer.acquisition, job.image), boxes
 
 
 def render_archives(jobs: Sequence[RenderJob], make_renderer: Callable[[], PhantomRenderer], archives_dir: Path,

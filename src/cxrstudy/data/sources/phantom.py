@@ -85,7 +85,8 @@ def select_sample(entries: pd.DataFrame, n_images: int, seed: int, min_positives
 
 
 def make_renderer(cfg: PhantomParams) -> PhantomRenderer:
-    return PhantomRenderer(cfg.image_size, cfg.seed, load_bboxes())
+    """Site A's renderer: its own acquisition, AP views' signatures at `ap_signature_contrast` (a planted gap)."""
+    return PhantomRenderer(cfg.image_size, cfg.seed, load_bboxes(), ap_signature_contrast=cfg.ap_signature_contrast)
 
 
 def ingest(params: Params, out_dir: Path, workers: int) -> Dataset:
