@@ -73,10 +73,10 @@ def load_sample() -> pd.DataFrame:
 
 def select_sample(rows: pd.DataFrame, n_images: int, seed: int, min_positives: int = 40) -> pd.DataFrame:
     """Choose whole patients from CheXpert rows (`read_labels_csv`'s, all views): first, rarest finding first, enough
-    patients for `min_positives` patients with a positive frontal image of each finding shared with NIH, then patients
-    at random until `n_images` rows. Patients with more than `MAX_IMAGES_PER_PATIENT` images are left out, so that no one patient
-    dominates. The rows come out ordered by selection, a patient's together, so that any prefix of whole patients is
-    itself a sample with the rare findings in it. (How `resources/chexpert_sample.csv` was chosen.)"""
+    patients for `min_positives` patients with a positive frontal image of each finding shared with NIH; then patients
+    at random until `n_images` rows. Patients with more than `MAX_IMAGES_PER_PATIENT` images are left out, so that no
+    one patient dominates. The rows come out ordered by selection, a patient's together, so that any prefix of whole
+    patients is itself a sample with the rare findings in it. (How `resources/chexpert_sample.csv` was chosen.)"""
     rng = np.random.default_rng(seed)
     sizes = rows.groupby("patient")["image"].transform("size")
     pool = rows[sizes <= MAX_IMAGES_PER_PATIENT]
