@@ -35,7 +35,7 @@ class Acquisition:
 SITE_A = Acquisition(gain=(0.28, 0.4), offset=(0.3, 0.45), gamma=(0.85, 1.2), illumination=0.09, noise=0.004)
 # Site B (CheXpert-shaped): another detector: darker and harder (a higher gamma), a flatter field, five times the
 # sensor noise, a burned-in laterality marker in the corner, as real scanners leave, and JPEG files.
-SITE_B = Acquisition(gain=(0.4, 0.52), offset=(0.12, 0.26), gamma=(1.15, 1.45), illumination=0.04, noise=0.02,
+SITE_B = Acquisition(gain=(0.3, 0.42), offset=(0.25, 0.37), gamma=(0.95, 1.25), illumination=0.06, noise=0.008,
                      marker="L", jpeg_quality=90)
 
 
