@@ -101,6 +101,15 @@ def test_a_missing_raw_folder_is_named(tmp_path: Path) -> None:
         preprocess.run(tiny_params(), tmp_path / "nope", tmp_path / "out")
 
 
+def test_no_external_site_gives_an_empty_output_saying_so(tmp_path: Path) -> None:
+    params = tiny_params()  # ingest.external: none
+    ingest.run(params, "external", tmp_path / "external/raw")
+    assert json.loads((tmp_path / "external/raw/dataset.json").read_text()) == {"source": "none"}
+    preprocess.run(params, tmp_path / "external/raw", tmp_path / "external/processed")
+    assert sorted(p.name for p in (tmp_path / "external/processed").iterdir()) == [META_FILE]
+    assert json.loads((tmp_path / "external/processed" / META_FILE).read_text()) == {"images": 0, "source": "none"}
+
+
 def copy_raw(tiny_data: Path, tmp_path: Path) -> Path:
     raw = tmp_path / "raw"
     shutil.copytree(tiny_data / "data/raw", raw)
