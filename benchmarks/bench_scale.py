@@ -279,7 +279,9 @@ def changed_archive_run(runner: Runner, release: Path, full: dict[str, Any]) -> 
     sums.write_text("".join(f"{file_md5(archive)}  {archive.name}\n" if line.endswith(f"  {archive.name}") else
                             f"{line}\n" for line in sums.read_text().splitlines()))
     manifest = runner.run(*dvc("repro", "--force", "--single-item", "manifest"))
+    logged = len(runner.log.read_text().splitlines())
     repro = runner.run(*dvc("repro", PREPROCESS))
+    commands = [json.loads(line) for line in runner.log.read_text().splitlines()[logged:]]
     output = repro.pop("output")
     manifest.pop("output")
     kept = re.search(r"\((\d+) shard\(s\) unchanged, kept\)", output)
@@ -291,10 +293,9 @@ def changed_archive_run(runner: Runner, release: Path, full: dict[str, Any]) -> 
         "preprocess_reran": f"Running stage '{PREPROCESS}'" in output,
         "full_preprocess_command_s": full["command_s"], "full_preprocess_dvc_s": full["dvc_s"],
     }
-    # The stage's own time: the shim's records of this repro are ingest's, then preprocess's.
-    commands = [json.loads(line) for line in runner.log.read_text().splitlines()][-2:]
-    result["preprocess_command_s"] = round(commands[-1]["seconds"], 2)
-    result["ingest_command_s"] = round(commands[0]["seconds"], 2) if len(commands) == 2 else None
+    for stage in ("ingest", "preprocess"):  # each stage's command alone, from the shim's records of this repro
+        seconds = [c["seconds"] for c in commands if stage in c["argv"]]
+        result[f"{stage}_command_s"] = round(seconds[0], 2) if seconds else None
     return result
 
 
@@ -528,7 +529,8 @@ def summary(results: list[dict[str, Any]]) -> str:
                      f"{again['dvc_s']:.1f}", "-", f"{again['wall_s']:.1f}",
                      f"{again['peak_rss_mb_largest_process']:.0f}",
                      f"{arch['shards_kept']} of {arch['shards']} shards kept"])
-        rows.append(["  of which preprocess's command", f"{arch['preprocess_command_s']:.1f}", "-", "-", "-", "-",
+        alone = arch["preprocess_command_s"]
+        rows.append(["  of which preprocess's command", "-" if alone is None else f"{alone:.1f}", "-", "-", "-", "-",
                      f"full run {arch['full_preprocess_command_s']:.1f} s"])
         fp = r["checkpoint_fingerprint"]
         rows.append(["checkpoint fingerprint (train start)", f"{fp['fingerprint_s']:.3f}", "-", "-", "-", "-",
