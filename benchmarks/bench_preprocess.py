@@ -8,8 +8,9 @@ page cache holds them (CPU cost, not this machine's disk), it times in one run:
 
 - floor: reading + decoding the same PNGs and nothing else, one process, OpenCV single-threaded;
 - naive: one process, scikit-image (io.imread, exposure.equalize_adapthist, transform.resize) on a subset;
-- ours: `cxrstudy.data.preprocess.process_into`, the stage's own code (the PNGs streamed out of NIH-style
-  `.tar.gz` archives, as in the stage), at 1 and at `--workers` processes;
+- ours: `cxrstudy.data.preprocess.run`, the stage itself on a raw folder in the dataset contract (the PNGs streamed
+  out of NIH-style `.tar.gz` archives and MD5-checked in the same read, one shard per archive, into a new output
+  folder each time), at 1 and at `--workers` processes;
 - a per-image breakdown (decode, CLAHE, resize, PNG encode) and a what-if: CLAHE run after a first area
   downscale to `--clahe-size` px instead of at the source resolution, with how much that changes the output.
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -44,15 +46,17 @@ from common import (
     target_rows,
     timed,
     use_repo_src,
+    write_contract,
     write_result,
     xray_base,
 )
 
 use_repo_src()
 
-from cxrstudy.data.imageio import write_archive  # noqa: E402
-from cxrstudy.data.preprocess import process_into  # noqa: E402
+from cxrstudy.data import preprocess  # noqa: E402
+from cxrstudy.data.imageio import ARCHIVES_DIR, write_archive  # noqa: E402
 from cxrstudy.data.release import archive_file_names  # noqa: E402
+from cxrstudy.data.shards import load_processed  # noqa: E402
 from cxrstudy.params import PreprocessParams, load_params  # noqa: E402
 
 SOURCE_SIZE = 1024
@@ -96,24 +100,28 @@ def run_naive(paths: list[Path], cfg: PreprocessParams) -> list[np.ndarray]:
     return out
 
 
-def pack(paths: list[Path], folder: Path) -> list[Path]:
-    """The PNGs as the stage reads them: NIH-style archives (NIH's 12 archive sizes, scaled), gzipped."""
+def pack(paths: list[Path], raw: Path) -> list[Path]:
+    """The PNGs as the stage reads them: a raw folder in the dataset contract, with NIH-style archives (NIH's 12
+    archive sizes, scaled), gzipped."""
+    folder = raw / ARCHIVES_DIR
     folder.mkdir(parents=True)
     archives, start = [], 0
     for name, count in archive_file_names(len(paths)).items():
         write_archive(folder / name, ((p.name, p.read_bytes()) for p in paths[start : start + count]))
         archives.append(folder / name)
         start += count
+    write_contract(raw, [p.name for p in paths])
     return archives
 
 
-def run_ours(archives: list[Path], paths: list[Path], cfg: PreprocessParams) -> np.ndarray:
-    out = archives[0].parent / "images.npy"
-    found = process_into(out, archives, [p.name for p in paths], cfg, progress=False)
-    bad = found.finish(archives[0].parent)
-    if bad or found.broken:
-        raise RuntimeError(f"{bad[:3]} {found.broken}")
-    return np.array(np.load(out, mmap_mode="r"))
+def run_ours(raw: Path, cfg: PreprocessParams) -> np.ndarray:
+    """The stage on `raw` into a new output folder (an earlier output's shards would be kept, not re-made); the
+    images in the label table's order."""
+    out = raw.parent / "processed"
+    shutil.rmtree(out, ignore_errors=True)
+    preprocess.run(load_params(ROOT / "params.yaml").model_copy(update={"preprocess": cfg}), raw, out)
+    processed = load_processed(out)
+    return np.stack([np.array(processed[i]) for i in range(len(processed))])
 
 
 def fastest(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
@@ -174,21 +182,22 @@ def run(n: int, naive_n: int, image_size: int, workers: int, clahe_size: int, re
     has_option = "clahe_size" in PreprocessParams.model_fields
     with tempfile.TemporaryDirectory(prefix="bench-preprocess-") as tmp:
         paths = make_pngs(Path(tmp) / "images", n, SOURCE_SIZE)
-        archives = pack(paths, Path(tmp) / "archives")
+        raw = Path(tmp) / "raw"
+        archives = pack(paths, raw)
         mean_kb = sum(p.stat().st_size for p in paths) / n / 1024
         for p in [*paths, *archives]:  # warm the page cache: time the CPU work, not the disk
             p.read_bytes()
         floor_s, _ = fastest(lambda: run_floor(paths), repeats)
         naive_paths = paths[:naive_n]
         naive_s, naive_out = fastest(lambda: run_naive(naive_paths, cfg1), 1) if naive_n else (None, None)
-        ours1_s, out1 = fastest(lambda: run_ours(archives, paths, cfg1), repeats)
-        oursn_s, outn = fastest(lambda: run_ours(archives, paths, cfgn), repeats)
+        ours1_s, out1 = fastest(lambda: run_ours(raw, cfg1), repeats)
+        oursn_s, outn = fastest(lambda: run_ours(raw, cfgn), repeats)
         variants: dict[str, Any] = {}
         if has_option:  # the stage's own option, once it exists (see docs/performance.md)
             v1 = cfg1.model_copy(update={"clahe_size": clahe_size})
             vn = v1.model_copy(update={"workers": workers})
-            v1_s, vout1 = fastest(lambda: run_ours(archives, paths, v1), repeats)
-            vn_s, voutn = fastest(lambda: run_ours(archives, paths, vn), repeats)
+            v1_s, vout1 = fastest(lambda: run_ours(raw, v1), repeats)
+            vn_s, voutn = fastest(lambda: run_ours(raw, vn), repeats)
             variants = {"rate_1": n / v1_s, "rate_n": n / vn_s, "identical": bool(np.array_equal(vout1, voutn))}
         steps = breakdown(paths, cfg1, clahe_size)
         source = [decode(p) for p in paths[: min(8, n)]]

@@ -13,13 +13,24 @@ For each count in `--n` it builds, in a scratch folder (`--work`, default the sy
 2. a copy of this project (git + DVC, `cache.type hardlink,symlink` as `make study` sets it) whose params.yaml reads
    that release as a local NIH copy (`ingest.source: nih`), with the study's preprocessing (`--stored` px);
 
-then runs `dvc repro -s STAGE` for manifest, ingest, preprocess and split, and times each: the whole DVC call, the
-stage's command alone (a `python` shim first on PATH records it), DVC's share (the difference), the peak memory of
-the largest process and of the whole process tree. Then a no-op `dvc status` and a no-op `dvc repro split` (three
-times each), and `dvc status` after one image's pixel is changed in data/raw (it must show). With `--layouts` it
-also measures DVC alone on the raw-layout options: a folder of N PNG links (the layout before the archives), the
-same in 12 folders as 12 outputs, and the 12 archives with DVC's default `core.checksum_jobs` (half the cores, at
-most 4) and with the project's 12 (`.dvc/config`: one hashing thread per archive).
+then runs `dvc repro -s STAGE` for manifest, ingest, preprocess and split (the training site's: `ingest@internal`,
+`preprocess@internal`; no external site), and times each: the whole DVC call, the stage's command alone (a `python`
+shim first on PATH records it), DVC's share (the difference: mostly hashing what the stage wrote, one shard per
+archive, `core.checksum_jobs` at a time), the peak memory of the largest process and of the whole process tree. Then:
+
+- a no-op `dvc status` and a no-op `dvc repro split` (three times each);
+- one changed archive: one image's pixel changed in one archive of the release (and its line of the release's md5sum
+  list), then what `make repro` runs (`dvc repro --force --single-item manifest`, then `dvc repro
+  preprocess@internal`): ingest re-verifies that archive, preprocess re-makes its one shard and keeps the other
+  eleven (hard links); its command and DVC's share, against the full run's;
+- the checkpoint fingerprint that training computes at its start (`cxrstudy.learning.checkpoint.fingerprint`: the
+  processed data known by each shard's record and its size, time and inode), against what it cost before the shards:
+  a SHA-256 of every processed byte (page cache warm: a lower bound);
+- `dvc status` after one image's pixel is changed in data/raw itself (it must show).
+
+With `--layouts` it also measures DVC alone on the raw-layout options: a folder of N PNG links (the layout before the
+archives), the same in 12 folders as 12 outputs, and the 12 archives with DVC's default `core.checksum_jobs` (half
+the cores, at most 4) and with the project's 12 (`.dvc/config`: one hashing thread per archive).
 
 Prints a table and writes JSON. The scratch folder is deleted at the end unless `--keep`.
 """
@@ -32,10 +43,12 @@ import gzip
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import textwrap
 import threading
 import time
 from collections.abc import Sequence
@@ -62,12 +75,14 @@ from common import (
 
 use_repo_src()
 
-from cxrstudy.data.imageio import ARCHIVES_DIR, decode_gray, encode_png, iter_pngs, write_archive  # noqa: E402
+from cxrstudy.data.imageio import ARCHIVES_DIR, decode_gray, encode_png, iter_images, write_archive  # noqa: E402
+from cxrstudy.data.nihtable import read_data_entry  # noqa: E402
 from cxrstudy.data.release import archive_file_names  # noqa: E402
 from cxrstudy.data.split import patient_split  # noqa: E402
-from cxrstudy.labels import read_data_entry  # noqa: E402
 
-STAGES = ("manifest", "ingest", "preprocess", "split")
+INGEST, PREPROCESS = "ingest@internal", "preprocess@internal"
+STAGES = ("manifest", INGEST, PREPROCESS, "split")
+FINGERPRINT_GOAL_S = 1.0  # the checkpoint fingerprint at the start of training: it must not cost a read of the data
 NIH_TEST_SHARE = 25_596 / 112_120  # test_list.txt's share of NIH's images
 GOAL_S = 5.0  # the issue's goals: no-op status / repro, and DVC's share of each stage run
 SAMPLE = ROOT / "src" / "cxrstudy" / "resources" / "nih_sample.csv"
@@ -216,6 +231,7 @@ def configure(project: Path, release: Path, work: Path, stored: int, workers: in
     params = yaml.safe_load((project / "params.yaml").read_text())
     study = yaml.safe_load((ROOT / "configs" / "nih-study.yaml").read_text())
     params["ingest"]["source"] = "nih"
+    params["ingest"]["external"] = "none"
     params["ingest"]["nih"].update(local_path=str(release), md5_file=str(release / "release.md5"),
                                    download_dir=str(work / "downloads"), workers=workers)
     params["preprocess"].update(study["preprocess"], image_size=stored, workers=workers,
@@ -230,17 +246,99 @@ def dvc(*args: str) -> tuple[str, ...]:
     return (sys.executable, "-m", "dvc", *args)
 
 
-def change_one_pixel(raw: Path) -> str:
-    """Replace data/raw's first archive by a new file in which one image has one pixel changed; its name."""
-    archive = sorted((raw / ARCHIVES_DIR).iterdir())[0]
-    members = list(iter_pngs(archive))
+def change_one_pixel(archive: Path) -> str:
+    """Replace `archive` by a new file in which its first image has one pixel changed; that image's name."""
+    members: list[tuple[str, bytes]] = []
+    for name, data in iter_images(archive):
+        if not isinstance(data, bytes):
+            raise RuntimeError(str(data))
+        members.append((name, data))
     name, data = members[0]
     image = decode_gray(data, name)
     image[0, 0] ^= 1
     members[0] = (name, encode_png(image))
-    archive.unlink()  # a new file: the old one is DVC's cache entry (hardlinked), never written through
+    archive.unlink()  # a new file: the old one may be DVC's cache entry (hardlinked), never written through
     write_archive(archive, members, compresslevel=1)
     return name
+
+
+def file_md5(path: Path) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def changed_archive_run(runner: Runner, release: Path, full: dict[str, Any]) -> dict[str, Any]:
+    """One archive of the release changed (one pixel of one image), its MD5 line with it, as a corrected mirror would
+    ship it; then what `make repro` runs. Only that archive's shard is made again."""
+    archive = release / "images_006.tar.gz"
+    name = change_one_pixel(archive)
+    sums = release / "release.md5"
+    sums.write_text("".join(f"{file_md5(archive)}  {archive.name}\n" if line.endswith(f"  {archive.name}") else
+                            f"{line}\n" for line in sums.read_text().splitlines()))
+    manifest = runner.run(*dvc("repro", "--force", "--single-item", "manifest"))
+    logged = len(runner.log.read_text().splitlines())
+    repro = runner.run(*dvc("repro", PREPROCESS))
+    commands = [json.loads(line) for line in runner.log.read_text().splitlines()[logged:]]
+    output = repro.pop("output")
+    manifest.pop("output")
+    kept = re.search(r"\((\d+) shard\(s\) unchanged, kept\)", output)
+    shards = len(list((runner.project / "data" / "processed" / "shards").glob("*.npy")))
+    result: dict[str, Any] = {
+        "archive": archive.name, "image": name, "manifest": manifest, "ingest_and_preprocess": repro,
+        "shards": shards, "shards_kept": int(kept.group(1)) if kept else None,
+        "ingest_reran": f"Running stage '{INGEST}'" in output,
+        "preprocess_reran": f"Running stage '{PREPROCESS}'" in output,
+        "full_preprocess_command_s": full["command_s"], "full_preprocess_dvc_s": full["dvc_s"],
+    }
+    for stage in ("ingest", "preprocess"):  # each stage's command alone, from the shim's records of this repro
+        seconds = [c["seconds"] for c in commands if stage in c["argv"]]
+        result[f"{stage}_command_s"] = round(seconds[0], 2) if seconds else None
+    return result
+
+
+def fingerprint_cost(project: Path, params_file: Path) -> dict[str, Any]:
+    """What training computes at its start to match a checkpoint to its inputs (the processed data by its shards'
+    records, sizes, times and inodes), against a SHA-256 of every processed byte, which it computed before."""
+    code = textwrap.dedent(f"""
+        import hashlib, json, sys, time
+        from pathlib import Path
+        from cxrstudy import numerics
+        from cxrstudy.params import load_params
+        params = load_params(Path({str(params_file)!r}))
+        numerics.pin(params.numerics)
+        from cxrstudy.data.shards import stat_fingerprint
+        from cxrstudy.learning.checkpoint import fingerprint
+        data = Path({str(project / "data")!r})
+        start = time.perf_counter()
+        fingerprint(params, 1, data / "raw", data / "processed", data / "splits", 1)
+        whole = time.perf_counter() - start
+        start = time.perf_counter()
+        stat_fingerprint(data / "processed")
+        processed = time.perf_counter() - start
+        shards = sorted((data / "processed" / "shards").glob("*.npy"))
+        total = sum(p.stat().st_size for p in shards)
+        for p in shards:  # warm the page cache: the old cost is then a lower bound
+            with p.open("rb") as fh:
+                while fh.read(1 << 24):
+                    pass
+        start = time.perf_counter()
+        digest = hashlib.sha256()
+        for p in shards:
+            with p.open("rb") as fh:
+                digest.update(hashlib.file_digest(fh, "sha256").digest())
+        sha = time.perf_counter() - start
+        print(json.dumps({{"fingerprint_s": round(whole, 4), "processed_part_s": round(processed, 4),
+                           "sha256_of_processed_s": round(sha, 2), "processed_bytes": total, "shards": len(shards)}}))
+    """)
+    env = {**os.environ, "PYTHONPATH": str(project / "src"), "TQDM_DISABLE": "1"}
+    done = subprocess.run([sys.executable, "-c", code], cwd=project, env=env, capture_output=True, text=True,
+                          check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"fingerprint measurement failed:\n{done.stderr[-3000:]}")
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
 def md5_rate() -> float:
@@ -279,7 +377,7 @@ def pipeline_run(work: Path, header: bytes, lines: list[bytes], args: argparse.N
     # each on one thread, so the time is the larger of (bytes / threads) and the largest file, over the MD5 rate.
     jobs = int(subprocess.run(dvc("config", "core.checksum_jobs"), cwd=project, capture_output=True,
                               text=True).stdout.strip() or 1)
-    for stage, folder in (("ingest", raw), ("preprocess", processed)):
+    for stage, folder in ((INGEST, raw), (PREPROCESS, processed)):
         big = [p.stat().st_size for p in folder.rglob("*") if p.is_file() and p.stat().st_size > 2**20]
         threads = min(jobs, len(big), os.cpu_count() or 1) if len(big) > 1 else 1
         result["stages"][stage]["output_bytes"] = folder_bytes(folder)
@@ -288,21 +386,26 @@ def pipeline_run(work: Path, header: bytes, lines: list[bytes], args: argparse.N
     statuses = [runner.run(*dvc("status")) for _ in range(3)]
     repros = [runner.run(*dvc("repro", "split")) for _ in range(3)]
     for r in repros:
-        assert "Running stage 'ingest'" not in r["output"], r["output"]
+        assert "Running stage" not in r["output"], r["output"]
     result["noop"] = {
         "dvc_status_s": [s["wall_s"] for s in statuses],
         "dvc_repro_split_s": [r["wall_s"] for r in repros],
-        "dvc_repro_split_manifest_command_s": [r["command_s"] for r in repros],
+        "dvc_repro_split_command_s": [r["command_s"] for r in repros],
         "dvc_repro_split_dvc_s": [r["dvc_s"] for r in repros],
     }
-    name = change_one_pixel(raw)
+    print("   one changed archive ...", flush=True)
+    result["changed_archive"] = changed_archive_run(runner, work / "release", result["stages"][PREPROCESS])
+    print("   checkpoint fingerprint ...", flush=True)
+    result["checkpoint_fingerprint"] = fingerprint_cost(project, project / "params.yaml")
+    name = change_one_pixel(sorted((raw / ARCHIVES_DIR).iterdir())[0])
     changed = runner.run(*dvc("status", "--json"))
     status = json.loads(changed["output"][changed["output"].index("{"):])
     data_stages = {stage: status[stage] for stage in STAGES if stage in status and stage != "manifest"}
     result["one_pixel_changed"] = {
         "image": name, "dvc_status_s": changed["wall_s"], "data_stages_shown": data_stages,
-        "shown": data_stages.get("ingest") == [{"changed outs": {"data/raw": "modified"}}]
-        and data_stages.get("preprocess") == [{"changed deps": {"data/raw/archives": "modified"}}]
+        "shown": data_stages.get(INGEST) == [{"changed outs": {"data/raw": "modified"}}]
+        and data_stages.get(PREPROCESS) in ([{"changed deps": {"data/raw/archives": "modified"}}],
+                                           [{"changed deps": {"data/raw": "modified"}}])
         and "split" not in data_stages,  # split reads no image: unaffected
     }
     return result
@@ -315,8 +418,8 @@ def pipeline_run(work: Path, header: bytes, lines: list[bytes], args: argparse.N
 def _extract_one(job: tuple[str, str]) -> int:
     archive, folder = job
     count = 0
-    for name, data in iter_pngs(Path(archive)):
-        (Path(folder) / name).write_bytes(data)
+    for name, data in iter_images(Path(archive)):
+        (Path(folder) / name).write_bytes(data)  # type: ignore[arg-type]
         count += 1
     return count
 
@@ -369,7 +472,7 @@ def layouts_run(work: Path, shim: Path, release: Path, n: int) -> list[dict[str,
     for archive in archives:  # the same files again, one folder per archive (hardlinks: no extra space)
         shard = shards / archive.name.removesuffix(".tar.gz")
         shard.mkdir(parents=True)
-        for name, _ in iter_pngs(archive):
+        for name, _ in iter_images(archive):
             os.link(images / name, shard / name)
     arch = work / "archive-links"
     arch.mkdir()
@@ -417,9 +520,21 @@ def summary(results: list[dict[str, Any]]) -> str:
         noop = r["noop"]
         rows.append(["no-op dvc status", "-", f"{median(noop['dvc_status_s']):.1f}", "-",
                      f"{median(noop['dvc_status_s']):.1f}", "-", "-"])
-        rows.append(["no-op dvc repro split", f"{median(noop['dvc_repro_split_manifest_command_s']):.1f}",
+        rows.append(["no-op dvc repro split", f"{median(noop['dvc_repro_split_command_s']):.1f}",
                      f"{median(noop['dvc_repro_split_dvc_s']):.1f}", "-", f"{median(noop['dvc_repro_split_s']):.1f}",
                      "-", "-"])
+        arch = r["changed_archive"]
+        again = arch["ingest_and_preprocess"]
+        rows.append([f"one archive changed: ingest + {PREPROCESS}", f"{again['command_s']:.1f}",
+                     f"{again['dvc_s']:.1f}", "-", f"{again['wall_s']:.1f}",
+                     f"{again['peak_rss_mb_largest_process']:.0f}",
+                     f"{arch['shards_kept']} of {arch['shards']} shards kept"])
+        alone = arch["preprocess_command_s"]
+        rows.append(["  of which preprocess's command", "-" if alone is None else f"{alone:.1f}", "-", "-", "-", "-",
+                     f"full run {arch['full_preprocess_command_s']:.1f} s"])
+        fp = r["checkpoint_fingerprint"]
+        rows.append(["checkpoint fingerprint (train start)", f"{fp['fingerprint_s']:.3f}", "-", "-", "-", "-",
+                     f"SHA-256 of {fp['processed_bytes'] / 1e9:.2f} GB: {fp['sha256_of_processed_s']:.1f} s"])
         changed = r["one_pixel_changed"]
         rows.append(["dvc status, one pixel changed", "-", f"{changed['dvc_status_s']:.1f}", "-",
                      f"{changed['dvc_status_s']:.1f}", "-", "shown" if changed["shown"] else "NOT SHOWN"])
@@ -447,6 +562,13 @@ def targets_of(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
                   higher_is_better=False, unit="s")]
     out += [target(f"DVC's share of `{stage}` at {n}", s["dvc_s"], GOAL_S, higher_is_better=False, unit="s")
             for stage, s in largest["stages"].items()]
+    arch = largest["changed_archive"]
+    out.append(target(f"one changed archive: shards made again at {n}",
+                       None if arch["shards_kept"] is None else arch["shards"] - arch["shards_kept"], 1.0,
+                       higher_is_better=False, unit="shards"))
+    out.append(target(f"checkpoint fingerprint at the start of training at {n}",
+                      largest["checkpoint_fingerprint"]["fingerprint_s"], FINGERPRINT_GOAL_S, higher_is_better=False,
+                      unit="s"))
     out.append(target(f"one changed pixel shown by dvc status at {n}",
                       1.0 if largest["one_pixel_changed"]["shown"] else 0.0, 1.0, unit="yes"))
     return out

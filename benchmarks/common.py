@@ -14,7 +14,7 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -147,6 +147,45 @@ def synthetic_xray(seed: int, size: int = 1024, base: np.ndarray | None = None) 
     base = xray_base(size) if base is None else base
     noise = rng.standard_normal((size, size), dtype=np.float32)
     return np.clip(base + noise, 0, 255).astype(np.uint8)
+
+
+def write_contract(raw: Path, names: Sequence[str]) -> None:
+    """The dataset contract's files (images.csv, dataset.json, archives.md5) for a raw folder whose archives
+    (`raw/archives/*.tar.gz`) already hold `names`: one patient per image, one label, nothing else known. Written by
+    the contract's own module, so that the stages read it as they read any dataset."""
+    use_repo_src()
+    import pandas as pd
+
+    from cxrstudy.data.dataset import COLUMNS, Dataset, DatasetInfo, write
+    from cxrstudy.data.ingest import write_md5
+
+    table = pd.DataFrame({column: "" for column in COLUMNS}, index=range(len(names)))
+    table = table.assign(image=list(names), patient=[f"p{i}" for i in range(len(names))], study="1", follow_up=0,
+                         site="bench", Finding="0")
+    info = DatasetInfo(source="bench", name="benchmark images", site="bench", label_space="bench",
+                       labels=("Finding",), uncertain="zeros", label_source="none", official_test="")
+    write(Dataset(table, info), raw)
+    write_md5(raw, {})
+
+
+def write_processed(folder: Path, images: Iterable[np.ndarray], n: int, size: int, shards: int) -> None:
+    """`n` images of `size` px as the preprocess stage lays them out (`cxrstudy.data.shards`): `shards` .npy files
+    written by the stage's own ShardWriter, in order, and index.csv; `load_processed(folder)` reads them."""
+    use_repo_src()
+    from cxrstudy.data.shards import INDEX_FILE, SHARDS_DIR, ShardWriter, write_index
+
+    (folder / SHARDS_DIR).mkdir(parents=True)
+    located: dict[str, tuple[str, int]] = {}
+    names = [f"{i:08d}_000.png" for i in range(n)]
+    bounds = np.linspace(0, n, shards + 1).astype(int)
+    stream = iter(images)
+    for k in range(shards):
+        shard = f"images_{k + 1:03d}"
+        writer = ShardWriter(folder / SHARDS_DIR / f"{shard}.npy", size)
+        for i in range(bounds[k], bounds[k + 1]):
+            located[names[i]] = (shard, writer.append(next(stream)))
+        writer.close()
+    write_index(folder / INDEX_FILE, names, located)
 
 
 def make_images(n: int, size: int) -> np.ndarray:

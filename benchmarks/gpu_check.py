@@ -285,25 +285,24 @@ def real_loader(report: Report, sizes: Sizes, device: Any, data: Path, cfg: Any,
     import bench_train as bt
     import numpy as np
     import torch
-    from common import make_images
+    from common import make_images, write_processed
 
-    from cxrstudy.data.preprocess import IMAGES_FILE, INDEX_FILE, load_processed
+    from cxrstudy.data.shards import load_processed
     from cxrstudy.learning.loader import SplitData, XrayDataset, make_loader, train_transform
 
     n = sizes.batch * sizes.loader_steps
     processed = data / "processed"
-    processed.mkdir()
-    array = np.lib.format.open_memmap(processed / IMAGES_FILE, mode="w+", dtype=np.uint8,
-                                      shape=(n, sizes.stored, sizes.stored))
     chunk = 1024
-    for start in range(0, n, chunk):
-        array[start:start + chunk] = make_images(min(chunk, n - start), sizes.stored)
-    array.flush()
-    del array
-    (processed / INDEX_FILE).write_text("".join(f"{i:08d}_000.png\n" for i in range(n)))
-    images, names = load_processed(processed)
+
+    def drawn() -> Any:
+        for start in range(0, n, chunk):
+            yield from make_images(min(chunk, n - start), sizes.stored)
+
+    write_processed(processed, drawn(), n, sizes.stored, min(12, n))  # the stage's layout: a shard per NIH archive
+    images = load_processed(processed)
     labels = (np.random.default_rng(0).random((n, 14)) < 0.1).astype(np.float32)
-    part = SplitData(rows=np.arange(n, dtype=np.int64), labels=labels, names=names, patients=np.arange(n))
+    part = SplitData(rows=np.arange(n, dtype=np.int64), labels=labels, names=images.names,
+                     patients=np.array([f"p{i}" for i in range(n)]), label_names=tuple(f"f{k}" for k in range(14)))
     dataset = XrayDataset(images, part, train_transform(sizes.image, bt.study_params().train.augment))
     pin = device.type == "cuda"
 
@@ -339,17 +338,17 @@ def evaluation(report: Report, sizes: Sizes, device: Any, data: Path, cfg: Any) 
     import bench_train as bt
     import numpy as np
 
-    from cxrstudy.data.preprocess import load_processed
+    from cxrstudy.data.shards import load_processed
     from cxrstudy.learning.loader import SplitData, XrayDataset, eval_transform, make_loader
 
     model = bt.build(device, cfg)
     batches = bt.synthetic_batches(max(2, sizes.eval_images // sizes.eval_batch), sizes.eval_batch, sizes.image,
                                    pin=device.type == "cuda")
     report.evaluation["synthetic_img_s"] = round(bt.eval_rate(model, cfg, device, batches, batches[:1]), 1)
-    images, names = load_processed(data / "processed")
+    images = load_processed(data / "processed")
     n = min(len(images), sizes.eval_images)
-    part = SplitData(rows=np.arange(n, dtype=np.int64), labels=np.zeros((n, 14), np.float32), names=names[:n],
-                     patients=np.arange(n))
+    part = SplitData(rows=np.arange(n, dtype=np.int64), labels=np.zeros((n, 14), np.float32), names=images.names[:n],
+                     patients=np.array([f"p{i}" for i in range(n)]), label_names=tuple(f"f{k}" for k in range(14)))
     dataset = XrayDataset(images, part, eval_transform(sizes.image, sizes.stored))
     workers = sorted({0, max(sizes.workers)})
     for w in workers:
@@ -361,13 +360,15 @@ def evaluation(report: Report, sizes: Sizes, device: Any, data: Path, cfg: Any) 
 
 
 def preprocess_rate(sizes: Sizes) -> dict[str, Any]:
-    """The stage's `process_into` at one process on a few NIH-sized PNGs (in an NIH-style archive, as the stage reads
-    them): images/s per core on this machine."""
+    """The preprocess stage itself (`cxrstudy.data.preprocess.run`) at one process on a few NIH-sized PNGs, in an
+    NIH-style archive of a raw folder in the dataset contract, as the stage reads them: images/s per core on this
+    machine, beside decoding alone."""
     import cv2
-    from common import study_params, synthetic_xray, xray_base
+    from common import study_params, synthetic_xray, write_contract, xray_base
 
-    from cxrstudy.data.imageio import write_archive
-    from cxrstudy.data.preprocess import process_into
+    from cxrstudy.data import preprocess
+    from cxrstudy.data.imageio import ARCHIVES_DIR, write_archive
+    from cxrstudy.data.shards import read_index
 
     with tempfile.TemporaryDirectory(prefix="gpu-check-png-") as tmp:
         base = xray_base(sizes.preprocess_source)
@@ -376,22 +377,27 @@ def preprocess_rate(sizes: Sizes) -> dict[str, Any]:
             path = Path(tmp) / f"{i:08d}_000.png"
             cv2.imwrite(str(path), synthetic_xray(i, sizes.preprocess_source, base), [cv2.IMWRITE_PNG_COMPRESSION, 6])
             paths.append(path)
-        archive = Path(tmp) / "images_001.tar.gz"
-        write_archive(archive, ((p.name, p.read_bytes()) for p in paths))
         names = [p.name for p in paths]
+        raw = Path(tmp) / "raw"
+        for folder, members in (("warm", paths[:1]), ("raw", paths)):
+            (Path(tmp) / folder / ARCHIVES_DIR).mkdir(parents=True)
+            write_archive(Path(tmp) / folder / ARCHIVES_DIR / "images_001.tar.gz",
+                          ((p.name, p.read_bytes()) for p in members))
+            write_contract(Path(tmp) / folder, [p.name for p in members])
         size = min(256, sizes.preprocess_source)
-        cfg = study_params().preprocess.model_copy(update={"image_size": size, "workers": 1})
-        process_into(Path(tmp) / "warm.npy", [archive], names[:1], cfg, progress=False)  # type: ignore[arg-type]
+        study = study_params()
+        params = study.model_copy(update={"preprocess": study.preprocess.model_copy(
+            update={"image_size": size, "workers": 1})})
+        preprocess.run(params, Path(tmp) / "warm", Path(tmp) / "warm-out")
         start = time.perf_counter()
-        found = process_into(Path(tmp) / "images.npy", [archive], names, cfg, progress=False)  # type: ignore[arg-type]
+        preprocess.run(params, raw, Path(tmp) / "processed")
         seconds = time.perf_counter() - start
         decode_start = time.perf_counter()
         for p in paths:
             cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
         decode_s = time.perf_counter() - decode_start
-        bad = found.finish(Path(tmp))
-    if bad or found.broken:
-        raise RuntimeError(f"preprocess failed: {bad[:3]} {found.broken}")
+        if read_index(Path(tmp) / "processed") != names:
+            raise RuntimeError("preprocess left images out")
     return {"source_px": sizes.preprocess_source, "images": len(paths), "cpus": os.cpu_count(),
             "img_s_per_core": round(len(paths) / seconds, 1),
             "decode_only_img_s_per_core": round(len(paths) / decode_s, 1)}

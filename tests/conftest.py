@@ -24,11 +24,12 @@ from cxrstudy.params import Params, parse_params
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the venv's tools (dvc, ruff, ...) beside this interpreter
 
-# Small enough for seconds per stage on two CPU cores, large enough that every part of the split is non-empty.
+# Small enough for seconds per stage on two CPU cores, large enough that every part of the split is non-empty. No
+# external test site: a test that needs one sets `ingest.external`.
 TINY: dict[str, Any] = {
     "seeds": [1, 2],
     "numerics": {"threads": 1},
-    "ingest": {"phantom": {"n_images": 120, "image_size": 96}},
+    "ingest": {"external": "none", "phantom": {"n_images": 120, "image_size": 96}},
     "preprocess": {"image_size": 32, "workers": 1},
     "train": {"image_size": 32, "epochs": 2, "batch_size": 16, "val_batch_size": 64},
     "evaluate": {"batch_size": 64},
@@ -74,8 +75,8 @@ numerics.pin(tiny_params().numerics)
 
 from cxrstudy.data import ingest, preprocess, split  # noqa: E402 - after the numerics are pinned
 
-# `dvc status --json` of an up-to-date project: the manifest stage is always run (it watches the data source).
-UP_TO_DATE = ({}, {"manifest": ["always changed"]})
+# What `dvc status --json` prints for an up-to-date project (a tuple, for `status in UP_TO_DATE`).
+UP_TO_DATE: tuple[dict[str, Any], ...] = ({},)
 
 
 def write_params(path: Path, raw: dict[str, Any]) -> Path:
@@ -254,9 +255,9 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder holding data/raw, data/processed and data/splits for the tiny parameters (built once)."""
     root = tmp_path_factory.mktemp("tiny")
     params = tiny_params()
-    ingest.run(params, root / "data/raw", workers=1)
+    ingest.run(params, "internal", root / "data/raw", workers=1)
     preprocess.run(params, root / "data/raw", root / "data/processed")
-    split.run(params, root / "data/raw", root / "data/splits")
+    split.run(params, root / "data/raw", root / "data/splits", root / "data/processed")
     return root
 
 

@@ -1,5 +1,8 @@
 """A synthetic seed study in the pipeline's file layout, written by the evaluate stage's own functions: metrics files,
-test and validation predictions, training histories. Shared by the report, figure and comparison tests."""
+test and validation predictions, training histories. Shared by the report, figure and comparison tests.
+
+Its label space is NIH's (the names of `cxrstudy.data.nihtable`, as a dataset's `dataset.json` would give them);
+patients are strings, as in the dataset contract."""
 
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cxrstudy.labels import FINDINGS
+from cxrstudy.data.nihtable import FINDINGS
 from cxrstudy.learning.evaluate import compute_metrics, save_predictions
 from cxrstudy.params import Params
 from cxrstudy.reporting import report
@@ -85,8 +88,8 @@ def make_study(root: Path, seeds: list[int] | None = None, n_test: int = 280, n_
     data = np.random.default_rng(data_seed)
     test_labels = _labels(data, n_test, counts or {})
     val_labels = _labels(data, 150, {})
-    patients = np.sort(data.integers(0, n_patients, n_test)) + 1000
-    val_patients = np.sort(data.integers(0, 100, 150)) + 9000
+    patients = (np.sort(data.integers(0, n_patients, n_test)) + 1000).astype(str)
+    val_patients = (np.sort(data.integers(0, 100, 150)) + 9000).astype(str)
     names = names[:n_test] if names else [f"{i:08d}_000.png" for i in range(n_test)]
     val_names = [f"{i:08d}_001.png" for i in range(150)]
     signal = data.uniform(0.3, 1.2, len(FINDINGS))
@@ -99,11 +102,13 @@ def make_study(root: Path, seeds: list[int] | None = None, n_test: int = 280, n_
         test_probs = _probs(rng, test_labels, boost, test_shared, noise)
         val_probs = _probs(rng, val_labels, boost, val_shared, noise)
         metrics = compute_metrics(seed, 0.04 + seed / 1e4, (val_labels, val_probs), (test_labels, test_probs),
-                                  calibration_bins=params.evaluate.calibration_bins)
+                                  calibration_bins=params.evaluate.calibration_bins, names=FINDINGS,
+                                  patients=(val_patients, patients))
         (root / "metrics/eval").mkdir(parents=True, exist_ok=True)
         (root / f"metrics/eval/seed_{seed}.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
-        save_predictions(root / f"predictions/seed_{seed}.csv", names, patients, test_labels, test_probs)
-        save_predictions(root / f"predictions/val/seed_{seed}.csv", val_names, val_patients, val_labels, val_probs)
+        save_predictions(root / f"predictions/seed_{seed}.csv", names, patients, test_labels, test_probs, FINDINGS)
+        save_predictions(root / f"predictions/val/seed_{seed}.csv", val_names, val_patients, val_labels, val_probs,
+                         FINDINGS)
         history = pd.DataFrame({"epoch": range(1, epochs + 1), "train_loss": np.linspace(0.3, 0.1, epochs) + seed / 1e3,
                                 "val_loss": np.linspace(0.35, 0.2, epochs), "val_auroc": np.linspace(0.6, 0.7, epochs),
                                 "lr": 1e-3})

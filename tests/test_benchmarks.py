@@ -88,7 +88,7 @@ def test_bench_loader(tmp_path: Path) -> None:
                            "--step-batch", "2", "--step-steps", "1", out=out)
     assert "processed formats" in stdout and "training loader, 1 workers" in stdout
     fmts = r["formats"]
-    assert {k: f["files"] for k, f in fmts.items()} == {"png_dir": 24, "npy": 1, "shards": 3}
+    assert {k: f["files"] for k, f in fmts.items()} == {"png_dir": 24, "npy": 1, "shards": 4}  # 3 shards + index
     for f in fmts.values():
         assert f["bytes"] > 0 and f["random_reads_per_s"] > 0
         assert set(f["dvc"]) == {"images", "add_s", "status_noop_s", "push_s"} and f["dvc"]["images"] == 12
@@ -96,7 +96,35 @@ def test_bench_loader(tmp_path: Path) -> None:
     assert set(r["loader_images_per_s_by_workers"]) == {"0", "1"}
     assert r["train_step_images_per_s"] > 0 and r["loader_over_step"] > 0
     assert r["augment"]["brightness"] == 0.1  # the study's augmentations (configs/nih-study.yaml)
+    assert r["chosen_format"] == "shards"  # what the preprocess stage writes
     check_targets(r)
+
+
+@pytest.mark.slow
+def test_bench_bombs(tmp_path: Path) -> None:
+    out = tmp_path / "bombs.json"
+    stdout, r = run_script("bench_bombs.py", "--n", "3", "--source-px", "128", "--png-bomb-px", "3000",
+                           "--tar-member-mb", "8", "--max-image-mb", "2", "--max-image-pixels", "4000000",
+                           "--work", str(tmp_path), out=out)
+    assert "what the stage said about the bomb" in stdout
+    runs = {(x["case"], x["limits"]): x for x in r["runs"]}
+    assert set(runs) == {(case, limits) for case in ("ordinary", "png_bomb", "tar_bomb", "header_bomb")
+                         for limits in ("params.yaml", "largest allowed")}
+    for x in runs.values():
+        assert x["exit"] == 0 and not x["traceback"], x
+        assert len(x["worker_peaks_mb"]) == 2 and min(x["worker_peaks_mb"]) > 0 and x["main_peak_mb"] > 0
+    assert runs[("ordinary", "params.yaml")]["said"] == []
+    assert "3000 x 3000 px declared in its header, over the limit of 4,000,000" in runs[("png_bomb", "params.yaml")][
+        "said"][0]
+    assert runs[("png_bomb", "largest allowed")]["said"] == []  # decoded: 9 million pixels are allowed there
+    assert "member of images_002.tar.gz declares 8.0 MB, over the limit of 2.0 MB" in runs[
+        ("tar_bomb", "params.yaml")]["said"][0]
+    assert "neither a PNG nor a JPEG" in runs[("tar_bomb", "largest allowed")]["said"][0]  # read whole, then refused
+    assert all("60000 x 60000 px" in runs[("header_bomb", limits)]["said"][0]
+               for limits in ("params.yaml", "largest allowed"))
+    assert len(r["targets"]) == 6
+    check_targets(r)
+    assert not list(tmp_path.glob("bench-bombs-*"))  # the scratch folder is gone
 
 
 @pytest.mark.slow
@@ -108,13 +136,20 @@ def test_bench_scale(tmp_path: Path) -> None:
     assert [run["images"] for run in r["runs"]] == [40, 60]
     for run in r["runs"]:
         assert run["release"]["archives"] == 12 and run["release"]["archive_bytes"] > 0
-        assert set(run["stages"]) == {"manifest", "ingest", "preprocess", "split"}
+        assert set(run["stages"]) == {"manifest", "ingest@internal", "preprocess@internal", "split"}
         for stage in run["stages"].values():
             assert stage["command_s"] > 0 and stage["wall_s"] >= stage["command_s"]
             assert stage["peak_rss_mb_largest_process"] > 0 and stage["peak_rss_mb_tree"] > 0
         assert len(run["noop"]["dvc_status_s"]) == 3 and len(run["noop"]["dvc_repro_split_s"]) == 3
         assert run["one_pixel_changed"]["shown"] is True  # versioned: one changed pixel shows in dvc status
         assert run["bytes"]["data/processed"] > 0
+        changed = run["changed_archive"]  # one archive of the release changed: only its shard is made again
+        assert changed["ingest_reran"] and changed["preprocess_reran"]
+        assert (changed["shards"], changed["shards_kept"]) == (12, 11)
+        assert changed["preprocess_command_s"] > 0 and changed["full_preprocess_command_s"] > 0
+        fingerprint = run["checkpoint_fingerprint"]
+        assert fingerprint["shards"] == 12 and fingerprint["processed_bytes"] > 0
+        assert fingerprint["fingerprint_s"] > 0 and fingerprint["sha256_of_processed_s"] >= 0
     layouts = r["runs"][1]["layouts"]
     assert [x["files"] for x in layouts] == [60, 60, 12, 12]
     assert all(len(x["noop_dvc_status_s"]) == 3 for x in layouts)

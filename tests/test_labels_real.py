@@ -1,4 +1,5 @@
-"""The one label parser, checked against NIH's real metadata (Data_Entry_2017_v2020, BBox_List_2017).
+"""NIH's label table (`cxrstudy.data.nihtable`), checked against NIH's real metadata (Data_Entry_2017_v2020,
+BBox_List_2017), and the same as the dataset contract.
 
 The files come from the project's shared data (`../shared/data/nih/` beside the repository, as in CI) or, failing
 that, from an installed `torchxrayvision` (which ships the same files in `torchxrayvision/data/`; it is located,
@@ -13,9 +14,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from cxrstudy.data import dataset
+from cxrstudy.data.nihtable import FINDINGS, NO_FINDING, label_matrix, read_bbox_list, read_data_entry, to_contract
 from cxrstudy.data.split import check_split
 from cxrstudy.errors import InputError
-from cxrstudy.labels import FINDINGS, NO_FINDING, label_matrix, read_data_entry
 
 ENTRY = "Data_Entry_2017_v2020.csv.gz"
 BBOX = "BBox_List_2017.csv.gz"
@@ -78,6 +80,27 @@ def test_bbox_list() -> None:
     assert boxes["Image Index"].nunique() == 880
     findings = set(boxes["Finding Label"])
     assert len(findings) == 8 and "Infiltrate" in findings and "Infiltration" not in findings
+
+
+def test_the_contract_holds_every_count(table: pd.DataFrame) -> None:
+    patients = sorted(table["patient"].unique())
+    test = table["image"][table["patient"].isin(set(patients[::4]))]
+    contract = to_contract(table, table["image"][~table["image"].isin(set(test))], test, "NIH Clinical Center")
+    dataset.check_table(contract, FINDINGS, "NIH")
+    counts = dataset.counts(contract, FINDINGS)
+    assert counts["images"] == 112_120 and counts["patients"] == 30_805
+    assert counts["positives"] == COUNTS
+    assert counts["uncertain"] == dict.fromkeys(FINDINGS, 0)
+    assert counts["views"] == {"AP": 44_810, "PA": 67_310}
+    assert counts["official_split"] == {"test": len(test), "train_val": 112_120 - len(test)}
+    assert set(contract["sex"]) == {"M", "F"}
+
+
+def test_the_real_boxes_as_the_contract() -> None:
+    boxes = read_bbox_list(_real(BBOX))
+    assert len(boxes) == 984 and boxes["image"].nunique() == 880
+    assert set(boxes["finding"]) <= set(FINDINGS) and "Infiltration" in set(boxes["finding"])
+    assert ((boxes[["x", "y", "w", "h"]] >= 0) & (boxes[["x", "y", "w", "h"]] <= 1.1)).all().all()
 
 
 def _two_image_patient(table: pd.DataFrame) -> tuple[str, str]:

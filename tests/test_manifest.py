@@ -1,5 +1,6 @@
-"""The manifest stage: its small output changes exactly when the configured source does, so DVC re-runs ingest then
-and only then."""
+"""The manifest stage: its small output changes exactly when a configured source (the training site's or the external
+one's) does, so DVC re-runs ingest then and only then; and it writes the same bytes when nothing changed, so that it
+need not run every time (`make repro` forces it) and `dvc status` stays clean."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ import os
 from pathlib import Path
 
 import pytest
+import yaml
 
 from cxrstudy.data import manifest
 from cxrstudy.errors import InputError
-from tests.conftest import tiny_params
+from tests.conftest import ROOT, tiny_params
 
 
 def local_copy(root: Path) -> Path:
@@ -27,19 +29,34 @@ def nih_params(root: Path, **nih: object) -> object:
 
 
 def record(root: Path, **nih: object) -> dict[str, object]:
-    return manifest.build(nih_params(root, **nih))  # type: ignore[arg-type]
+    """The training site's part of the manifest, for a local NIH copy at `root`."""
+    built = manifest.build(nih_params(root, **nih))  # type: ignore[arg-type]
+    assert built["external"] == {"source": "none"}
+    return dict(built["internal"])
 
 
 def test_the_phantom_has_nothing_outside_the_repository() -> None:
-    assert manifest.build(tiny_params()) == {"source": "phantom"}
+    assert manifest.build(tiny_params()) == {"internal": {"source": "phantom"}, "external": {"source": "none"}}
 
 
 def test_an_unchanged_copy_gives_the_same_record(tmp_path: Path) -> None:
     root = local_copy(tmp_path)
     first = record(root)
+    assert first["source"] == "nih"
     held = first["local_copy"]
     assert isinstance(held, dict) and held["files"] == 3 and held["bytes"] == 29
     assert record(root) == first
+
+
+def test_the_external_sites_copy_is_watched_too(tmp_path: Path) -> None:
+    root = local_copy(tmp_path)
+    params = tiny_params(ingest={"source": "phantom", "external": "nih", "nih": {"local_path": str(root)}})
+    before = manifest.build(params)
+    assert before["internal"] == {"source": "phantom"}
+    assert before["external"]["source"] == "nih" and before["external"]["local_copy"]["files"] == 3
+    (root / "images_003.tar.gz").write_bytes(b"x")
+    after = manifest.build(params)
+    assert after["external"] != before["external"] and after["internal"] == before["internal"]
 
 
 @pytest.mark.parametrize("change", ["content", "mtime", "rename", "new file"])
@@ -80,6 +97,12 @@ def test_the_stage_writes_the_record_as_stable_json(tmp_path: Path) -> None:
     out = tmp_path / "data" / "source-manifest.json"
     manifest.run(nih_params(root), out)  # type: ignore[arg-type]
     first = out.read_bytes()
-    assert json.loads(first) == record(root)
+    assert json.loads(first) == manifest.build(nih_params(root))  # type: ignore[arg-type]
     manifest.run(nih_params(root), out)  # type: ignore[arg-type]
     assert out.read_bytes() == first  # DVC sees no change: ingest does not re-run
+
+
+def test_the_stage_runs_when_a_source_setting_changes_not_every_time() -> None:
+    stage = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["manifest"]
+    assert not stage.get("always_changed"), "dvc status would never be clean (make repro forces the stage instead)"
+    assert {"ingest.source", "ingest.external", "ingest.nih.local_path", "ingest.nih.md5_file"} <= set(stage["params"])

@@ -1,6 +1,6 @@
 """The real-data ingest (`cxrstudy.data.nih`, `cxrstudy.data.download`, `cxrstudy.data.release`), on small releases
 in NIH's exact layout made here: the raw data are NIH's archives, verified and linked, never extracted; no image is
-decoded.
+decoded; NIH's table, official lists and boxes become the dataset contract.
 
 A local HTTP server on 127.0.0.1 (a thread, port 0) stands in for NIH's address or a mirror: it answers Range
 requests and can cut a connection half-way, stall, fail once with 503, or 404. Nothing reaches the internet.
@@ -21,6 +21,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
 from pathlib import Path
 
 import cv2
@@ -29,16 +30,17 @@ import pandas as pd
 import pytest
 from pydantic import ValidationError
 
+from cxrstudy.data import dataset, imageio, nih
 from cxrstudy.data import download as downloads
-from cxrstudy.data import imageio, nih
 from cxrstudy.data import release as nih_release
 from cxrstudy.data.download import download
-from cxrstudy.data.imageio import ARCHIVES_DIR, iter_pngs
+from cxrstudy.data.imageio import ARCHIVES_DIR
 from cxrstudy.data.nih import ingest_nih
+from cxrstudy.data.nihtable import BBOX_NAMES, FINDINGS, NIH_SITE, read_data_entry, to_contract, write_data_entry
 from cxrstudy.errors import InputError
-from cxrstudy.labels import DATA_ENTRY_FILE, write_data_entry
 from cxrstudy.params import NihParams
 from tests.conftest import project_params, section, tiny_params
+from tests.raw_data import members
 
 # ---------------------------------------------------------------------------------------------------------------
 # A small release in NIH's layout: 2 archives x 4 images, 4 patients with 2 images each; patient 4 is the test set.
@@ -244,23 +246,37 @@ def local_copy(tmp_path: Path, release: Release, archives: bool = False) -> Path
 
 def raw_images(raw: Path) -> dict[str, bytes]:
     """Every image in `raw`'s archives, by name."""
-    return {name: data for archive in imageio.archive_paths(raw) for name, data in iter_pngs(archive)}
+    return {name: data for archive in imageio.archive_paths(raw) for name, data in members(archive)}
 
 
-def test_full_download_writes_nih_layout(tmp_path: Path, server: tuple[str, ServerState]) -> None:
+def release_table(release: Release, tmp_path: Path) -> pd.DataFrame:
+    """The release's Data_Entry file, read as NIH ships it."""
+    path = tmp_path / "entry-check.csv"
+    path.write_bytes(release.files["Data_Entry_2017_v2020.csv"])
+    return read_data_entry(path)
+
+
+def test_full_download_gives_nihs_archives_and_the_contract(tmp_path: Path, server: tuple[str, ServerState]) -> None:
     url, state = server
     release = make_release()
     state.files.update(release.files)
     raw = out(tmp_path)
-    table = ingest_nih(params(tmp_path, base_url=url), raw, checksums=release.checksums)
-    assert sorted(table["image"]) == sorted(release.images)
+    got = ingest_nih(params(tmp_path, base_url=url), raw, checksums=release.checksums)
     assert sorted(p.name for p in (raw / ARCHIVES_DIR).iterdir()) == sorted(release.checksums)
+    assert sorted(p.name for p in raw.iterdir()) == [ARCHIVES_DIR]  # the metadata becomes the contract's files
     for name in release.checksums:
         assert (raw / ARCHIVES_DIR / name).read_bytes() == release.files[name]
     assert raw_images(raw) == release.images
-    assert (raw / DATA_ENTRY_FILE).read_bytes() == release.files["Data_Entry_2017_v2020.csv"]
-    for name in ("train_val_list.txt", "test_list.txt", "BBox_List_2017.csv"):
-        assert (raw / name).read_bytes() == release.files[name]
+    entries = release_table(release, tmp_path)
+    test = release.files["test_list.txt"].decode().split()
+    train_val = release.files["train_val_list.txt"].decode().split()
+    pd.testing.assert_frame_equal(got.table, to_contract(entries, train_val, test, NIH_SITE))
+    assert got.table["official_split"].tolist() == ["test" if n in test else "train_val" for n in entries["image"]]
+    assert (got.info.source, got.info.label_space, got.info.labels, got.info.uncertain) == ("nih", "nih", FINDINGS,
+                                                                                            "zeros")
+    assert "test_list.txt" in got.info.official_test and "NLP" in got.info.label_source
+    assert got.archive_md5 == release.checksums  # verified on arrival: ingest need not hash them again
+    assert got.boxes.empty and list(got.boxes.columns) == list(dataset.BOX_COLUMNS)  # no box in this release
 
 
 def test_downloaded_archives_are_linked_never_extracted(tmp_path: Path, server: tuple[str, ServerState]) -> None:
@@ -396,12 +412,18 @@ def test_official_address_without_metadata_says_where_to_put_it(tmp_path: Path) 
 
 def test_missing_bbox_falls_back_to_the_packaged_copy(tmp_path: Path, server: tuple[str, ServerState]) -> None:
     url, state = server
-    release = make_release()
+    packaged = pd.read_csv(Path(str(resources.files("cxrstudy") / "resources" / "BBox_List_2017.csv.gz")))
+    boxed = packaged["Image Index"].iloc[0]  # a real image with a box in NIH's list
+    names = [*image_names()[:-1], boxed]
+    release = make_release({name: png(gray(32, i)) for i, name in enumerate(names)}, test_patients=(4,))
     state.files.update({k: v for k, v in release.files.items() if k != "BBox_List_2017.csv"})
-    raw = out(tmp_path)
-    ingest_nih(params(tmp_path, base_url=url), raw, checksums=release.checksums)
-    lines = (raw / "BBox_List_2017.csv").read_text().splitlines()
-    assert lines[0].startswith("Image Index,Finding Label,Bbox [x") and len(lines) == 985
+    got = ingest_nih(params(tmp_path, base_url=url), out(tmp_path), checksums=release.checksums)
+    first = packaged[packaged["Image Index"] == boxed].iloc[0]
+    x, y, w, h = (float(v) / 1024 for v in first.iloc[2:6])
+    assert got.boxes.to_dict("records")[:1] == [
+        {"image": boxed, "finding": BBOX_NAMES.get(first["Finding Label"], first["Finding Label"]),
+         "x": pytest.approx(x), "y": pytest.approx(y), "w": pytest.approx(w), "h": pytest.approx(h)}]
+    assert set(got.boxes["image"]) == {boxed}  # the boxes of the ingested images only
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -500,8 +522,8 @@ def test_local_kaggle_layout_is_found(tmp_path: Path) -> None:
         (root / "images" / name).rename(folder / name)
     (root / "images").rmdir()
     raw = out(tmp_path)
-    table = ingest_nih(params(tmp_path, local_path=str(root)), raw, checksums=release.checksums)
-    assert len(table) == len(release.images)
+    got = ingest_nih(params(tmp_path, local_path=str(root)), raw, checksums=release.checksums)
+    assert len(got.table) == len(release.images)
     assert raw_images(raw) == release.images
 
 
@@ -541,10 +563,11 @@ def test_gzipped_metadata_and_the_2017_file_are_accepted(tmp_path: Path) -> None
     (root / "Data_Entry_2017_v2020.csv").unlink()
     # The 2017 file: same columns, every line ending with an empty column.
     (root / "Data_Entry_2017.csv.gz").write_bytes(gzip.compress(entry.replace(b"\n", b",\n")))
-    raw = out(tmp_path)
-    table = ingest_nih(params(tmp_path, local_path=str(root), metadata="2017"), raw, checksums=release.checksums)
-    assert len(table) == len(release.images)
-    assert (raw / DATA_ENTRY_FILE).read_bytes() == entry.replace(b"\n", b",\n")
+    got = ingest_nih(params(tmp_path, local_path=str(root), metadata="2017"), out(tmp_path),
+                     checksums=release.checksums)
+    assert got.table["image"].tolist() == release_table(release, tmp_path)["image"].tolist()
+    assert got.table[list(FINDINGS)].to_numpy().tolist() == to_contract(
+        release_table(release, tmp_path), [], [], "")[list(FINDINGS)].to_numpy().tolist()
 
 
 def test_local_path_that_is_not_a_folder(tmp_path: Path) -> None:
@@ -552,20 +575,29 @@ def test_local_path_that_is_not_a_folder(tmp_path: Path) -> None:
         ingest_nih(params(tmp_path, local_path=str(tmp_path / "nope")), out(tmp_path))
 
 
-def test_bad_images_pass_ingest_and_are_all_named_by_preprocess(tmp_path: Path) -> None:
-    from cxrstudy.data import preprocess
+def nih_stage_params(tmp_path: Path, release: Release, **nih_cfg: object) -> object:
+    """The tiny parameters with a local NIH copy of `release` (archives) and its own MD5 list as the source."""
+    sums = tmp_path / "release.md5"
+    sums.write_text("".join(f"{md5}  {name}\n" for name, md5 in release.checksums.items()))
+    root = local_copy(tmp_path, release, archives=True)
+    cfg = params(tmp_path, local_path=str(root), md5_file=str(sums), **nih_cfg).model_dump()
+    return tiny_params(ingest={"source": "nih", "nih": cfg}, split={"method": "official", "val_fraction": 0.4})
 
+
+def test_bad_images_pass_ingest_and_are_all_named_by_preprocess(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from cxrstudy.data import ingest, preprocess
+
+    monkeypatch.chdir(tmp_path)  # no DVC project here: nothing to say about its cache type
     images = {name: png(gray(32, i)) for i, name in enumerate(image_names())}
     bad = {image_names()[1]: b"", image_names()[6]: b"GIF89a not a png"}
-    release = make_release({**images, **bad})
+    cfg = nih_stage_params(tmp_path, make_release({**images, **bad}))
     raw = tmp_path / "data" / "raw"
-    raw.mkdir(parents=True)
-    ingest_nih(params(tmp_path, local_path=str(local_copy(tmp_path, release, archives=True))), raw,
-               checksums=release.checksums)
+    ingest.run(cfg, "internal", raw)  # type: ignore[arg-type]
     with pytest.raises(InputError, match=r"2 unusable image\(s\) of 8") as err:
-        preprocess.run(tiny_params(), raw, tmp_path / "data" / "processed")
+        preprocess.run(cfg, raw, tmp_path / "data" / "processed")  # type: ignore[arg-type]
     assert f"{image_names()[1]}: empty file" in str(err.value)
-    assert f"{image_names()[6]}: not a PNG" in str(err.value)
+    assert f"{image_names()[6]}: neither a PNG nor a JPEG" in str(err.value)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -615,8 +647,31 @@ def test_ingest_stage_and_official_split_on_a_local_copy(tmp_path: Path, monkeyp
     nih_cfg = params(tmp_path, local_path=str(root)).model_dump()
     cfg = tiny_params(ingest={"source": "nih", "nih": nih_cfg}, split={"method": "official", "val_fraction": 0.4})
     raw = tmp_path / "data" / "raw"
-    ingest.run(cfg, raw)
-    table = split.read_data_entry(raw / DATA_ENTRY_FILE)
-    parts = split.make_splits(table, raw, cfg.split)
+    ingest.run(cfg, "internal", raw)
+    assert sorted(p.name for p in raw.iterdir()) == sorted([ARCHIVES_DIR, dataset.MD5_FILE, dataset.TABLE_FILE,
+                                                            dataset.INFO_FILE])  # no boxes in this release
+    info = dataset.read_info(raw)
+    assert info.counts["images"] == 8 and info.counts["patients"] == 4
+    assert info.counts["official_split"] == {"test": 2, "train_val": 6}
+    table = dataset.read_table(raw, info)
+    parts = split.make_splits(table, cfg.split)
     assert sorted(parts["test"]) == ["00000004_000.png", "00000004_001.png"]
     assert len(parts["train"]) + len(parts["val"]) == 6
+
+
+def test_the_archive_md5s_recorded_are_the_ones_verified_not_hashed_again(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from cxrstudy.data import ingest
+
+    monkeypatch.chdir(tmp_path)
+    release = make_release()
+    cfg = nih_stage_params(tmp_path, release)
+
+    def refuse(path: Path) -> str:
+        raise AssertionError(f"{path} hashed a second time")
+
+    monkeypatch.setattr(ingest, "file_md5", refuse)
+    raw = tmp_path / "data" / "raw"
+    ingest.run(cfg, "internal", raw)  # type: ignore[arg-type]
+    assert (raw / dataset.MD5_FILE).read_text() == "".join(f"{release.checksums[name]}  {name}\n"
+                                                          for name in sorted(release.checksums))

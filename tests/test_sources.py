@@ -1,5 +1,5 @@
 """The real release's edges: a mirror's own checksum list, DVC's cache type for 45 GB, and a local copy that
-changes under the pipeline (the manifest stage)."""
+changes under the pipeline (the manifest stage, which `make repro` forces before DVC's own run)."""
 
 from __future__ import annotations
 
@@ -38,8 +38,9 @@ def test_an_archive_set_with_its_own_md5_list_ingests(tmp_path: Path) -> None:
                   download_dir=str(tmp_path / "cache"))
     out = tmp_path / "raw"
     out.mkdir()
-    table = ingest_nih(cfg, out)
-    assert sorted(table["image"]) == sorted(release.images)
+    got = ingest_nih(cfg, out)
+    assert sorted(got.table["image"]) == sorted(release.images)
+    assert got.archive_md5 == release.checksums
 
 
 def test_a_flipped_byte_names_the_archive_and_the_list_it_failed(tmp_path: Path) -> None:
@@ -86,10 +87,14 @@ def test_the_manifest_changes_exactly_when_the_local_copy_does(tmp_path: Path) -
     params = tiny_params(ingest={"source": "nih", "nih": {"local_path": str(root)}})
     first = manifest.build(params)
     assert first == manifest.build(params)  # reading it twice changes nothing
-    assert first["local_copy"]["files"] == len(release.files)
+    assert first["internal"]["local_copy"]["files"] == len(release.files)
     (root / "images_002.tar.gz").write_bytes(b"another file")
     assert manifest.build(params) != first
-    assert manifest.build(tiny_params()) == {"source": "phantom"}
+    assert manifest.build(tiny_params())["internal"] == {"source": "phantom"}
+
+
+INGEST = "ingest@internal"
+FORCE_MANIFEST = ["dvc", "repro", "--force", "--single-item", "manifest"]  # what `make repro` runs first
 
 
 @pytest.mark.slow
@@ -101,10 +106,16 @@ def test_dvc_repro_reruns_ingest_when_the_local_copy_changes(tmp_path: Path) -> 
                                                      "md5_file": str(md5_list(tmp_path / "sums.md5", release))}})
     write_params(project / "params.yaml", raw)
     sh(["dvc", "config", "--local", "cache.type", "hardlink,symlink"], project)
-    assert "Running stage 'ingest'" in sh(["dvc", "repro", "ingest"], project).stdout
-    again = sh(["dvc", "repro", "ingest"], project).stdout
-    assert "Running stage 'manifest'" in again and "Running stage 'ingest'" not in again
+    assert f"Running stage '{INGEST}'" in sh(["dvc", "repro", INGEST], project).stdout
+
+    def repro() -> str:
+        return sh(FORCE_MANIFEST, project).stdout + sh(["dvc", "repro", INGEST], project).stdout
+
+    again = repro()
+    assert "Running stage 'manifest'" in again and f"Running stage '{INGEST}'" not in again
+    status = json.loads(sh(["dvc", "status", "--json", "manifest", INGEST], project).stdout)
+    assert status == {}, status  # the forced manifest wrote the same bytes: nothing is shown as changed
     (root / "train_val_list.txt").write_text((root / "train_val_list.txt").read_text())  # same bytes, new mtime
-    changed = sh(["dvc", "repro", "ingest"], project).stdout
-    assert "Running stage 'ingest'" in changed
-    assert json.loads((project / "data/source-manifest.json").read_text())["source"] == "nih"
+    assert f"Running stage '{INGEST}'" in repro()
+    record = json.loads((project / "data/source-manifest.json").read_text())
+    assert record["internal"]["source"] == "nih" and record["external"] == {"source": "none"}

@@ -1,4 +1,5 @@
-"""Training: the same seed on the same machine gives the same numbers; labels really drive learning."""
+"""Training: the same seed on the same machine gives the same numbers; labels really drive learning; the model carries
+the dataset's label names, and evaluation refuses a model trained on other labels."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import pytest
 import torch
 
 from cxrstudy.data import ingest, preprocess, split
+from cxrstudy.data.dataset import read_info
+from cxrstudy.errors import InputError
 from cxrstudy.learning import evaluate, train
 from cxrstudy.params import Params
 from tests.conftest import tiny_params
@@ -59,6 +62,23 @@ def test_training_writes_one_history_row_per_epoch_and_removes_its_checkpoint(ti
     assert metrics["n_test"] > 0 and 0.0 <= metrics["auroc_mean"] <= 1.0  # type: ignore[operator]
 
 
+def test_the_model_and_its_predictions_carry_the_datasets_label_names(tiny_data: Path, tmp_path: Path) -> None:
+    labels = read_info(tiny_data / "data/raw").labels
+    metrics = run_seed(tiny_params(train={"epochs": 1}), tiny_data, tmp_path)
+    assert torch.load(tmp_path / "model/model.pt", weights_only=True)["labels"] == list(labels)
+    assert list(metrics["auroc"]) == list(labels)  # type: ignore[call-overload]
+    header = (tmp_path / "pred.csv").read_text().splitlines()[0].split(",")
+    assert header == ["image", "patient", *(f"label_{n}" for n in labels), *(f"prob_{n}" for n in labels)]
+    # a model trained on another label space is refused by name, not evaluated with the wrong columns
+    payload = torch.load(tmp_path / "model/model.pt", weights_only=True)
+    torch.save({**payload, "labels": [*labels[1:], labels[0]]}, tmp_path / "model/model.pt")
+    with pytest.raises(InputError, match=r"model\.pt: predicts \['Cardiomegaly', .* but the dataset's labels are "
+                                         r"\['Atelectasis', .*re-run the train stage"):
+        evaluate.run(tiny_params(), 1, tiny_data / "data/raw", tiny_data / "data/processed",
+                     tiny_data / "data/splits", tmp_path / "model", tmp_path / "m2.json", tmp_path / "p2.csv")
+    assert not (tmp_path / "m2.json").exists() and not (tmp_path / "p2.csv").exists()
+
+
 @pytest.fixture(scope="module")
 def control_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Params]:
     """A small but learnable phantom, for the positive and negative controls."""
@@ -67,9 +87,9 @@ def control_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Params
                          preprocess={"image_size": 64},
                          train={"image_size": 64, "epochs": 5, "batch_size": 16, "lr": 0.002},
                          numerics={"threads": 2})
-    ingest.run(params, root / "data/raw", workers=2)
+    ingest.run(params, "internal", root / "data/raw", workers=2)
     preprocess.run(params, root / "data/raw", root / "data/processed")
-    split.run(params, root / "data/raw", root / "data/splits")
+    split.run(params, root / "data/raw", root / "data/splits", root / "data/processed")
     return root, params
 
 

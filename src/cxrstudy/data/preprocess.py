@@ -301,7 +301,7 @@ def run(params: Params, raw_dir: Path, out_dir: Path) -> None:
         if bad_list:
             (tmp / BAD_IMAGES_FILE).write_text("".join(f"{name}\t{reason}\n" for name, reason in bad_list))
         meta = {"images": len(kept_names), "left_out": len(bad_list), "shards": len(archives),
-                "reused": len(kept), **cfg.model_dump(exclude={"workers"})}
+                **cfg.model_dump(exclude={"workers"})}
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     listing.unlink(missing_ok=True)  # a list left by an earlier, refused run no longer holds
     extra = sum(r.extra for r in results)
