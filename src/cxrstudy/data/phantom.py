@@ -18,6 +18,7 @@ for bit.
 from __future__ import annotations
 
 import gzip
+import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ from tqdm import tqdm
 from cxrstudy.data.acquisition import SITE_A, Acquisition, encode, expose
 from cxrstudy.data.imageio import write_archive
 from cxrstudy.data.nihtable import BBOX_NAMES
-from cxrstudy.data.pool import WORKER_CONTEXT, die_with_parent, sigint_ignored
+from cxrstudy.data.pool import WORKER_CONTEXT, die_with, sigint_ignored
 from cxrstudy.data.release import archive_file_names
 
 BBOX_FILE = "BBox_List_2017.csv.gz"
@@ -330,9 +331,9 @@ class PhantomRenderer:
 _renderer: PhantomRenderer | None = None
 
 
-def _init_worker(make_renderer: Callable[[], PhantomRenderer]) -> None:
+def _init_worker(make_renderer: Callable[[], PhantomRenderer], stage: int) -> None:
     global _renderer
-    die_with_parent()
+    die_with(stage)
     cv2.setNumThreads(1)
     _renderer = make_renderer()
 
@@ -352,7 +353,7 @@ def render_archives(jobs: Sequence[RenderJob], make_renderer: Callable[[], Phant
     archives_dir.mkdir()
     boxes_of: dict[str, list[Box]] = {}
     pool = ProcessPoolExecutor(mp_context=WORKER_CONTEXT, max_workers=max(1, workers), initializer=_init_worker,
-                               initargs=(make_renderer,))
+                               initargs=(make_renderer, os.getpid()))
     with pool, tqdm(total=len(jobs), desc=desc, unit="img") as bar:
         with sigint_ignored():  # map() submits every job, which starts the workers (and the forkserver) now
             results = pool.map(_render, jobs, chunksize=16)

@@ -2,38 +2,53 @@
 the stage.
 
 forkserver, not fork: forking a process that already used OpenCV's or torch's threads can deadlock. A stage killed
-with SIGKILL (the out-of-memory killer, a preempted job) cannot stop its workers, so each worker asks the kernel to
-kill it when its parent goes (Linux's PR_SET_PDEATHSIG): the forkserver notices its stage's end at once and exits,
-and its workers follow, instead of finishing an archive for nobody.
+with SIGKILL (the out-of-memory killer, a preempted job) cannot stop its workers, and they do not notice on their own:
+their parent is the forkserver, which stays up while they hold the pipe that tells it the stage is alive. So each
+worker watches the stage's process itself (a pidfd on Linux, else a poll of its pid) and exits the moment it ends,
+instead of finishing an archive for nobody; the forkserver and the resource tracker then follow.
 """
 
 from __future__ import annotations
 
-import ctypes
 import multiprocessing
 import os
+import select
 import signal
-import sys
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 WORKER_CONTEXT = multiprocessing.get_context("forkserver")
-PR_SET_PDEATHSIG = 1
+POLL_S = 0.5  # where there is no pidfd: how often a worker looks whether its stage is still there
 
 
-def die_with_parent() -> None:
-    """Make the kernel send this process SIGKILL when its parent exits (Linux; elsewhere nothing). If the parent is
-    already gone, exit now."""
-    if not sys.platform.startswith("linux"):
-        return
-    parent = os.getppid()
+def _alive(pid: int) -> bool:
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):
-        return
-    if os.getppid() != parent:  # the parent died before prctl took effect
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process now holds the number: ours is gone
+        return False
+    return True
+
+
+def die_with(stage: int) -> None:
+    """Exit this worker process as soon as the process `stage` (the stage that started it) has ended, however it
+    ended: a daemon thread waits on a pidfd for it (Linux 5.3+), or polls its pid every `POLL_S` seconds."""
+    def watch() -> None:
+        try:
+            fd = os.pidfd_open(stage)
+        except (AttributeError, OSError):
+            while _alive(stage):
+                time.sleep(POLL_S)
+        else:
+            select.select([fd], [], [])
         os._exit(1)
+
+    if not _alive(stage):
+        os._exit(1)
+    threading.Thread(target=watch, name="die-with-stage", daemon=True).start()
 
 
 @contextmanager

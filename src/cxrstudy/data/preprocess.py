@@ -34,7 +34,7 @@ from tqdm import tqdm
 from cxrstudy.atomic import atomic_dir, write_json
 from cxrstudy.data.dataset import MD5_FILE, TABLE_FILE, read_info, read_table
 from cxrstudy.data.imageio import ARCHIVES_DIR, ArchiveError, ImageError, archive_paths, decode_gray, iter_images
-from cxrstudy.data.pool import WORKER_CONTEXT, die_with_parent, sigint_ignored
+from cxrstudy.data.pool import WORKER_CONTEXT, die_with, sigint_ignored
 from cxrstudy.data.release import MD5_LINE
 from cxrstudy.data.shards import (
     BAD_IMAGES_FILE,
@@ -112,9 +112,9 @@ class _Work:
 _work: _Work | None = None
 
 
-def _init_worker(work: _Work) -> None:
+def _init_worker(work: _Work, stage: int) -> None:
     global _work
-    die_with_parent()
+    die_with(stage)
     cv2.setNumThreads(1)  # one process per core; OpenCV's own threads would only oversubscribe
     _work = work
 
@@ -167,7 +167,7 @@ def run_jobs(jobs: Sequence[Job], work: _Work, workers: int) -> list[ArchiveResu
         _init_worker_here(work)
         return [process_archive(job) for job in tqdm(jobs, desc="preprocess", unit="archive")]
     pool = ProcessPoolExecutor(mp_context=WORKER_CONTEXT, max_workers=count, initializer=_init_worker,
-                               initargs=(work,))
+                               initargs=(work, os.getpid()))
     results: list[ArchiveResult] = []
     try:
         largest_first = sorted(jobs, key=lambda j: -Path(j.archive).stat().st_size)
