@@ -73,6 +73,16 @@ def _evaluate(p: Params, a: argparse.Namespace) -> None:
                  a.val_predictions or Path(f"predictions/val/seed_{a.seed}.csv"))
 
 
+def _localize(p: Params, a: argparse.Namespace) -> None:
+    from cxrstudy.learning import localize
+
+    _check_seed(p, a.seed)
+    localize.run(p, a.seed, a.raw, a.processed, a.splits, a.model or Path(f"models/seed_{a.seed}"),
+                 a.predictions or Path(f"predictions/seed_{a.seed}.csv"),
+                 a.metrics or Path(f"metrics/localize/seed_{a.seed}.json"),
+                 a.heatmaps or Path(f"heatmaps/seed_{a.seed}.npz"))
+
+
 def _report(p: Params, a: argparse.Namespace) -> None:
     from cxrstudy.reporting import report
 
@@ -137,6 +147,18 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--predictions", type=Path, help="test predictions CSV (default: predictions/seed_SEED.csv)")
             p.add_argument("--val-predictions", type=Path,
                            help="validation predictions CSV (default: predictions/val/seed_SEED.csv)")
+
+    p = stage("localize", _localize, "Grad-CAM per finding on the test images with boxes, scored against the boxes "
+                                     "(pointing game, IoBB) beside chance, for one seed")
+    p.add_argument("--seed", type=int, required=True, help="a training seed listed in params.yaml")
+    p.add_argument("--raw", type=Path, default=RAW, help="holds the boxes (default: %(default)s)")
+    p.add_argument("--processed", type=Path, default=PROCESSED)
+    p.add_argument("--splits", type=Path, default=SPLITS)
+    p.add_argument("--model", type=Path, help="model folder (default: models/seed_SEED)")
+    p.add_argument("--predictions", type=Path,
+                   help="evaluate's test predictions, read for the label names (default: predictions/seed_SEED.csv)")
+    p.add_argument("--metrics", type=Path, help="metrics JSON (default: metrics/localize/seed_SEED.json)")
+    p.add_argument("--heatmaps", type=Path, help="heatmaps of the figure's images (default: heatmaps/seed_SEED.npz)")
 
     p = stage("report", _report, "render reports/report.md (and its figures) from the metrics and predictions")
     p.add_argument("--metrics", type=Path, default=Path("metrics/eval"))

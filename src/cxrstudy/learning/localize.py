@@ -1,0 +1,302 @@
+"""The localize stage: where one seed's model looks, measured against the boxes of the test set.
+
+For each test image with a box, Grad-CAM (captum's `LayerGradCam`, with the original method's ReLU) of the boxed
+finding's logit at DenseNet-121's `localize.layer`, upsampled bilinearly to the model's input size, and scored by
+`cxrstudy.learning.boxscore`: the pointing game and Wang et al. 2017's accuracy at each T(IoBB). Per finding, and
+pooled over all boxes, every rate comes with
+
+- its chance rate, and the rate of the same heatmaps against the true boxes shuffled between the images of that
+  finding (a negative control: what the finding's usual position alone scores);
+- a patient-bootstrap percentile interval of the rate and of rate - chance: the test patients with a box drawn with
+  replacement `report.bootstrap` times from `report.bootstrap_seed` (the same draws for every seed), and no interval
+  for a finding with fewer than `report.min_positives` patients;
+- its counts: boxes, images, patients.
+
+Outputs, written together or not at all: `metrics/localize/seed_N.json` (DVC metrics, rounded to 6 decimals) and
+`heatmaps/seed_N.npz` (the first `localize.figure_images` test images of each finding, by name, with their heatmaps
+and boxes: what `cxrstudy.reporting.overlays` draws), an uncompressed zip whose bytes depend only on its arrays.
+
+Grad-CAM runs on the CPU whatever `train.device` says: on CUDA the backward of DenseNet's adaptive average pooling
+has no deterministic kernel, while on the CPU the pinned numerics give the same heatmaps on any x86-64 machine. The
+model's parameters are frozen, so the backward pass computes only the layer's gradient.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import time
+import zipfile
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import pandas as pd
+import torch
+from captum.attr import LayerAttribution, LayerGradCam
+from torch import nn
+
+from cxrstudy import numerics
+from cxrstudy.atomic import atomic_file, check_writable, sync
+from cxrstudy.errors import InputError
+from cxrstudy.learning import boxscore
+from cxrstudy.learning.loader import SplitData, XrayDataset, eval_transform, load_part, make_loader, to_input
+from cxrstudy.learning.model import build_model
+from cxrstudy.learning.predict import MODEL_FILE, seed_everything
+from cxrstudy.params import Params
+
+BOX_FILE = "BBox_List_2017.csv"  # NIH's boxes, in NIH's layout; the phantom writes the same file
+NIH_BOX_SCALE = 1024.0  # NIH's box coordinates are pixels of its 1024-px images
+BOX_NAMES = {"Infiltrate": "Infiltration"}  # NIH's box file spells one finding its own way
+METHOD = "Grad-CAM (captum LayerGradCam, ReLU), bilinear upsampling to the model's input"
+
+
+def read_boxes(raw_dir: Path) -> pd.DataFrame:
+    """The dataset's boxes, one row each: `image, finding, x, y, w, h`, with x, y, w, h as fractions (0..1) of the
+    image's width and height. The one function that knows the box file's format."""
+    path = raw_dir / BOX_FILE
+    if not path.is_file():
+        raise InputError(f"{path}: box file not found; localize scores heatmaps against the dataset's boxes "
+                         "(re-run ingest)")
+    try:
+        raw = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise InputError(f"{path}: not a readable CSV ({err})") from None
+    if raw.shape[1] < 6:
+        raise InputError(f"{path}: expected NIH's columns Image Index, Finding Label, Bbox [x, y, w, h]; got "
+                         f"{list(raw.columns)}")
+    boxes = raw.iloc[:, :6].copy()
+    boxes.columns = ["image", "finding", "x", "y", "w", "h"]
+    coords = boxes[["x", "y", "w", "h"]].apply(pd.to_numeric, errors="coerce")
+    bad = ~np.isfinite(coords.to_numpy()).all(axis=1) | (coords["w"] <= 0).to_numpy() | (coords["h"] <= 0).to_numpy()
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise InputError(f"{path}: line {row + 2}: a box needs numbers x, y and positive w, h; got "
+                         f"{raw.iloc[row, 2:6].tolist()}")
+    boxes[["x", "y", "w", "h"]] = coords / NIH_BOX_SCALE
+    boxes["finding"] = boxes["finding"].replace(BOX_NAMES)
+    return boxes.reset_index(drop=True)
+
+
+def load_model(model_file: Path, predictions_file: Path) -> tuple[nn.Module, list[str]]:
+    """The trained model and its label names: those the model file records, else the `label_` columns of the
+    predictions evaluate made with it."""
+    payload = torch.load(model_file, map_location="cpu", weights_only=True)
+    outputs = int(payload["model"]["net.classifier.weight"].shape[0])
+    names = payload.get("labels")
+    if names is None:
+        if not predictions_file.is_file():
+            raise InputError(f"{predictions_file}: not found; localize reads the model's label names from its "
+                             "predictions (run evaluate first)")
+        header = pd.read_csv(predictions_file, nrows=0).columns
+        names = [c.removeprefix("label_") for c in header if c.startswith("label_")]
+    if len(names) != outputs:
+        raise InputError(f"{predictions_file}: {len(names)} label names for a model with {outputs} outputs "
+                         f"({model_file}); re-run evaluate")
+    model = build_model(outputs, pretrained=False)
+    model.load_state_dict(payload["model"])
+    return model.eval(), [str(n) for n in names]
+
+
+def test_boxes(boxes: pd.DataFrame, test: SplitData, names: list[str]) -> pd.DataFrame:
+    """The boxes on test images of findings the model predicts, with `k` (the finding's output), `row` (the image's
+    place in the test part) and `patient`; ordered by finding, image and position."""
+    where = {name: i for i, name in enumerate(test.names)}
+    column = {name: k for k, name in enumerate(names)}
+    kept = boxes[boxes["image"].isin(where) & boxes["finding"].isin(column)].copy()
+    left = len(boxes) - len(kept)
+    if left:
+        print(f"localize: {left} of {len(boxes)} boxes are on images outside the test split or of findings the "
+              "model does not predict; they are not scored")
+    kept["k"] = kept["finding"].map(column).astype(int)
+    kept["row"] = kept["image"].map(where).astype(int)
+    kept["patient"] = test.patients[kept["row"].to_numpy()]
+    return kept.sort_values(["k", "image", "x", "y", "w", "h"], kind="stable").reset_index(drop=True)
+
+
+def gradcam_maps(model: nn.Module, layer: nn.Module, images: np.ndarray, part: SplitData, targets: np.ndarray,
+                 size: int, batch_size: int, channels_last: bool) -> tuple[np.ndarray, list[int]]:
+    """Grad-CAM of output `targets[i]` on test image `part.rows[i]`, on the CPU: (n x size x size) float32, and the
+    layer's grid (rows, columns) it was upsampled from."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    cam = LayerGradCam(model, layer)
+    loader = make_loader(XrayDataset(images, part, eval_transform(size, images.shape[-1])), batch_size,
+                         shuffle=False, generator=None, num_workers=0, pin_memory=False)
+    out, start, grid = [], 0, [0, 0]
+    for batch, _ in loader:
+        x = to_input(batch, torch.device("cpu"), channels_last)
+        target = targets[start:start + len(x)].tolist()
+        maps = cam.attribute(x, target=target, relu_attributions=True)
+        grid = [int(maps.shape[-2]), int(maps.shape[-1])]
+        up = LayerAttribution.interpolate(maps, (size, size), interpolate_mode="bilinear")
+        out.append(up[:, 0].detach().float().contiguous().numpy())
+        start += len(x)
+    return (np.concatenate(out) if out else np.empty((0, size, size), np.float32)), grid
+
+
+def pixel_box(row: Any, size: int) -> boxscore.Box:
+    """A box in fractions as pixels of the model's input, clipped to the image."""
+    x0, y0 = min(max(row.x, 0.0), 1.0), min(max(row.y, 0.0), 1.0)
+    x1, y1 = min(max(row.x + row.w, 0.0), 1.0), min(max(row.y + row.h, 0.0), 1.0)
+    return x0 * size, y0 * size, x1 * size, y1 * size
+
+
+def shuffled_partner(boxes: pd.DataFrame, seed: int) -> np.ndarray:
+    """For each box, another box of the same finding on another image (a random cycle through them, drawn from
+    `seed`), or -1 when the finding has boxes on one image only."""
+    rng = np.random.default_rng(seed)
+    partner = np.full(len(boxes), -1)
+    for _, group in boxes.groupby("k", sort=True):
+        idx = group.index.to_numpy()
+        if group["image"].nunique() < 2:
+            continue
+        for _ in range(100):  # a cycle that keeps every box off its own image; a few draws suffice
+            order = rng.permutation(idx)
+            moved = np.roll(order, 1)
+            other = boxes.loc[order, "image"].to_numpy() != boxes.loc[moved, "image"].to_numpy()
+            if other.all():
+                break
+        partner[order[other]] = moved[other]
+    return partner
+
+
+def score(boxes: pd.DataFrame, maps: np.ndarray, map_of: np.ndarray, levels: list[float],
+          thresholds: list[float], shuffle_seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per box (rows) and score (pointing, then IoBB at each threshold): hit (0/1), chance, and the hit of its
+    heatmap against a shuffled box (NaN where there is none)."""
+    size = maps.shape[-1]
+    preds = [boxscore.predicted_boxes(m, levels) for m in maps]
+    truth = [pixel_box(r, size) for r in boxes.itertuples(index=False)]
+    n, width = len(boxes), 1 + len(thresholds)
+    hits, chance, shuffled = np.zeros((n, width)), np.zeros((n, width)), np.full((n, width), np.nan)
+    partner = shuffled_partner(boxes, shuffle_seed)
+    for i, (m, box) in enumerate(zip(map_of, truth, strict=True)):
+        hits[i, 0] = boxscore.pointing_hit(maps[m], box)
+        hits[i, 1:] = boxscore.localised(preds[m], box, thresholds)
+        chance[i, 0] = boxscore.pointing_chance((size, size), box)
+        chance[i, 1:] = boxscore.chance_localised(preds[m], box, (size, size), thresholds)
+        if partner[i] >= 0:
+            other = truth[partner[i]]
+            shuffled[i, 0] = boxscore.pointing_hit(maps[m], other)
+            shuffled[i, 1:] = boxscore.localised(preds[m], other, thresholds)
+    return hits, chance, shuffled
+
+
+def _clean(value: float) -> float | None:
+    return None if not math.isfinite(value) else round(float(value), 6)
+
+
+def summarize(sel: np.ndarray, boxes: pd.DataFrame, scores: tuple[np.ndarray, np.ndarray, np.ndarray],
+              draws: np.ndarray, patient_index: np.ndarray, params: Params) -> dict[str, Any]:
+    """Counts, and per score its hit rate, chance, rate - chance, shuffled-box rate and intervals, for the boxes
+    `sel`."""
+    hits, chance, shuffled = (s[sel] for s in scores)
+    patients = patient_index[sel]
+    n_patients = len(np.unique(patients))
+    out: dict[str, Any] = {"boxes": int(sel.sum()), "images": int(boxes.loc[sel, "image"].nunique()),
+                           "patients": n_patients}
+    with_interval = len(draws) > 0 and n_patients >= params.report.min_positives
+    out["interval"] = with_interval
+    width = hits.shape[1]
+    low = high = np.full(2 * width, np.nan)
+    if with_interval:
+        rates = boxscore.bootstrap_rates(draws, patients, np.hstack([hits, hits - chance]))
+        low, high = boxscore.percentile_interval(rates, params.report.level)
+    rate, base = hits.mean(axis=0), chance.mean(axis=0)
+    defined = np.isfinite(shuffled[:, 0])
+    control = shuffled[defined].mean(axis=0) if defined.any() else np.full(width, np.nan)
+    entries = [{"hit": _clean(rate[j]), "low": _clean(low[j]), "high": _clean(high[j]), "chance": _clean(base[j]),
+                "excess": _clean(rate[j] - base[j]), "excess_low": _clean(low[width + j]),
+                "excess_high": _clean(high[width + j]), "shuffled": _clean(control[j])} for j in range(width)]
+    out["pointing"] = entries[0]
+    out["iobb"] = {f"{t:g}": entries[1 + j] for j, t in enumerate(params.localize.iobb_thresholds)}
+    return out
+
+
+def figure_samples(boxes: pd.DataFrame, pairs: pd.DataFrame, maps: np.ndarray, images: np.ndarray,
+                   part: SplitData, params: Params) -> dict[str, np.ndarray]:
+    """The first `localize.figure_images` images of each finding (by name): image, heatmap (0..255, min-max), true
+    and predicted boxes (fractions), the heatmap's peak (fractions) and whether it points inside a true box."""
+    size, loc = maps.shape[-1], params.localize
+    chosen = pairs.groupby("k", sort=True).head(loc.figure_images).index.to_numpy()
+    transform = eval_transform(size, images.shape[-1])
+    pics, heat, truth, predicted, peaks, hit = [], [], [], [], [], []
+    for s, m in enumerate(chosen):
+        image = torch.from_numpy(np.array(images[part.rows[m]]))[None]
+        pics.append((transform(image) if transform is not None else image)[0].numpy().astype(np.uint8))
+        hm = maps[m].astype(np.float64)
+        span = hm.max() - hm.min()
+        heat.append(np.rint(255 * (hm - hm.min()) / span if span > 0 else np.zeros_like(hm)).astype(np.uint8))
+        mine = boxes[(boxes["image"] == pairs.at[m, "image"]) & (boxes["k"] == pairs.at[m, "k"])]
+        pix = [pixel_box(r, size) for r in mine.itertuples(index=False)]
+        truth += [(s, *(v / size for v in b)) for b in pix]
+        predicted += [(s, *(v / size for v in b)) for b in boxscore.predicted_boxes(maps[m], loc.box_levels)]
+        row, col = boxscore.peak(maps[m])
+        peaks.append(((col + 0.5) / size, (row + 0.5) / size))
+        hit.append(any(boxscore.pointing_hit(maps[m], b) for b in pix))
+    return {"image": np.array(pairs.loc[chosen, "image"].tolist(), dtype=str),
+            "finding": np.array(pairs.loc[chosen, "finding"].tolist(), dtype=str),
+            "pixels": np.array(pics, dtype=np.uint8).reshape(-1, size, size),
+            "heatmap": np.array(heat, dtype=np.uint8).reshape(-1, size, size),
+            "truth": np.array(truth, dtype=np.float64).reshape(-1, 5),
+            "predicted": np.array(predicted, dtype=np.float64).reshape(-1, 5),
+            "peak": np.array(peaks, dtype=np.float64).reshape(-1, 2),
+            "pointing_hit": np.array(hit, dtype=bool)}
+
+
+def write_npz(handle: IO[bytes], arrays: dict[str, np.ndarray]) -> None:
+    """`np.savez` with fixed member times and no compression: the bytes depend only on the arrays (np.load reads
+    it)."""
+    with zipfile.ZipFile(handle, "w", compression=zipfile.ZIP_STORED) as archive:
+        for name, array in arrays.items():
+            buffer = io.BytesIO()
+            np.lib.format.write_array(buffer, np.asarray(array, order="C"), allow_pickle=False)
+            archive.writestr(zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0)), buffer.getvalue())
+
+
+def run(params: Params, seed: int, raw_dir: Path, processed_dir: Path, splits_dir: Path, model_dir: Path,
+        predictions_file: Path, metrics_file: Path, heatmaps_file: Path) -> None:
+    """Stage entry point: Grad-CAM of `model_dir/model.pt` on the test images with boxes, scored against them."""
+    cfg, loc = params.train, params.localize
+    check_writable(metrics_file, heatmaps_file)
+    numerics.apply_threads(params.numerics)
+    seed_everything(seed, cfg.deterministic)
+    started = time.perf_counter()
+    images, test = load_part(raw_dir, processed_dir, splits_dir, "test")
+    model, names = load_model(model_dir / MODEL_FILE, predictions_file)
+    boxes = test_boxes(read_boxes(raw_dir), test, names)
+    if boxes.empty:
+        raise InputError(f"{raw_dir / BOX_FILE}: no box on a test image of a finding the model predicts: nothing "
+                         "to localise")
+    pairs = boxes.drop_duplicates(["row", "k"]).sort_values(["k", "image"], kind="stable").reset_index(drop=True)
+    part = SplitData(test.rows[pairs["row"].to_numpy()], test.labels[pairs["row"].to_numpy()],
+                     pairs["image"].tolist(), pairs["patient"].to_numpy())
+    layer = getattr(model.net.features, loc.layer)
+    maps, grid = gradcam_maps(model, layer, images, part, pairs["k"].to_numpy(), cfg.image_size, loc.batch_size,
+                              cfg.channels_last)
+    map_of = pd.MultiIndex.from_frame(pairs[["row", "k"]]).get_indexer(pd.MultiIndex.from_frame(boxes[["row", "k"]]))
+    scores = score(boxes, maps, map_of, loc.box_levels, loc.iobb_thresholds, params.report.bootstrap_seed)
+    patient_ids, patient_index = np.unique(boxes["patient"].to_numpy(), return_inverse=True)
+    draws = boxscore.patient_draws(len(patient_ids), params.report.bootstrap, params.report.bootstrap_seed)
+    findings = {name: summarize((boxes["finding"] == name).to_numpy(), boxes, scores, draws, patient_index, params)
+                for name in boxes.drop_duplicates("k")["finding"]}
+    pooled = summarize(np.ones(len(boxes), bool), boxes, scores, draws, patient_index, params)
+    metrics = {"seed": seed, "method": METHOD, "layer": loc.layer, "map_size": grid, "image_size": cfg.image_size,
+               "box_levels": loc.box_levels, "iobb_thresholds": loc.iobb_thresholds,
+               "bootstrap": params.report.bootstrap, "level": params.report.level,
+               "flat_maps": int(sum(boxscore.is_flat(m) for m in maps)), "heatmaps": len(maps),
+               "pooled": pooled, "findings": findings,
+               "environment": numerics.environment(params.numerics, torch.device("cpu"))}
+    arrays = figure_samples(boxes, pairs, maps, images, part, params)
+    with atomic_file(metrics_file) as metrics_out, atomic_file(heatmaps_file, "wb") as heatmaps_out:
+        json.dump(metrics, metrics_out, indent=2, sort_keys=True)
+        metrics_out.write("\n")
+        write_npz(heatmaps_out, {"seed": np.array(seed), "layer": np.array(loc.layer), **arrays})
+        sync(metrics_out, heatmaps_out)
+    point = pooled["pointing"]
+    print(f"localize seed {seed}: {pooled['boxes']} boxes on {pooled['images']} test images of {pooled['patients']} "
+          f"patients, Grad-CAM at {loc.layer} ({grid[0]}x{grid[1]}); pointing game {point['hit']} (chance "
+          f"{point['chance']}, shuffled boxes {point['shuffled']}), {time.perf_counter() - started:.1f} s "
+          f"-> {metrics_file}, {heatmaps_file}")
