@@ -42,7 +42,7 @@ from cxrstudy.atomic import atomic_file, check_writable, sync
 from cxrstudy.errors import InputError
 from cxrstudy.learning import boxscore
 from cxrstudy.learning.loader import SplitData, XrayDataset, eval_transform, load_part, make_loader, to_input
-from cxrstudy.learning.model import build_model
+from cxrstudy.learning.model import ChestDenseNet, build_model
 from cxrstudy.learning.predict import MODEL_FILE, seed_everything
 from cxrstudy.params import Params
 
@@ -79,9 +79,11 @@ def read_boxes(raw_dir: Path) -> pd.DataFrame:
     return boxes.reset_index(drop=True)
 
 
-def load_model(model_file: Path, predictions_file: Path) -> tuple[nn.Module, list[str]]:
+def load_model(model_file: Path, predictions_file: Path) -> tuple[ChestDenseNet, list[str]]:
     """The trained model and its label names: those the model file records, else the `label_` columns of the
     predictions evaluate made with it."""
+    if not model_file.is_file():
+        raise InputError(f"{model_file}: trained model not found (run train for this seed first)")
     payload = torch.load(model_file, map_location="cpu", weights_only=True)
     outputs = int(payload["model"]["net.classifier.weight"].shape[0])
     names = payload.get("labels")
@@ -264,9 +266,10 @@ def run(params: Params, seed: int, raw_dir: Path, processed_dir: Path, splits_di
     numerics.apply_threads(params.numerics)
     seed_everything(seed, cfg.deterministic)
     started = time.perf_counter()
+    all_boxes = read_boxes(raw_dir)
     images, test = load_part(raw_dir, processed_dir, splits_dir, "test")
     model, names = load_model(model_dir / MODEL_FILE, predictions_file)
-    boxes = test_boxes(read_boxes(raw_dir), test, names)
+    boxes = test_boxes(all_boxes, test, names)
     if boxes.empty:
         raise InputError(f"{raw_dir / BOX_FILE}: no box on a test image of a finding the model predicts: nothing "
                          "to localise")
