@@ -5,6 +5,8 @@ a trained model points far above chance while the same heatmaps against shuffled
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,7 @@ from cxrstudy.errors import InputError
 from cxrstudy.learning import boxscore, localize
 from cxrstudy.params import Params
 from cxrstudy.reporting.overlays import plot_overlays, read_heatmaps
-from tests.conftest import run_cli, tiny_params, workspace
+from tests.conftest import ROOT, run_cli, tiny_params, workspace
 
 # --------------------------------------------------------------------------------------------------------------------
 # The scores, on heatmaps and boxes made by hand
@@ -216,3 +218,28 @@ def test_the_overlay_figure_has_fixed_bytes_and_refuses_mismatched_seeds(tiny_da
         plot_overlays(files, tmp_path / "c.png")
     with pytest.raises(InputError, match="cannot read the localize heatmaps"):
         plot_overlays([tmp_path / "s1/loc.json"], tmp_path / "d.png")
+
+
+@pytest.mark.slow
+def test_the_benchmark_times_the_stages_and_sweeps_the_layers(tiny_data: Path, tmp_path: Path) -> None:
+    from cxrstudy.learning import train
+
+    project = workspace(tiny_data, tmp_path / "project", localize={"layer": "denseblock2"})
+    params = tiny_params(localize={"layer": "denseblock2"})
+    data = [project / "data/raw", project / "data/processed", project / "data/splits"]
+    for seed in params.seeds:
+        train.run(params, seed, *data, project / f"models/seed_{seed}", project / f"plots/train/seed_{seed}.csv",
+                  tmp_path / "ckpt")
+    out = tmp_path / "bench.json"
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks/bench_localize.py"), "--project", str(project),
+                           "--layers", "denseblock1,denseblock2", "--out", str(out)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "localize / (evaluate + report)" in done.stdout and f"wrote {out}" in done.stdout
+    result = json.loads(out.read_text())
+    costs = result["stage_costs"]
+    assert set(costs["evaluate_s"]) == set(costs["localize_s"]) == {"1", "2"}
+    assert costs["localize_share"] == pytest.approx(costs["localize_total_s"] / costs["evaluate_plus_report_s"])
+    assert [(r["layer"], r["seed"]) for r in result["layers"]] == [("denseblock1", 1), ("denseblock1", 2),
+                                                                   ("denseblock2", 1), ("denseblock2", 2)]
+    assert [r["map_size"] for r in result["layers"]][::2] == [[8, 8], [4, 4]]  # 32-px input
+    assert result["targets"][0]["met"] in (True, False)
