@@ -41,10 +41,11 @@ def cxrstudy(cwd: Path, params: Path, *args: str) -> float:
     return time.perf_counter() - start
 
 
-def with_params(raw: dict[str, Any], path: Path, **sections: dict[str, Any]) -> Path:
+def with_params(raw: dict[str, Any], path: Path, **sections: Any) -> Path:
+    """`raw` with some sections updated (a dict) or replaced (anything else, e.g. `seeds`), written to `path`."""
     merged = json.loads(json.dumps(raw))
     for name, values in sections.items():
-        merged[name] = {**merged[name], **values}
+        merged[name] = {**merged[name], **values} if isinstance(values, dict) else values
     path.write_text(yaml.safe_dump(merged, sort_keys=False))
     return path
 
@@ -157,6 +158,7 @@ def main() -> None:
     project = args.project.resolve()
     raw = yaml.safe_load((project / "params.yaml").read_text())
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else list(raw["seeds"])
+    raw["seeds"] = seeds  # the report covers exactly the seeds measured
     layers = [s for s in args.layers.split(",") if s]
     with tempfile.TemporaryDirectory(prefix="bench-localize-", dir=args.scratch) as tmp:
         scratch = Path(tmp)
