@@ -6,10 +6,11 @@ finding's logit at DenseNet-121's `localize.layer`, upsampled bilinearly to the 
 pooled over all boxes, every rate comes with
 
 - its chance rate, and the rate of the same heatmaps against the true boxes shuffled between the images of that
-  finding (a negative control: what the finding's usual position alone scores);
-- a patient-bootstrap percentile interval of the rate and of rate - chance: the test patients with a box drawn with
-  replacement `report.bootstrap` times from `report.bootstrap_seed` (the same draws for every seed), and no interval
-  for a finding with fewer than `report.min_positives` patients;
+  finding (a negative control: what the finding's usual position alone scores), with `specific` = hit - shuffled:
+  what the heatmaps know of this image's finding beyond where that finding usually is;
+- a patient-bootstrap percentile interval of the rate, of rate - chance and of `specific`: the test patients with
+  a box drawn with replacement `report.bootstrap` times from `report.bootstrap_seed` (the same draws for every
+  seed), and no interval for a finding with fewer than `report.min_positives` patients;
 - its counts: boxes, images, patients.
 
 Outputs, written together or not at all: `metrics/localize/seed_N.json` (DVC metrics, rounded to 6 decimals) and
@@ -192,8 +193,9 @@ def _clean(value: float) -> float | None:
 
 def summarize(sel: np.ndarray, boxes: pd.DataFrame, scores: tuple[np.ndarray, np.ndarray, np.ndarray],
               draws: np.ndarray, patient_index: np.ndarray, params: Params) -> dict[str, Any]:
-    """Counts, and per score its hit rate, chance, rate - chance, shuffled-box rate and intervals, for the boxes
-    `sel`."""
+    """Counts, and per score for the boxes `sel`: the hit rate, its chance, hit - chance, the rate against shuffled
+    boxes and `specific` (hit - shuffled, on the boxes that have a shuffled partner), each difference and the rate
+    with its interval."""
     hits, chance, shuffled = (s[sel] for s in scores)
     patients = patient_index[sel]
     n_patients = len(np.unique(patients))
@@ -202,16 +204,20 @@ def summarize(sel: np.ndarray, boxes: pd.DataFrame, scores: tuple[np.ndarray, np
     with_interval = len(draws) > 0 and n_patients >= params.report.min_positives
     out["interval"] = with_interval
     width = hits.shape[1]
-    low = high = np.full(2 * width, np.nan)
+    defined = np.isfinite(shuffled[:, 0])  # boxes with a shuffled partner
+    low = high = np.full(3 * width, np.nan)
     if with_interval:
         rates = boxscore.bootstrap_rates(draws, patients, np.hstack([hits, hits - chance]))
-        low, high = boxscore.percentile_interval(rates, params.report.level)
+        specific = boxscore.bootstrap_rates(draws, patients[defined], hits[defined] - shuffled[defined])
+        low, high = boxscore.percentile_interval(np.hstack([rates, specific]), params.report.level)
     rate, base = hits.mean(axis=0), chance.mean(axis=0)
-    defined = np.isfinite(shuffled[:, 0])
     control = shuffled[defined].mean(axis=0) if defined.any() else np.full(width, np.nan)
+    own = (hits[defined] - shuffled[defined]).mean(axis=0) if defined.any() else np.full(width, np.nan)
     entries = [{"hit": _clean(rate[j]), "low": _clean(low[j]), "high": _clean(high[j]), "chance": _clean(base[j]),
                 "excess": _clean(rate[j] - base[j]), "excess_low": _clean(low[width + j]),
-                "excess_high": _clean(high[width + j]), "shuffled": _clean(control[j])} for j in range(width)]
+                "excess_high": _clean(high[width + j]), "shuffled": _clean(control[j]),
+                "specific": _clean(own[j]), "specific_low": _clean(low[2 * width + j]),
+                "specific_high": _clean(high[2 * width + j])} for j in range(width)]
     out["pointing"] = entries[0]
     out["iobb"] = {f"{t:g}": entries[1 + j] for j, t in enumerate(params.localize.iobb_thresholds)}
     return out
