@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -31,14 +32,31 @@ LAYERS = "denseblock1,denseblock2,denseblock3,denseblock4"
 GOAL = 0.20  # localize may add at most this share to evaluate + report
 
 
+REPEATS = 1  # each command runs this many times; the fastest counts (the least disturbed by other load)
+LAST_OUTPUT: list[str] = [""]  # the standard output of the fastest run of the last command
+
+
 def cxrstudy(cwd: Path, params: Path, *args: str) -> float:
-    """Run `python -m cxrstudy --params PARAMS ARGS` in `cwd`; its wall time in seconds."""
-    start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "cxrstudy", "--params", str(params), *args], cwd=cwd,
-                          capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
-    if done.returncode != 0:
-        raise SystemExit(f"cxrstudy {' '.join(args)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
-    return time.perf_counter() - start
+    """Run `python -m cxrstudy --params PARAMS ARGS` in `cwd` `REPEATS` times; the fastest wall time in seconds."""
+    best = float("inf")
+    for _ in range(REPEATS):
+        start = time.perf_counter()
+        done = subprocess.run([sys.executable, "-m", "cxrstudy", "--params", str(params), *args], cwd=cwd,
+                              capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
+        seconds = time.perf_counter() - start
+        if done.returncode != 0:
+            raise SystemExit(f"cxrstudy {' '.join(args)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
+        if seconds < best:
+            best, LAST_OUTPUT[0] = seconds, done.stdout
+    return best
+
+
+def inner_seconds(stdout: str) -> float:
+    """Grad-CAM + scores and bootstrap, as the localize stage reports them (its compute, without the process)."""
+    found = re.search(r"Grad-CAM ([0-9.]+) s, scores and bootstrap ([0-9.]+) s", stdout)
+    if not found:
+        raise SystemExit(f"localize did not report its times:\n{stdout[-2000:]}")
+    return float(found.group(1)) + float(found.group(2))
 
 
 def with_params(raw: dict[str, Any], path: Path, **sections: Any) -> Path:
@@ -68,12 +86,15 @@ def stage_costs(project: Path, params: Path, seeds: list[int], scratch: Path) ->
                       "--predictions", str(scratch / "predictions"), "--history", str(project / "plots/train"),
                       *data_args(project), "--out", str(scratch / "report.md"), "--figures", str(scratch / "figures"),
                       "--plots", str(scratch / "plots"), "--summary", str(scratch / "report.json"))
+    inner = {}
     for seed in seeds:
         localize[seed] = localize_seed(project, params, seed, scratch)
+        inner[seed] = inner_seconds(LAST_OUTPUT[0])
     base = sum(evaluate.values()) + report
-    return {"evaluate_s": evaluate, "report_s": report, "localize_s": localize,
+    return {"evaluate_s": evaluate, "report_s": report, "localize_s": localize, "gradcam_and_bootstrap_s": inner,
             "evaluate_plus_report_s": base, "localize_total_s": sum(localize.values()),
-            "localize_share": sum(localize.values()) / base}
+            "localize_share": sum(localize.values()) / base,
+            "gradcam_and_bootstrap_share": sum(inner.values()) / base}
 
 
 def localize_seed(project: Path, params: Path, seed: int, scratch: Path, processed: Path | None = None,
@@ -153,8 +174,11 @@ def main() -> None:
     parser.add_argument("--layers", default=LAYERS, help="Grad-CAM layers to sweep (default: %(default)s)")
     parser.add_argument("--resolution", type=int, default=0, help="also train one seed at this size (px); 0: no")
     parser.add_argument("--scratch", type=Path, default=None, help="work folder (default: a temporary one)")
+    parser.add_argument("--repeats", type=int, default=1, help="runs of each command; the fastest counts")
     parser.add_argument("--out", type=Path, default=RESULTS / "localize.json")
     args = parser.parse_args()
+    global REPEATS
+    REPEATS = max(1, args.repeats)
     project = args.project.resolve()
     raw = yaml.safe_load((project / "params.yaml").read_text())
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else list(raw["seeds"])
@@ -167,18 +191,23 @@ def main() -> None:
         sweep = layer_sweep(project, raw, seeds, layers, scratch, scratch / "predictions")
         resolution = (resolution_run(project, raw, args.resolution, seeds[0], layers, scratch)
                       if args.resolution else None)
-    targets = [target("localize adds at most 20 % to evaluate + report", costs["localize_share"], GOAL,
+    targets = [target("Grad-CAM and its bootstrap add at most 20 % to evaluate + report",
+                      costs["gradcam_and_bootstrap_share"], GOAL, higher_is_better=False, unit="of evaluate + report"),
+               target("the localize processes add at most 20 % to evaluate + report", costs["localize_share"], GOAL,
                       higher_is_better=False, unit="of evaluate + report")]
     settings = {"seeds": seeds, "train_image_size": raw["train"]["image_size"], "localize": raw["localize"],
                 "report": raw["report"]}
-    result = {"benchmark": "localize", "project_params": settings,
+    result = {"benchmark": "localize", "repeats": REPEATS, "project_params": settings,
               "stage_costs": costs, "layers": sweep, "resolution": resolution, "targets": targets,
               "machine": machine()}
     print(table("stage wall times (s), one process each, as DVC runs them", ["stage", "seconds"],
                 [*[[f"evaluate seed {s}", fmt(v)] for s, v in costs["evaluate_s"].items()],
                  ["report", fmt(costs["report_s"])],
                  *[[f"localize seed {s}", fmt(v)] for s, v in costs["localize_s"].items()],
-                 ["localize / (evaluate + report)", f"{costs['localize_share']:.1%}"]]))
+                 *[[f"  of which Grad-CAM + bootstrap, seed {s}", fmt(v)]
+                   for s, v in costs["gradcam_and_bootstrap_s"].items()],
+                 ["localize / (evaluate + report)", f"{costs['localize_share']:.1%}"],
+                 ["Grad-CAM + bootstrap / (evaluate + report)", f"{costs['gradcam_and_bootstrap_share']:.1%}"]]))
     print(sweep_table(f"\nGrad-CAM layer sweep at {raw['train']['image_size']} px (pooled over all boxes)", sweep))
     if resolution:
         print(f"\nresolution {resolution['image_size']} px, seed {resolution['seed']}: preprocess "

@@ -283,8 +283,10 @@ def run(params: Params, seed: int, raw_dir: Path, processed_dir: Path, splits_di
     part = SplitData(test.rows[pairs["row"].to_numpy()], test.labels[pairs["row"].to_numpy()],
                      pairs["image"].tolist(), pairs["patient"].to_numpy())
     layer = getattr(model.net.features, loc.layer)
+    cam_started = time.perf_counter()
     maps, grid = gradcam_maps(model, layer, images, part, pairs["k"].to_numpy(), cfg.image_size, loc.batch_size,
                               cfg.channels_last)
+    cam_seconds, scoring_started = time.perf_counter() - cam_started, time.perf_counter()
     map_of = pd.MultiIndex.from_frame(pairs[["row", "k"]]).get_indexer(pd.MultiIndex.from_frame(boxes[["row", "k"]]))
     scores = score(boxes, maps, map_of, loc.box_levels, loc.iobb_thresholds, params.report.bootstrap_seed)
     patient_ids, patient_index = np.unique(boxes["patient"].to_numpy(), return_inverse=True)
@@ -292,6 +294,7 @@ def run(params: Params, seed: int, raw_dir: Path, processed_dir: Path, splits_di
     findings = {name: summarize((boxes["finding"] == name).to_numpy(), boxes, scores, draws, patient_index, params)
                 for name in boxes.drop_duplicates("k")["finding"]}
     pooled = summarize(np.ones(len(boxes), bool), boxes, scores, draws, patient_index, params)
+    scoring_seconds = time.perf_counter() - scoring_started
     metrics = {"seed": seed, "method": METHOD, "layer": loc.layer, "map_size": grid, "image_size": cfg.image_size,
                "box_levels": loc.box_levels, "iobb_thresholds": loc.iobb_thresholds,
                "bootstrap": params.report.bootstrap, "level": params.report.level,
@@ -307,5 +310,6 @@ def run(params: Params, seed: int, raw_dir: Path, processed_dir: Path, splits_di
     point = pooled["pointing"]
     print(f"localize seed {seed}: {pooled['boxes']} boxes on {pooled['images']} test images of {pooled['patients']} "
           f"patients, Grad-CAM at {loc.layer} ({grid[0]}x{grid[1]}); pointing game {point['hit']} (chance "
-          f"{point['chance']}, shuffled boxes {point['shuffled']}), {time.perf_counter() - started:.1f} s "
-          f"-> {metrics_file}, {heatmaps_file}")
+          f"{point['chance']}, shuffled boxes {point['shuffled']}); {time.perf_counter() - started:.1f} s, of which "
+          f"Grad-CAM {cam_seconds:.1f} s, scores and bootstrap {scoring_seconds:.1f} s -> {metrics_file}, "
+          f"{heatmaps_file}")
