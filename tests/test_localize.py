@@ -91,6 +91,24 @@ def test_the_bootstrap_weights_boxes_by_their_patients_draws() -> None:
     assert low[0] <= 0.75 <= high[0]
 
 
+def test_shuffled_boxes_bring_a_perfect_localiser_down_to_chance() -> None:
+    """Heatmaps that peak in the middle of their own image's box: every box is hit; against another image's box the
+    same heatmaps hit about as often as a random point does (the negative control measures chance)."""
+    rng = np.random.default_rng(3)
+    n, size, side = 400, 64, 0.2
+    corner = rng.uniform(0.0, 1.0 - side, (n, 2))
+    boxes = pd.DataFrame({"image": [f"{i:04d}.png" for i in range(n)], "finding": "Mass", "x": corner[:, 0],
+                          "y": corner[:, 1], "w": side, "h": side, "k": 0, "row": np.arange(n),
+                          "patient": np.arange(n) // 2})
+    maps = np.stack([blob(size, [(int((y + side / 2) * size), int((x + side / 2) * size))]) for x, y in corner])
+    hits, chance, shuffled = localize.score(boxes, maps, np.arange(n), [0.235, 0.706], [0.1, 0.5], shuffle_seed=0)
+    assert hits[:, 0].mean() == 1.0 and hits[:, 1].mean() == 1.0  # pointing, and IoBB >= 0.1
+    assert chance[:, 0] == pytest.approx(np.full(n, (side * size) ** 2 / size**2), abs=0.01)
+    assert np.isfinite(shuffled).all()
+    assert abs(shuffled[:, 0].mean() - chance[:, 0].mean()) < 0.03  # ~2.5 standard errors at 400 boxes
+    assert abs(shuffled[:, 1].mean() - chance[:, 1].mean()) < 0.06
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Boxes and label names as the stage reads them
 
@@ -237,9 +255,53 @@ def test_the_benchmark_times_the_stages_and_sweeps_the_layers(tiny_data: Path, t
     assert "localize / (evaluate + report)" in done.stdout and f"wrote {out}" in done.stdout
     result = json.loads(out.read_text())
     costs = result["stage_costs"]
-    assert set(costs["evaluate_s"]) == set(costs["localize_s"]) == {"1", "2"}
+    assert set(costs["evaluate_s"]) == set(costs["localize_s"]) == set(costs["gradcam_and_bootstrap_s"]) == {"1", "2"}
     assert costs["localize_share"] == pytest.approx(costs["localize_total_s"] / costs["evaluate_plus_report_s"])
+    assert all(0 < costs["gradcam_and_bootstrap_s"][s] < costs["localize_s"][s] for s in ("1", "2"))
     assert [(r["layer"], r["seed"]) for r in result["layers"]] == [("denseblock1", 1), ("denseblock1", 2),
                                                                    ("denseblock2", 1), ("denseblock2", 2)]
     assert [r["map_size"] for r in result["layers"]][::2] == [[8, 8], [4, 4]]  # 32-px input
-    assert result["targets"][0]["met"] in (True, False)
+    assert [t["met"] in (True, False) for t in result["targets"]] == [True, True]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The planted truth: the phantom draws each finding inside its box
+
+
+@pytest.fixture(scope="module")
+def learnable(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Params]:
+    """A small but learnable phantom (the size of tests/test_train.py's controls), at the default 64 px."""
+    from cxrstudy.data import ingest, preprocess, split
+
+    root = tmp_path_factory.mktemp("localize-control")
+    params = tiny_params(ingest={"phantom": {"n_images": 600, "image_size": 128}}, preprocess={"image_size": 64},
+                         train={"image_size": 64, "epochs": 5, "batch_size": 16, "lr": 0.002},
+                         numerics={"threads": 2}, report={"min_positives": 10, "bootstrap": 1000},
+                         localize={"layer": "denseblock2"})
+    ingest.run(params, root / "data/raw", workers=2)
+    preprocess.run(params, root / "data/raw", root / "data/processed")
+    split.run(params, root / "data/raw", root / "data/splits")
+    return root, params
+
+
+@pytest.mark.slow
+def test_a_trained_model_points_inside_the_planted_boxes_and_shuffled_boxes_fall_to_chance(
+        learnable: tuple[Path, Params], tmp_path: Path) -> None:
+    data, params = learnable
+    pooled = localize_seed(params, data, tmp_path)["pooled"]
+    point = pooled["pointing"]
+    assert pooled["interval"] and pooled["patients"] >= 10
+    # above a random point beyond test-sampling noise: the whole interval of hit - chance above 0
+    assert point["excess_low"] > 0, point
+    # the same heatmaps against another image's box of the same finding hit less often
+    assert point["hit"] > point["shuffled"], point
+
+
+@pytest.mark.slow
+def test_a_model_trained_on_shuffled_labels_points_no_better_than_chance(learnable: tuple[Path, Params],
+                                                                         tmp_path: Path) -> None:
+    data, params = learnable
+    shuffled = params.model_copy(update={"train": params.train.model_copy(update={"shuffle_labels": True})})
+    point = localize_seed(shuffled, data, tmp_path)["pooled"]["pointing"]
+    # no evidence above chance: the interval of hit - chance reaches down to 0
+    assert point["excess_low"] <= 0, point

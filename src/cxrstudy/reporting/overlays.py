@@ -23,7 +23,7 @@ from cxrstudy.errors import InputError
 from cxrstudy.reporting.figures import DPI, save_png
 
 OVERLAYS_PNG = "localisation_overlays.png"
-PANEL_IN = 1.5  # inches per image panel
+PANEL_IN = 1.25  # inches per image panel
 KEYS = ("seed", "layer", "image", "finding", "pixels", "heatmap", "truth", "predicted", "peak", "pointing_hit")
 
 
