@@ -130,6 +130,19 @@ def test_nih_boxes_are_read_as_fractions_with_nih_spelling_fixed(tmp_path: Path)
     assert boxes.loc[1, ["w", "h"]].tolist() == [1.0, 1.0]
 
 
+def test_nihs_own_box_file_reads_as_its_984_boxes_inside_the_image(tmp_path: Path) -> None:
+    import gzip
+
+    from cxrstudy.data.phantom import BBOX_FILE, resource_path
+
+    (tmp_path / localize.BOX_FILE).write_bytes(gzip.decompress(resource_path(BBOX_FILE).read_bytes()))
+    boxes = localize.read_boxes(tmp_path)
+    assert len(boxes) == 984 and boxes["image"].nunique() == 880
+    assert sorted(boxes["finding"].unique()) == ["Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass",
+                                                 "Nodule", "Pneumonia", "Pneumothorax"]
+    assert (boxes[["x", "y"]] >= 0).all().all() and ((boxes["x"] + boxes["w"]) <= 1.0001).all()
+
+
 @pytest.mark.parametrize("row", [("a.png", "Mass", 10, 10, 0, 5), ("a.png", "Mass", "x", 10, 5, 5)])
 def test_a_bad_box_is_named_by_its_line(tmp_path: Path, row: tuple[Any, ...]) -> None:
     raw = write_boxes(tmp_path, [("ok.png", "Mass", 1, 1, 5, 5), row])

@@ -102,7 +102,7 @@ def load_model(model_file: Path, predictions_file: Path) -> tuple[ChestDenseNet,
     return model.eval(), [str(n) for n in names]
 
 
-def test_boxes(boxes: pd.DataFrame, test: SplitData, names: list[str]) -> pd.DataFrame:
+def boxes_on_test_images(boxes: pd.DataFrame, test: SplitData, names: list[str]) -> pd.DataFrame:
     """The boxes on test images of findings the model predicts, with `k` (the finding's output), `row` (the image's
     place in the test part) and `patient`; ordered by finding, image and position."""
     where = {name: i for i, name in enumerate(test.names)}
@@ -275,7 +275,7 @@ def run(params: Params, seed: int, raw_dir: Path, processed_dir: Path, splits_di
     all_boxes = read_boxes(raw_dir)
     images, test = load_part(raw_dir, processed_dir, splits_dir, "test")
     model, names = load_model(model_dir / MODEL_FILE, predictions_file)
-    boxes = test_boxes(all_boxes, test, names)
+    boxes = boxes_on_test_images(all_boxes, test, names)
     if boxes.empty:
         raise InputError(f"{raw_dir / BOX_FILE}: no box on a test image of a finding the model predicts: nothing "
                          "to localise")
