@@ -91,10 +91,42 @@ def stage_costs(project: Path, params: Path, seeds: list[int], scratch: Path) ->
         localize[seed] = localize_seed(project, params, seed, scratch)
         inner[seed] = inner_seconds(LAST_OUTPUT[0])
     base = sum(evaluate.values()) + report
+    together = one_process(project, params, seeds, scratch)
     return {"evaluate_s": evaluate, "report_s": report, "localize_s": localize, "gradcam_and_bootstrap_s": inner,
             "evaluate_plus_report_s": base, "localize_total_s": sum(localize.values()),
             "localize_share": sum(localize.values()) / base,
-            "gradcam_and_bootstrap_share": sum(inner.values()) / base}
+            "gradcam_and_bootstrap_share": sum(inner.values()) / base,
+            "all_seeds_one_process_s": together, "all_seeds_one_process_share": together / base}
+
+
+ONE_PROCESS = """
+import sys
+from pathlib import Path
+from cxrstudy import numerics
+from cxrstudy.params import load_params
+params = load_params(Path(sys.argv[1]))
+numerics.pin(params.numerics)
+from cxrstudy.learning import localize
+project, scratch = Path(sys.argv[2]), Path(sys.argv[3])
+for seed in params.seeds:
+    localize.run(params, seed, project / "data/raw", project / "data/processed", project / "data/splits",
+                 project / f"models/seed_{seed}", scratch / f"predictions/seed_{seed}.csv",
+                 scratch / f"one/metrics_{seed}.json", scratch / f"one/heatmaps_{seed}.npz")
+"""
+
+
+def one_process(project: Path, params: Path, seeds: list[int], scratch: Path) -> float:
+    """Every seed localized in one process (one interpreter start and one import of torch): the price of the
+    alternative design, a single localize stage for all seeds."""
+    best = float("inf")
+    for _ in range(REPEATS):
+        start = time.perf_counter()
+        done = subprocess.run([sys.executable, "-c", ONE_PROCESS, str(params), str(project), str(scratch)], cwd=project,
+                              capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
+        if done.returncode != 0:
+            raise SystemExit(f"localize in one process failed:\n{done.stderr[-3000:]}")
+        best = min(best, time.perf_counter() - start)
+    return best
 
 
 def localize_seed(project: Path, params: Path, seed: int, scratch: Path, processed: Path | None = None,
@@ -206,7 +238,9 @@ def main() -> None:
                  *[[f"localize seed {s}", fmt(v)] for s, v in costs["localize_s"].items()],
                  *[[f"  of which Grad-CAM + bootstrap, seed {s}", fmt(v)]
                    for s, v in costs["gradcam_and_bootstrap_s"].items()],
+                 ["all seeds' localize in one process", fmt(costs["all_seeds_one_process_s"])],
                  ["localize / (evaluate + report)", f"{costs['localize_share']:.1%}"],
+                 ["one process / (evaluate + report)", f"{costs['all_seeds_one_process_share']:.1%}"],
                  ["Grad-CAM + bootstrap / (evaluate + report)", f"{costs['gradcam_and_bootstrap_share']:.1%}"]]))
     print(sweep_table(f"\nGrad-CAM layer sweep at {raw['train']['image_size']} px (pooled over all boxes)", sweep))
     if resolution:
