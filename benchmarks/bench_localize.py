@@ -151,6 +151,9 @@ def pooled(metrics_file: Path) -> dict[str, Any]:
 
 def layer_sweep(project: Path, raw: dict[str, Any], seeds: list[int], layers: list[str], scratch: Path,
                 predictions: Path, processed: Path | None = None, models: Path | None = None) -> list[dict[str, Any]]:
+    """Each layer on each seed, once: the hit rates are deterministic, the times indicative (one run each)."""
+    global REPEATS
+    repeats, REPEATS = REPEATS, 1
     rows = []
     for layer in layers:
         params = with_params(raw, scratch / f"params-{layer}.yaml", localize={"layer": layer})
@@ -159,6 +162,7 @@ def layer_sweep(project: Path, raw: dict[str, Any], seeds: list[int], layers: li
                                     (models or project / "models") / f"seed_{seed}", predictions / f"seed_{seed}.csv")
             rows.append({"layer": layer, "seed": seed, "seconds": round(seconds, 2),
                          **pooled(scratch / f"metrics/localize/seed_{seed}.json")})
+    REPEATS = repeats
     return rows
 
 
