@@ -36,10 +36,11 @@ REPEATS = 1  # each command runs this many times; the fastest counts (the least 
 LAST_OUTPUT: list[str] = [""]  # the standard output of the fastest run of the last command
 
 
-def cxrstudy(cwd: Path, params: Path, *args: str) -> float:
-    """Run `python -m cxrstudy --params PARAMS ARGS` in `cwd` `REPEATS` times; the fastest wall time in seconds."""
+def cxrstudy(cwd: Path, params: Path, *args: str, repeats: int = 0) -> float:
+    """Run `python -m cxrstudy --params PARAMS ARGS` in `cwd` `repeats` (default `REPEATS`) times; the fastest wall
+    time in seconds."""
     best = float("inf")
-    for _ in range(REPEATS):
+    for _ in range(repeats or REPEATS):
         start = time.perf_counter()
         done = subprocess.run([sys.executable, "-m", "cxrstudy", "--params", str(params), *args], cwd=cwd,
                               capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
@@ -130,12 +131,12 @@ def one_process(project: Path, params: Path, seeds: list[int], scratch: Path) ->
 
 
 def localize_seed(project: Path, params: Path, seed: int, scratch: Path, processed: Path | None = None,
-                  model: Path | None = None, predictions: Path | None = None) -> float:
+                  model: Path | None = None, predictions: Path | None = None, repeats: int = 0) -> float:
     return cxrstudy(project, params, "localize", "--seed", str(seed), *data_args(project, processed),
                     "--model", str(model or project / f"models/seed_{seed}"),
                     "--predictions", str(predictions or scratch / f"predictions/seed_{seed}.csv"),
                     "--metrics", str(scratch / f"metrics/localize/seed_{seed}.json"),
-                    "--heatmaps", str(scratch / f"heatmaps/seed_{seed}.npz"))
+                    "--heatmaps", str(scratch / f"heatmaps/seed_{seed}.npz"), repeats=repeats)
 
 
 def pooled(metrics_file: Path) -> dict[str, Any]:
@@ -152,17 +153,15 @@ def pooled(metrics_file: Path) -> dict[str, Any]:
 def layer_sweep(project: Path, raw: dict[str, Any], seeds: list[int], layers: list[str], scratch: Path,
                 predictions: Path, processed: Path | None = None, models: Path | None = None) -> list[dict[str, Any]]:
     """Each layer on each seed, once: the hit rates are deterministic, the times indicative (one run each)."""
-    global REPEATS
-    repeats, REPEATS = REPEATS, 1
     rows = []
     for layer in layers:
         params = with_params(raw, scratch / f"params-{layer}.yaml", localize={"layer": layer})
         for seed in seeds:
             seconds = localize_seed(project, params, seed, scratch, processed,
-                                    (models or project / "models") / f"seed_{seed}", predictions / f"seed_{seed}.csv")
+                                    (models or project / "models") / f"seed_{seed}", predictions / f"seed_{seed}.csv",
+                                    repeats=1)
             rows.append({"layer": layer, "seed": seed, "seconds": round(seconds, 2),
                          **pooled(scratch / f"metrics/localize/seed_{seed}.json")})
-    REPEATS = repeats
     return rows
 
 
