@@ -55,6 +55,17 @@ def test_the_pointing_game_asks_whether_the_maximum_is_inside_the_box() -> None:
     assert not boxscore.pointing_hit(np.zeros((32, 32), np.float32), (0.0, 0.0, 32.0, 32.0))  # flat: points nowhere
 
 
+def test_a_maximal_plateau_points_at_its_centre_not_its_first_pixel() -> None:
+    import torch
+    import torch.nn.functional as F
+
+    coarse = torch.tensor([[[[1.0, 0.2], [0.3, 0.1]]]])  # a 2 x 2 map, hottest at the top left
+    fine = F.interpolate(coarse, size=(64, 64), mode="bilinear")[0, 0].numpy()
+    assert (fine[:16, :16] == 1.0).all()  # flat from the cell's centre to the corner
+    assert boxscore.peak(fine) == (8.0, 8.0)
+    assert boxscore.pointing_hit(fine, (4.0, 4.0, 12.0, 12.0)) and not boxscore.pointing_hit(fine, (0.0, 0.0, 2.0, 2.0))
+
+
 def test_pointing_chance_is_the_boxs_share_of_the_image() -> None:
     assert boxscore.pointing_chance((64, 64), (0.0, 0.0, 32.0, 32.0)) == 0.25
     assert boxscore.pointing_chance((64, 64), (0.0, 0.0, 64.0, 64.0)) == 1.0

@@ -4,8 +4,8 @@ rates, and the patient bootstrap of the hit rates.
 Coordinates are pixels of the heatmap (the model's input size); a box is `(x0, y0, x1, y1)`, its edges on pixel
 boundaries for a predicted box and anywhere for a true one (the dataset's box, scaled from fractions of the image).
 
-- **Pointing game**: a hit when the centre of the heatmap's maximum pixel (the first one, in row-major order, on a
-  tie) lies inside the box. Chance: the share of the image's pixel centres inside the box, i.e. the hit rate of a
+- **Pointing game**: a hit when the heatmap's maximum (the centre of its maximum pixel; of all of them, on a tie)
+  lies inside the box. Chance: the share of the image's pixel centres inside the box, i.e. the hit rate of a
   uniformly random point.
 - **IoBB** (Wang et al. 2017, "intersection over the detected B-Box area"): the heatmap is scaled to [0, 1]
   (min-max, as Wang normalised it to [0, 255]) and thresholded at each level; every 8-connected region at every
@@ -67,18 +67,21 @@ def pixel_centres_inside(size: int, lo: float, hi: float) -> np.ndarray:
     return (centres >= lo) & (centres <= hi)
 
 
-def peak(heatmap: np.ndarray) -> tuple[int, int]:
-    """(row, column) of the heatmap's maximum, the first in row-major order."""
-    row, col = divmod(int(np.argmax(heatmap)), heatmap.shape[1])
-    return row, col
+def peak(heatmap: np.ndarray) -> tuple[float, float]:
+    """(y, x) in pixels of where the heatmap points: the centre of its maximum pixel or, when several pixels share
+    the maximum, the centre of them all. Upsampled from a coarse grid, a map is flat from its hottest cell's centre
+    to the image's edge; the first pixel of that plateau (a corner) would say where the plateau starts, not where
+    the map points."""
+    rows, cols = np.nonzero(heatmap == heatmap.max())
+    return float(rows.mean()) + 0.5, float(cols.mean()) + 0.5
 
 
 def pointing_hit(heatmap: np.ndarray, truth: Box) -> bool:
     if is_flat(heatmap):
         return False
-    row, col = peak(heatmap)
+    y, x = peak(heatmap)
     x0, y0, x1, y1 = truth
-    return bool(x0 <= col + 0.5 <= x1 and y0 <= row + 0.5 <= y1)
+    return bool(x0 <= x <= x1 and y0 <= y <= y1)
 
 
 def pointing_chance(shape: tuple[int, int], truth: Box) -> float:

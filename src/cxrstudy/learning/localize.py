@@ -241,8 +241,8 @@ def figure_samples(boxes: pd.DataFrame, pairs: pd.DataFrame, maps: np.ndarray, i
         pix = [pixel_box(r, size) for r in mine.itertuples(index=False)]
         truth += [(s, *(v / size for v in b)) for b in pix]
         predicted += [(s, *(v / size for v in b)) for b in boxscore.predicted_boxes(maps[m], loc.box_levels)]
-        row, col = boxscore.peak(maps[m])
-        peaks.append(((col + 0.5) / size, (row + 0.5) / size))
+        y, x = boxscore.peak(maps[m])
+        peaks.append((x / size, y / size))
         hit.append(any(boxscore.pointing_hit(maps[m], b) for b in pix))
     return {"image": np.array(pairs.loc[chosen, "image"].tolist(), dtype=str),
             "finding": np.array(pairs.loc[chosen, "finding"].tolist(), dtype=str),
