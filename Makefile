@@ -51,11 +51,11 @@ metrics-diff: setup  ## DVC metrics against $(BASE), as Markdown
 
 # requirements.lock / requirements-dev.lock: every package pinned with its hashes (pip-tools), for CPython 3.11 on
 # Linux x86_64, from PyPI. Edit requirements.txt / requirements-dev.txt, then `make lock`.
-LOCK_FLAGS = --quiet --allow-unsafe --generate-hashes --strip-extras --no-emit-index-url --no-emit-find-links \
-	--custom-compile-command "make lock"
+# The header's command comes from CUSTOM_COMPILE_COMMAND (pip-tools 7.6 has no --custom-compile-command option).
+LOCK_FLAGS = --quiet --allow-unsafe --generate-hashes --strip-extras --no-emit-index-url --no-emit-find-links
 lock: dev  ## regenerate the lock files from requirements.txt and requirements-dev.txt
-	$(BIN)pip-compile $(LOCK_FLAGS) -o requirements.lock requirements.txt
-	$(BIN)pip-compile $(LOCK_FLAGS) -o requirements-dev.lock requirements-dev.txt
+	CUSTOM_COMPILE_COMMAND="make lock" $(BIN)pip-compile $(LOCK_FLAGS) -o requirements.lock requirements.txt
+	CUSTOM_COMPILE_COMMAND="make lock" $(BIN)pip-compile $(LOCK_FLAGS) -o requirements-dev.lock requirements-dev.txt
 
 clean-checkpoints:
 	rm -rf checkpoints

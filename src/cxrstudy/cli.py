@@ -72,7 +72,9 @@ def _evaluate(p: Params, a: argparse.Namespace) -> None:
     evaluate.run(p, a.seed, a.raw, a.processed, a.splits, a.model or Path(f"models/seed_{a.seed}"),
                  a.metrics or Path(f"metrics/eval/seed_{a.seed}.json"),
                  a.predictions or Path(f"predictions/seed_{a.seed}.csv"),
-                 a.val_predictions or Path(f"predictions/val/seed_{a.seed}.csv"))
+                 a.val_predictions or Path(f"predictions/val/seed_{a.seed}.csv"),
+                 a.localize or Path(f"metrics/localize/seed_{a.seed}.json"),
+                 a.heatmaps or Path(f"heatmaps/seed_{a.seed}.npz"))
 
 
 def _external(p: Params, a: argparse.Namespace) -> None:
@@ -152,6 +154,11 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--predictions", type=Path, help="test predictions CSV (default: predictions/seed_SEED.csv)")
             p.add_argument("--val-predictions", type=Path,
                            help="validation predictions CSV (default: predictions/val/seed_SEED.csv)")
+            p.add_argument("--localize", type=Path,
+                           help="where the model looks, scored against the boxes: metrics JSON (default: "
+                                "metrics/localize/seed_SEED.json)")
+            p.add_argument("--heatmaps", type=Path, help="the heatmaps of the localisation figure's images (default: "
+                                                         "heatmaps/seed_SEED.npz)")
 
     p = stage("external", _external, "test one seed's model at the external site, on the findings both label "
                                      "spaces share")

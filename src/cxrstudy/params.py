@@ -234,6 +234,20 @@ class ReportParams(_Section):
     clahe_samples: Annotated[int, Field(ge=1, le=12)]
 
 
+class LocalizeParams(_Section):
+    """`localize`: Grad-CAM heatmaps scored against the test set's boxes (`cxrstudy.learning.localize`)."""
+
+    # DenseNet-121 feature block whose output Grad-CAM weighs; at 64 px its maps are 16, 8, 4 and 2 cells a side.
+    layer: Literal["denseblock1", "denseblock2", "denseblock3", "denseblock4"]
+    # Heatmap -> boxes (Wang et al. 2017): the map scaled to [0, 1], thresholded at each level, one box per
+    # connected region. Wang's levels are 60 and 180 of 255.
+    box_levels: Annotated[list[Annotated[float, Field(gt=0.0, lt=1.0)]], Field(min_length=1, max_length=8)]
+    # A box counts as localised at T when a predicted box has IoBB >= T (overlap / predicted box's area).
+    iobb_thresholds: Annotated[list[Annotated[float, Field(gt=0.0, le=1.0)]], Field(min_length=1, max_length=20)]
+    figure_images: Annotated[int, Field(ge=0, le=12)]  # test images per finding kept for the overlay figure
+    batch_size: Annotated[int, Field(ge=1, le=4096)]  # (image, finding) pairs per Grad-CAM pass
+
+
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _HOSTNAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*$")
 _JOB = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
@@ -305,6 +319,7 @@ class Params(_Section):
     train: TrainParams
     evaluate: EvaluateParams
     report: ReportParams
+    localize: LocalizeParams
     monitor: MonitorParams
 
     @field_validator("seeds")

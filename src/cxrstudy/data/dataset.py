@@ -6,7 +6,8 @@ A dataset folder (`data/raw/` for the training site, `data/external/raw/` for th
     archives.md5        the MD5 of every archive as ingest verified it (preprocess checks it as it reads)
     images.csv          one row per image: the normalised table (`COLUMNS`, then one column per label)
     dataset.json        the label space, the uncertainty policy, where the labels come from, and the counts
-    boxes.csv           optional: boxes drawn around findings, as fractions of the image (`BOX_COLUMNS`)
+    boxes.csv           boxes drawn around findings, as fractions of the image (`BOX_COLUMNS`); its header alone
+                        when the dataset has none
 
 A label cell is `1` (positive), `0` (negative), `-1` (uncertain) or empty (not mentioned). What a cell becomes as a
 training and evaluation target is decided here, once (`targets`): not mentioned is negative, as in CheXpert's paper
@@ -168,8 +169,7 @@ def write(dataset: Dataset, folder: Path) -> DatasetInfo:
     info = DatasetInfo(**{**info.__dict__, "counts": counts(table, info.labels)})
     table.to_csv(folder / TABLE_FILE, index=False, lineterminator="\n")
     write_json(folder / INFO_FILE, info.to_json())
-    if len(boxes):
-        boxes.round(5).to_csv(folder / BOXES_FILE, index=False, lineterminator="\n")
+    boxes.round(5).to_csv(folder / BOXES_FILE, index=False, lineterminator="\n")  # the header alone: no boxes
     return info
 
 
@@ -224,11 +224,11 @@ def read_table(folder: Path, info: DatasetInfo | None = None) -> pd.DataFrame:
 
 
 def read_boxes(folder: Path, info: DatasetInfo | None = None) -> pd.DataFrame:
-    """`folder/boxes.csv` (x, y, w, h as fractions of the image), or an empty table when the dataset has none."""
+    """`folder/boxes.csv` (x, y, w, h as fractions of the image; no row when the dataset has no boxes)."""
     path = folder / BOXES_FILE
     if not path.is_file():
-        return pd.DataFrame({c: pd.Series(dtype=str if c in ("image", "finding") else float) for c in BOX_COLUMNS})
-    boxes = pd.read_csv(path, dtype={"image": str, "finding": str})
+        raise InputError(f"{path}: not found; re-run the ingest stage (dvc repro ingest)")
+    boxes = pd.read_csv(path, dtype={"image": str, "finding": str, "x": float, "y": float, "w": float, "h": float})
     if list(boxes.columns) != list(BOX_COLUMNS):
         raise InputError(f"{path}: columns {list(boxes.columns)}; expected {list(BOX_COLUMNS)}")
     info = info or read_info(folder)

@@ -21,8 +21,10 @@ import torch
 from cxrstudy import numerics
 from cxrstudy.atomic import atomic_file, check_writable, sync
 from cxrstudy.calibration import calibration
+from cxrstudy.data.dataset import read_boxes
 from cxrstudy.errors import InputError
 from cxrstudy.learning.loader import SplitData, XrayDataset, eval_transform, load_parts, make_loader
+from cxrstudy.learning.localize import localize, write_npz
 from cxrstudy.learning.losses import make_criterion
 from cxrstudy.learning.predict import (
     MODEL_FILE,
@@ -106,12 +108,17 @@ def compute_metrics(seed: int, loss: float, val: tuple[np.ndarray, np.ndarray],
 
 
 def run(params: Params, seed: int, raw_dir: Path, processed_dir: Path, splits_dir: Path, model_dir: Path,
-        metrics_file: Path, predictions_file: Path, val_predictions_file: Path | None = None) -> None:
-    """Stage entry point: evaluate `model_dir/model.pt` on the validation and test sets. The validation predictions
-    go to `val_predictions_file` (default: a `val` folder beside the test predictions, same file name)."""
+        metrics_file: Path, predictions_file: Path, val_predictions_file: Path | None = None,
+        localize_file: Path | None = None, heatmaps_file: Path | None = None) -> None:
+    """Stage entry point: evaluate `model_dir/model.pt` on the validation and test sets, and where it looks on the
+    test images with boxes (`cxrstudy.learning.localize`). The validation predictions go to `val_predictions_file`
+    (default: a `val` folder beside the test predictions, same file name); the localisation metrics and heatmaps to
+    `localize_file` and `heatmaps_file` (default: metrics/localize/seed_N.json, heatmaps/seed_N.npz)."""
     val_predictions_file = val_predictions_file or predictions_file.parent / "val" / predictions_file.name
+    localize_file = localize_file or Path(f"metrics/localize/seed_{seed}.json")
+    heatmaps_file = heatmaps_file or Path(f"heatmaps/seed_{seed}.npz")
     cfg = params.train
-    check_writable(metrics_file, predictions_file, val_predictions_file)
+    check_writable(metrics_file, predictions_file, val_predictions_file, localize_file, heatmaps_file)
     numerics.apply_threads(params.numerics)
     seed_everything(seed, cfg.deterministic)
     device = pick_device(cfg)
@@ -137,17 +144,22 @@ def run(params: Params, seed: int, raw_dir: Path, processed_dir: Path, splits_di
     criterion = make_criterion(cfg.loss, train_part.labels)
     loss = float(criterion(torch.from_numpy(test_logits), torch.from_numpy(test_labels)))
     test_probs, val_probs = sigmoid(test_logits), sigmoid(val_logits)
-    metrics = compute_metrics(seed, loss, (val_labels, val_probs), (test_labels, test_probs),
-                              numerics.environment(params.numerics, device), params.evaluate.calibration_bins, names,
-                              (val_part.patients, test_part.patients))
-    # All three files or none: each is written and synced before any replaces its earlier version.
+    environment = numerics.environment(params.numerics, device)
+    metrics = compute_metrics(seed, loss, (val_labels, val_probs), (test_labels, test_probs), environment,
+                              params.evaluate.calibration_bins, names, (val_part.patients, test_part.patients))
+    where, heatmaps = localize(params, seed, read_boxes(raw_dir), images, test_part, model_dir / MODEL_FILE, names)
+    where["environment"] = numerics.environment(params.numerics, torch.device("cpu"))
+    # All five files or none: each is written and synced before any replaces its earlier version.
     with (atomic_file(metrics_file) as metrics_out, atomic_file(predictions_file) as predictions_out,
-          atomic_file(val_predictions_file) as val_out):
-        json.dump(metrics, metrics_out, indent=2, sort_keys=True)
-        metrics_out.write("\n")
+          atomic_file(val_predictions_file) as val_out, atomic_file(localize_file) as where_out,
+          atomic_file(heatmaps_file, "wb") as heatmaps_out):
+        for payload, out in ((metrics, metrics_out), (where, where_out)):
+            json.dump(payload, out, indent=2, sort_keys=True)
+            out.write("\n")
         write_predictions(predictions_out, test_part.names, test_part.patients, test_labels, test_probs, names)
         write_predictions(val_out, val_part.names, val_part.patients, val_labels, val_probs, names)
-        sync(metrics_out, predictions_out, val_out)
+        write_npz(heatmaps_out, heatmaps)
+        sync(metrics_out, predictions_out, val_out, where_out, heatmaps_out)
     print(f"evaluate seed {seed}: test loss {metrics['loss']}, mean AUROC {metrics['auroc_mean']}, "
           f"mean F1 {metrics['f1_mean']} -> {metrics_file}")
 

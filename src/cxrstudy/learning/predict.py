@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 
 from cxrstudy.errors import InputError, TrainingError
 from cxrstudy.learning.loader import to_input
-from cxrstudy.learning.model import build_model
+from cxrstudy.learning.model import ChestDenseNet, build_model
 from cxrstudy.params import TrainParams
 
 MODEL_FILE = "model.pt"  # the trained model, in the train stage's output folder
@@ -83,7 +83,7 @@ def model_labels(payload: dict[str, Any]) -> tuple[str, ...]:
     return tuple(str(n) for n in labels)
 
 
-def load_trained(path: Path) -> nn.Module:
+def load_trained(path: Path) -> ChestDenseNet:
     """The best model of a train stage (its `MODEL_FILE`), with as many outputs as it was trained with."""
     payload = read_trained(path)
     model = build_model(int(payload["model"]["net.classifier.weight"].shape[0]), pretrained=False)
