@@ -20,7 +20,7 @@ from cxrstudy.params import Params
 from cxrstudy.reporting import naming, scoring
 from cxrstudy.reporting.checks import check_against_split, read_split_lists
 from cxrstudy.reporting.coverage import load_coverage
-from cxrstudy.reporting.inference import Stat, Tested, mean_of, tested_contrasts
+from cxrstudy.reporting.inference import Stat, Tested, mean_of, paired_contrasts
 from cxrstudy.reporting.naming import Contrast, Model
 from cxrstudy.reporting.render import render
 from cxrstudy.reporting.results import Predictions, make_ensemble, read_predictions, same_images
@@ -83,7 +83,7 @@ def compare(base: dict[int, Predictions], head: dict[int, Predictions], settings
         models.append((naming.ensemble(len(seeds)), head_ens, base_ens))
     items = [(Contrast(naming.HEAD_VS_BASE, Model(m.kind, m.seed, m.count, "head"),
                        Model(m.kind, m.seed, m.count, "base")), h, b) for m, h, b in models]
-    tested = tested_contrasts(items, settings_.level, settings_.difference) if columns else []
+    tested = paired_contrasts(items, settings_.level, settings_.difference) if columns else []
     rows = [Row(m, b.point, h.point, t) for (m, h, b), t in zip(models, tested, strict=False)]
     return Comparison(rows, [first.findings[k] for k in columns], settings_, len(set(first.patients.tolist())),
                       len(first.images), variance_components(head_stats, settings_.level, settings_.seed)

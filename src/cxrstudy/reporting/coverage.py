@@ -43,6 +43,7 @@ from cxrstudy.reporting.stats import bootstrap_auroc, patient_weighted_auroc
 
 COVERAGE_FILE = "metrics/coverage.json"
 KINDS = ("single", "difference")
+NO_METHOD = "none"  # report.bootstrap: 0 - no resamples, no interval
 POSITIVE_SHARE = 0.6  # of a positive patient's images that are positive (one at least)
 
 
@@ -162,9 +163,12 @@ def _mean(stats: list[Stat]) -> Stat:
 def simulate_all(params: Params, progress: bool = True) -> dict[str, Any]:
     """Every condition of `report.coverage`, then the mean over findings; the choice of method and threshold."""
     cfg, r = params.report.coverage, params.report
-    if r.bootstrap < 2:
-        raise InputError("report.bootstrap: the coverage stage needs at least 2 resamples (it measures the "
-                         "report's intervals, and the report gives none without resamples)")
+    design = {**cfg.model_dump(), "resamples": r.bootstrap, "level": r.level, "min_positives": r.min_positives}
+    if r.bootstrap < 2:  # the report gives no interval at all: nothing to measure or choose
+        none: dict[str, Any] = {"method": NO_METHOD, "worst_coverage": {}, "supported_threshold": None}
+        return {"design": {**design, "images": 0}, **{kind: {} for kind in KINDS}, "mean": {},
+                "choice": {"threshold": r.min_positives, "tolerance": cfg.tolerance, "single": none,
+                           "difference": none}}
     rng = np.random.default_rng(cfg.seed)
     patient = layout(cfg, rng)
     grid: dict[str, Any] = {kind: {m: {} for m in METHODS} for kind in KINDS}
@@ -194,9 +198,8 @@ def simulate_all(params: Params, progress: bool = True) -> dict[str, Any]:
                 **measure(_stats(sample, patient, sample.first, r.bootstrap, seed),
                           _stats(sample, patient, sample.second, r.bootstrap, seed), sample.truth,
                           [0] * len(order), r.level, group=len(eligible))}
-    return {"design": {**cfg.model_dump(), "resamples": r.bootstrap, "level": r.level, "images": int(len(patient)),
-                       "min_positives": r.min_positives},
-            **grid, "mean": mean, "choice": choose(grid, r.level, r.min_positives, cfg.tolerance)}
+    return {"design": {**design, "images": int(len(patient))}, **grid, "mean": mean,
+            "choice": choose(grid, r.level, r.min_positives, cfg.tolerance)}
 
 
 def _worst(by_k: dict[str, dict[str, dict[str, Any]]], at_least: int) -> float | None:
@@ -234,7 +237,7 @@ def run(params: Params, out: Path) -> None:
 
     write_json(out, {**result, "environment": environment(params.numerics)})
     choice = result["choice"]
-    for kind in KINDS:
+    for kind in KINDS if params.report.bootstrap else ():
         c = choice[kind]
         print(f"coverage, {kind}: {c['method']} (worst coverage from {choice['threshold']} positive patients up: "
               + ", ".join(f"{m} {v:.3f}" for m, v in c["worst_coverage"].items())
@@ -277,7 +280,7 @@ class Coverage:
     def at(self, kind: str, positive_patients: int, auroc: float, method: str | None = None) -> float | None:
         """The measured coverage at the largest simulated count not above `positive_patients` and the simulated
         AUROC nearest `auroc` (None below the smallest count)."""
-        by_k = self.raw[kind][method or self.method(kind)]
+        by_k = self.raw[kind].get(method or self.method(kind), {})
         counts = [int(k) for k in by_k if int(k) <= positive_patients]
         if not counts or math.isnan(auroc):
             return None
@@ -287,7 +290,7 @@ class Coverage:
         return None if value is None else float(value)
 
     def worst(self, kind: str, at_least: int, method: str | None = None) -> float | None:
-        return _worst(self.raw[kind][method or self.method(kind)], at_least)
+        return _worst(self.raw[kind].get(method or self.method(kind), {}), at_least)
 
 
 def load_coverage(path: Path) -> Coverage:
@@ -296,8 +299,9 @@ def load_coverage(path: Path) -> Coverage:
         raise InputError(f"{path}: coverage file not found; run the coverage stage (`dvc repro coverage`)")
     try:
         raw = json.loads(path.read_text())
+        allowed = METHODS if int(raw["design"]["resamples"]) >= 2 else (NO_METHOD,)
         for kind in KINDS:
-            if raw["choice"][kind]["method"] not in METHODS or kind not in raw:
+            if raw["choice"][kind]["method"] not in allowed or kind not in raw:
                 raise ValueError(f"{kind}: unknown method {raw['choice'][kind]['method']!r} or no results")
         float(raw["design"]["level"]), int(raw["design"]["resamples"]), int(raw["design"]["min_positives"])
     except (ValueError, KeyError, TypeError) as err:

@@ -19,7 +19,7 @@ from typing import Any
 
 from cxrstudy.reporting import naming, scoring
 from cxrstudy.reporting.cells import Diff, MeanSd, Table, WithCI, pvalue
-from cxrstudy.reporting.inference import Stat, Tested, estimate, estimate_difference, mean_of, tested_contrasts
+from cxrstudy.reporting.inference import Stat, Tested, estimate, estimate_difference, mean_of, paired_contrasts
 from cxrstudy.reporting.naming import Contrast
 from cxrstudy.reporting.results import Predictions, SeedMetrics
 from cxrstudy.reporting.stats import mean_sd
@@ -91,7 +91,7 @@ def families(arms: list[Arm], base: Arm) -> dict[str, list[tuple[Arm, Arm]]]:
 def question_tests(kind: str, pairs: list[tuple[Arm, Arm]], settings: Settings) -> tuple[list[Tested], list[Tested]]:
     """(test sampling only, test sampling + training) for each pair's seed means, each one Holm family."""
     contrasts = [Contrast(kind, a.model, b.model) for a, b in pairs]
-    sampling = tested_contrasts([(c, a.seed_mean.stat, b.seed_mean.stat) for c, (a, b) in zip(contrasts, pairs,
+    sampling = paired_contrasts([(c, a.seed_mean.stat, b.seed_mean.stat) for c, (a, b) in zip(contrasts, pairs,
                                                                                                    strict=True)],
                                 settings.level, settings.difference)
     total = with_training([(c, a.seed_mean, b.seed_mean) for c, (a, b) in zip(contrasts, pairs, strict=True)],

@@ -263,7 +263,7 @@ def family(items: Sequence[tuple[Contrast, Estimate]], level: float) -> list[Tes
     return [Tested(c, e, q, level) for (c, e), q in zip(items, adjusted, strict=True)]
 
 
-def tested_contrasts(pairs: Sequence[tuple[Contrast, Stat, Stat]], level: float, method: str,
+def paired_contrasts(pairs: Sequence[tuple[Contrast, Stat, Stat]], level: float, method: str,
                    pairs_count: int = 0) -> list[Tested]:
     """Each (contrast, first, second): first - second with its interval and p; Holm over all of them."""
     return family([(c, estimate_difference(a, b, level, method, pairs_count)) for c, a, b in pairs], level)

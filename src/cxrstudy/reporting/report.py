@@ -24,7 +24,7 @@ from cxrstudy.reporting import facts as words
 from cxrstudy.reporting import tables
 from cxrstudy.reporting.caveats import Caveats, DatasetFacts, caveats, external_files, prevalence_gaps
 from cxrstudy.reporting.checks import check_against_split, check_agreement, read_split_lists
-from cxrstudy.reporting.coverage import COVERAGE_FILE, Coverage, load_coverage
+from cxrstudy.reporting.coverage import COVERAGE_FILE, NO_METHOD, Coverage, load_coverage
 from cxrstudy.reporting.references import (
     References,
     is_phantom,
@@ -36,7 +36,14 @@ from cxrstudy.reporting.references import (
 )
 from cxrstudy.reporting.reliability import loss_effect
 from cxrstudy.reporting.render import MAX_CHARS, render
-from cxrstudy.reporting.results import Predictions, SeedMetrics, load_seed_metrics, read_predictions, read_split_summary
+from cxrstudy.reporting.results import (
+    Predictions,
+    SeedMetrics,
+    in_order,
+    load_seed_metrics,
+    read_predictions,
+    read_split_summary,
+)
 from cxrstudy.reporting.stats import mean_sd, min_max
 from cxrstudy.reporting.study import SeedStudy, seed_study, settings
 
@@ -106,7 +113,7 @@ def context(params: Params, seeds: list[SeedMetrics], split: dict[str, Any] | No
         t.update(contrasts=tables.contrast_table(study.overall, study), per_finding=tables.per_finding_table(study),
                  variance=tables.variance_table(study))
     cover = None
-    if coverage is not None:
+    if coverage is not None and coverage.method("single") != NO_METHOD:
         cover = words.coverage_facts(coverage, study, params.report.min_positives)
         t.update(coverage_single=tables.coverage_table(coverage, "single", cover.counts),
                  coverage_difference=tables.coverage_table(coverage, "difference", cover.counts))
@@ -201,6 +208,7 @@ def run(params: Params, metrics_dir: Path, splits_dir: Path, out_file: Path, *,
             raise InputError("report: intervals need the coverage simulation's choice of method; give its file "
                              f"({COVERAGE_FILE}, from `python -m cxrstudy coverage`)")
         preds, val = load_predictions(seeds, predictions_dir, splits_dir, metrics_dir)
+        seeds = [in_order(s, preds[0].findings) for s in seeds]
         study = seed_study(preds, val, [s.seed for s in seeds], settings(params, coverage))
     refs = load_references()
     figures = Figures()

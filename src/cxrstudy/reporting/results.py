@@ -11,7 +11,7 @@ import io
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +95,17 @@ def seed_metrics_from_dict(raw: Any, lenient: bool = False) -> SeedMetrics:
         ece_mean=num(raw.get("ece_mean")), mean_prob=num(raw.get("mean_prob")), prevalence=num(raw.get("prevalence")),
         environment=dict(raw.get("environment") or {}),
     )
+
+
+def in_order(metrics: SeedMetrics, names: Sequence[str]) -> SeedMetrics:
+    """`metrics` with its per-finding values in the order of `names` (the model's, from its predictions: a metrics
+    file's keys are sorted); a finding it lacks is left out here and named by `checks.check_agreement`."""
+    def ordered(values: dict[str, Any]) -> dict[str, Any]:
+        return {n: values[n] for n in names if n in values}
+
+    return replace(metrics, auroc=ordered(metrics.auroc), f1=ordered(metrics.f1),
+                   f1_test_tuned=ordered(metrics.f1_test_tuned), test_positives=ordered(metrics.test_positives),
+                   val_positives=ordered(metrics.val_positives))
 
 
 def load_seed_metrics(path: Path) -> SeedMetrics:

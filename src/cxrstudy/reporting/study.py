@@ -34,8 +34,8 @@ from cxrstudy.reporting.inference import (
     family,
     mean_of,
     none,
+    paired_contrasts,
     rank_first,
-    tested_contrasts,
 )
 from cxrstudy.reporting.naming import Contrast, Model
 from cxrstudy.reporting.results import Predictions, make_ensemble, same_images
@@ -232,7 +232,7 @@ def seed_study(preds: Sequence[Predictions], val_preds: Sequence[Predictions] | 
     means = [s.mean_over(columns) for s in scored]
     paired = same_images(preds)
     tested = bool(columns) and settings.resamples > 0 and paired
-    overall = tested_contrasts(_comparisons(models, means, ens_scored.mean_over(columns) if ens_scored else None),
+    overall = paired_contrasts(_comparisons(models, means, ens_scored.mean_over(columns) if ens_scored else None),
                              settings.level, settings.difference) if tested else []
     flat = [(names[k], item) for k in (columns if tested else [])
             for item in _comparisons(models, [s.finding(k) for s in scored],

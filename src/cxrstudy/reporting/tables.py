@@ -33,7 +33,7 @@ from cxrstudy.reporting.results import SeedMetrics
 from cxrstudy.reporting.stats import mean_sd, min_max
 from cxrstudy.reporting.study import SeedStudy
 
-METHOD_NAMES = {"bca": "BCa", "percentile": "percentile", "normal": "normal", "exact": "exact"}
+METHOD_NAMES = {"bca": "BCa", "percentile": "percentile", "normal": "normal", "exact": "exact", "none": "none"}
 
 
 def defined(seeds: list[SeedMetrics]) -> int:
