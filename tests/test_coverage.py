@@ -125,3 +125,9 @@ def test_without_resamples_there_is_nothing_to_measure_and_no_method(tmp_path: P
     path = tmp_path / "coverage.json"
     path.write_text(json.dumps(result))
     assert settings(small_params(bootstrap=0), coverage.load_coverage(path)).difference == "none"
+
+
+def test_more_positive_patients_than_patients_is_refused_naming_the_parameters() -> None:
+    with pytest.raises(InputError, match=r"report\.coverage\.positive_patients: 200 is not below "
+                                         r"report\.coverage\.patients \(128\)"):
+        coverage.simulate_all(small_params(coverage={**SMALL, "positive_patients": [3, 200]}), progress=False)

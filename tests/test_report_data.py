@@ -206,3 +206,28 @@ def test_the_coverage_of_every_interval_is_shown_beside_its_nominal_level(tmp_pa
     assert re.search(r"Measured coverage, beside the nominal 95%.\*\* At this run's eligible findings' counts and "
                      r"AUROCs: 87\.1% for one model's AUROC, 87\.1% for a paired difference", methods)
     assert "(measured coverage of that 95% interval in simulation: 87.1%)" in text
+
+
+@pytest.mark.parametrize("grid", ["apart", "overlap", None])
+def test_the_calibration_section_says_whether_the_loss_causes_it(tmp_path: Path, grid: str | None) -> None:
+    study = make_study(tmp_path, seeds=[1, 2], bootstrap=50)
+    path = None
+    if grid is not None:
+        focal = [0.18, 0.19] if grid == "apart" else [0.18, 0.035]
+        arms = [{"name": n, "loss_name": loss, "clahe": c, "seeds": {"1": {"ece": e[0]}, "2": {"ece": e[1]}}}
+                for n, loss, c, e in (("a", "focal", "on", focal), ("b", "focal", "off", [0.17, 0.2]),
+                                      ("c", "bce", "on", [0.03, 0.04]))]
+        path = tmp_path / "experiments.json"
+        path.write_text(json.dumps({"arms": arms}))
+    text = study.run(inputs=report.Inputs(study.coverage, grid=path))
+    section = text.split("## Calibration", 1)[1].split("\n## ", 1)[0]
+    assert "Skill against the prevalence predictor, with BCa intervals on the same resamples: seed 1 " in section
+    assert re.search(r"The reliability curve \(the 2 seeds pooled\) (stays within noise|over-predicts|under-predicts)",
+                     section)
+    if grid is None:
+        assert "no grid summary was given to this report, so it is not known here" in section
+    else:
+        assert "In the loss × CLAHE grid (3 arms, reports/experiments.md), the seed models' ECE by loss: focal" in section
+        assert ("Every focal model lies apart from every model of each other loss" in section) == (grid == "apart")
+        assert ("the grid does not show that the loss causes it" in section) == (grid == "overlap")
+        assert section.count(": the loss causes it") == (grid == "apart")

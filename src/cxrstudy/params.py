@@ -177,8 +177,7 @@ class EvaluateParams(_Section):
 
 
 class CoverageParams(_Section):
-    """`report.coverage`: the simulation that measures the coverage of the report's intervals and chooses their
-    method (`cxrstudy.reporting.coverage`)."""
+    """`report.coverage`: the simulation that measures the report's intervals (`cxrstudy.reporting.coverage`)."""
 
     reps: Annotated[int, Field(ge=10, le=100000)]
     seed: int
@@ -189,13 +188,6 @@ class CoverageParams(_Section):
     patient_correlation: Annotated[float, Field(ge=0.0, lt=1.0)]
     model_correlation: Annotated[float, Field(ge=0.0, lt=1.0)]
     tolerance: Annotated[float, Field(gt=0.0, lt=0.5)]
-
-    @model_validator(mode="after")
-    def _fits(self) -> CoverageParams:
-        if max(self.positive_patients) >= self.patients:
-            raise ValueError(f"positive_patients must stay below patients ({self.patients}) so that every simulated "
-                             "test set has negatives")
-        return self
 
 
 class ReportParams(_Section):

@@ -169,6 +169,9 @@ def simulate_all(params: Params, progress: bool = True) -> dict[str, Any]:
         return {"design": {**design, "images": 0}, **{kind: {} for kind in KINDS}, "mean": {},
                 "choice": {"threshold": r.min_positives, "tolerance": cfg.tolerance, "single": none,
                            "difference": none}}
+    if max(cfg.positive_patients) >= cfg.patients:
+        raise InputError(f"report.coverage.positive_patients: {max(cfg.positive_patients)} is not below "
+                         f"report.coverage.patients ({cfg.patients}); every simulated test set needs negatives")
     rng = np.random.default_rng(cfg.seed)
     patient = layout(cfg, rng)
     grid: dict[str, Any] = {kind: {m: {} for m in METHODS} for kind in KINDS}

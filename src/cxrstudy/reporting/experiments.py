@@ -196,7 +196,8 @@ def run(params: Params, exp_show: Path | None, repo: Path, out_file: Path, basel
                           columns) for e in exps]
     base = arms[exps.index(base_exp)]
     questions = grid.families(arms, base)
-    tables, verdicts = {}, {}
+    tables: dict[str, Any] = dict.fromkeys(questions)
+    verdicts: dict[str, Any] = {k: [] for k in questions}
     for kind, pairs in questions.items():
         if pairs:
             tables[kind], verdicts[kind] = grid.question_table(kind, pairs, settings_, _describe)
@@ -205,7 +206,7 @@ def run(params: Params, exp_show: Path | None, repo: Path, out_file: Path, basel
                "n_images": len(first.images), "skipped": skipped, "differing": _differing(exps), "base": base,
                "arms": grid.arms_table(arms, base, settings_, len(columns)), "questions": tables,
                "verdicts": verdicts, "per_class": grid.per_class_table(arms, first),
-               "ranking": grid.ranking(arms, settings_), "shared": _shared(base_exp)}
+               "ranking": grid.ranking(arms, settings_, questions), "shared": _shared(base_exp)}
     text = render(TEMPLATE, **context)
     summary_file = summary_file or out_file.with_suffix(".json")
     with atomic_file(out_file) as handle:

@@ -150,9 +150,9 @@ def per_class_table(arms: list[Arm], pred: Predictions) -> Table:
                  ["l", "r", "r", *["c"] * len(arms)], rows)
 
 
-def ranking(arms: list[Arm], settings: Settings) -> dict[str, Any]:
-    """Arms ranked on the eligible mean of seeds and on the all-findings mean, and the leader's lead over the
-    runner-up with training variance added (descriptive: in no family)."""
+def ranking(arms: list[Arm], settings: Settings, questions: dict[str, list[tuple[Arm, Arm]]]) -> dict[str, Any]:
+    """Arms ranked on the eligible mean of seeds and on the all-findings mean, the leader's lead over the runner-up
+    with training variance added, and the question whose family tests that pair (None: no family does)."""
     eligible = sorted(arms, key=lambda a: (-a.seed_mean.stat.point, a.info.name))
     everything = sorted(arms, key=lambda a: (-mean_sd([s.auroc_mean for s in a.info.seeds])[0], a.info.name))
     lead = None
@@ -160,8 +160,10 @@ def ranking(arms: list[Arm], settings: Settings) -> dict[str, Any]:
         top, second = eligible[0], eligible[1]
         (lead,) = with_training([(Contrast(naming.OTHER, top.model, second.model), top.seed_mean, second.seed_mean)],
                                 settings.level)
-    return {"eligible": eligible, "everything": everything, "lead": lead, "same_order": [a.info.name for a in
-            eligible] == [a.info.name for a in everything]}
+    pair = {a.info.name for a in eligible[:2]}
+    kind = next((k for k, pairs in questions.items() for a, b in pairs if {a.info.name, b.info.name} == pair), None)
+    return {"eligible": eligible, "everything": everything, "lead": lead, "lead_kind": kind,
+            "same_order": [a.info.name for a in eligible] == [a.info.name for a in everything]}
 
 
 def grid_summary(arms: list[Arm], base: Arm) -> dict[str, Any]:
