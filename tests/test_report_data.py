@@ -227,7 +227,8 @@ def test_the_calibration_section_says_whether_the_loss_causes_it(tmp_path: Path,
     if grid is None:
         assert "no grid summary was given to this report, so it is not known here" in section
     else:
-        assert "In the loss × CLAHE grid (3 arms, reports/experiments.md), the seed models' ECE by loss: focal" in section
+        grid_line = "In the loss × CLAHE grid (3 arms, reports/experiments.md), the seed models' ECE by loss: focal"
+        assert grid_line in section
         assert ("Every focal model lies apart from every model of each other loss" in section) == (grid == "apart")
         assert ("the grid does not show that the loss causes it" in section) == (grid == "overlap")
         assert section.count(": the loss causes it") == (grid == "apart")
