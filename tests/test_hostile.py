@@ -416,7 +416,7 @@ def test_the_agreement_check_still_catches_a_small_disagreement(tmp_path: Path) 
 def test_one_epoch_then_evaluate_then_report_through_the_command_line(tiny_data: Path, tmp_path: Path) -> None:
     """`train.epochs: 1`, as the README suggests for a quicker look, used to stop the report every time."""
     ws = workspace(tiny_data, tmp_path / "ws", seeds=[1], train={"epochs": 1})
-    for stage in (["train", "--seed", "1"], ["evaluate", "--seed", "1"], ["report"]):
+    for stage in (["train", "--seed", "1"], ["evaluate", "--seed", "1"], ["coverage"], ["report"]):
         done = run_cli(ws, *stage)
         assert done.returncode == 0, shown(done)
     assert (ws / "reports/report.md").is_file()
