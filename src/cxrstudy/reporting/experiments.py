@@ -171,10 +171,6 @@ def _shared(base: Experiment) -> dict[str, Any]:
             if k in base.params}
 
 
-def _describe(a: grid.Arm, b: grid.Arm) -> str:
-    return f"{a.info.name} − {b.info.name} ({a.info.loss}, CLAHE {a.info.clahe} − {b.info.loss}, CLAHE {b.info.clahe})"
-
-
 def run(params: Params, exp_show: Path | None, repo: Path, out_file: Path, baseline: str | None = None,
         coverage_file: Path = Path("metrics/coverage.json"), summary_file: Path | None = None) -> None:
     """Render the comparison of the experiments with metrics to `out_file`, and the arms' calibration summary to
@@ -200,7 +196,7 @@ def run(params: Params, exp_show: Path | None, repo: Path, out_file: Path, basel
     verdicts: dict[str, Any] = {k: [] for k in questions}
     for kind, pairs in questions.items():
         if pairs:
-            tables[kind], verdicts[kind] = grid.question_table(kind, pairs, settings_, _describe)
+            tables[kind], verdicts[kind] = grid.question_table(kind, pairs, settings_)
     context = {"phantom": base_exp.params.get("ingest.source") == "phantom", "settings": settings_,
                "eligible": [first.findings[k] for k in columns], "n_patients": len(set(first.patients.tolist())),
                "n_images": len(first.images), "skipped": skipped, "differing": _differing(exps), "base": base,

@@ -13,7 +13,7 @@ the second. The ensembles' differences are descriptive (test sampling only, not 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -108,11 +108,11 @@ def ensemble_difference(a: Arm, b: Arm, settings: Settings) -> Tested | None:
                   math.nan, settings.level)
 
 
-def question_table(kind: str, pairs: list[tuple[Arm, Arm]], settings: Settings,
-                   describe: Callable[[Arm, Arm], str]) -> tuple[Table, list[Tested]]:
+def question_table(kind: str, pairs: list[tuple[Arm, Arm]], settings: Settings) -> tuple[Table, list[Tested]]:
+    """One question's table (its arms' loss and CLAHE are in the Arms table) and its Holm family's verdicts."""
     sampling, total = question_tests(kind, pairs, settings)
     pct, method = f"{settings.level:.0%}", settings.difference
-    rows = [[describe(a, b), Diff(s), Diff(t), pvalue(t.p_holm), "yes" if t.beyond_noise else "no",
+    rows = [[naming.contrast_label(t.contrast), Diff(s), Diff(t), pvalue(t.p_holm), "yes" if t.beyond_noise else "no",
              Diff(d) if (d := ensemble_difference(a, b, settings)) else None]
             for (a, b), s, t in zip(pairs, sampling, total, strict=True)]
     table = Table(["Comparison", f"Δ mean of seeds [{pct} CI, test sampling only: paired bootstrap, {method}]",
