@@ -28,6 +28,7 @@ from cxrstudy.reporting.render import render
 from cxrstudy.reporting.results import SeedMetrics, same_images, seed_metrics_from_dict
 from cxrstudy.reporting.revisions import predictions_at
 from cxrstudy.reporting.study import eligible, settings
+from cxrstudy.reporting.tables import METHOD_NAMES
 
 SEED_FILE = re.compile(r"(?:^|/)seed_(\d+)\.json$")
 SUMMARY_FILE = "metrics/report.json"
@@ -202,7 +203,8 @@ def run(params: Params, exp_show: Path | None, repo: Path, out_file: Path, basel
                "n_images": len(first.images), "skipped": skipped, "differing": _differing(exps), "base": base,
                "arms": grid.arms_table(arms, base, settings_, len(columns)), "questions": tables,
                "verdicts": verdicts, "per_class": grid.per_class_table(arms, first),
-               "ranking": grid.ranking(arms, settings_, questions), "shared": _shared(base_exp)}
+               "ranking": grid.ranking(arms, settings_, questions), "shared": _shared(base_exp),
+               "methods": METHOD_NAMES}
     text = render(TEMPLATE, **context)
     summary_file = summary_file or out_file.with_suffix(".json")
     with atomic_file(out_file) as handle:
