@@ -291,6 +291,7 @@ def test_summary_metrics_file_repeats_the_headline_numbers(four_seeds: Study, fo
     assert summary["training_sd"]["ci_low"] <= summary["training_sd"]["value"] <= summary["training_sd"]["ci_high"]
     assert set(summary["ensemble_calibration"]) == {"brier", "ece", "brier_skill"}
     assert summary["training_sd"]["p"] is not None
+    assert summary["coverage"]["difference"] == {"method": "normal", "worst": 0.93, "supported_threshold": 10}
 
 
 # ------------------------------------------------------------------------------------------------ phantom first

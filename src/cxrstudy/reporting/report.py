@@ -133,6 +133,18 @@ def context(params: Params, seeds: list[SeedMetrics], split: dict[str, Any] | No
                      "counts_source": refs.label_counts_source}}
 
 
+def coverage_summary(coverage: Coverage | None) -> dict[str, Any]:
+    """The coverage stage's choice, for `metrics/report.json`: per kind the method, its worst coverage from the
+    threshold up and the count from which it stays within tolerance."""
+    if coverage is None or coverage.method("single") == NO_METHOD:
+        return {}
+    choice = coverage.raw["choice"]
+    return {"coverage": {kind: {"method": choice[kind]["method"],
+                                "worst": choice[kind]["worst_coverage"][choice[kind]["method"]],
+                                "supported_threshold": choice[kind]["supported_threshold"]}
+                         for kind in ("single", "difference")}}
+
+
 def summary_metrics(seeds: list[SeedMetrics], study: SeedStudy | None) -> dict[str, Any]:
     """`metrics/report.json`: the report's headline numbers, so `dvc exp show` / `dvc metrics diff` list them."""
     def clean(value: float) -> float | None:
@@ -226,5 +238,6 @@ def run(params: Params, metrics_dir: Path, splits_dir: Path, out_file: Path, *,
     if summary_file is not None:
         from cxrstudy.numerics import environment
 
-        write_json(summary_file, {**summary_metrics(seeds, study), "environment": environment(params.numerics)})
+        write_json(summary_file, {**summary_metrics(seeds, study), **coverage_summary(coverage),
+                                  "environment": environment(params.numerics)})
     print(f"report: {len(seeds)} seed(s) -> {out_file}")
