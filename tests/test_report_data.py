@@ -222,7 +222,8 @@ def test_the_calibration_section_says_whether_the_loss_causes_it(tmp_path: Path,
     text = study.run(inputs=report.Inputs(study.coverage, grid=path))
     section = text.split("## Calibration", 1)[1].split("\n## ", 1)[0]
     assert "Skill against the prevalence predictor, with BCa intervals on the same resamples: seed 1 " in section
-    assert re.search(r"The reliability curve \(the 2 seeds pooled\) (stays within noise|over-predicts|under-predicts)",
+    assert re.search(r"The reliability curve \(the 2 seeds pooled, all findings pooled; a bin counts where its "
+                     r"observed − predicted interval excludes 0\) (stays within noise|over-predicts|under-predicts)",
                      section)
     if grid is None:
         assert "no grid summary was given to this report, so it is not known here" in section
