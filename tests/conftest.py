@@ -33,6 +33,7 @@ TINY: dict[str, Any] = {
     "preprocess": {"image_size": 32, "workers": 1},
     "train": {"image_size": 32, "epochs": 2, "batch_size": 16, "val_batch_size": 64},
     "evaluate": {"batch_size": 64},
+    "report": {"coverage": {"reps": 20}},  # the coverage stage's simulated test sets per condition
 }
 
 

@@ -1,12 +1,15 @@
-"""A synthetic seed study in the pipeline's file layout, written by the evaluate stage's own functions: metrics files,
-test and validation predictions, training histories. Shared by the report, figure and comparison tests.
+"""A synthetic seed study in the pipeline's file layout: metrics files, test and validation predictions (in the
+split's order, label cells 1 / 0 / empty when masked, string patient ids), the split's lists and summary, training
+histories, and a coverage file. Shared by the report, figure and comparison tests.
 
-Its label space is NIH's (the names of `cxrstudy.data.nihtable`, as a dataset's `dataset.json` would give them);
-patients are strings, as in the dataset contract."""
+The metrics files carry the evaluate stage's keys, computed with the report's own masked scoring; the pipeline test
+(`tests/test_pipeline.py`) checks the real evaluate stage against the report end to end.
+"""
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,18 +17,26 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cxrstudy.data.nihtable import FINDINGS
-from cxrstudy.learning.evaluate import compute_metrics, save_predictions
 from cxrstudy.params import Params
-from cxrstudy.reporting import report
+from cxrstudy.reporting import report, scoring
+from cxrstudy.reporting.coverage import KINDS
+from cxrstudy.reporting.inference import METHODS
 from tests.conftest import tiny_params
 
 STUDY_SEEDS = [12, 22, 32, 42]
+# NIH ChestX-ray14's label space, alphabetical; CheXpert's, in its own column order. Label names are data: these are
+# what a predictions file of each dataset would carry.
+NIH_NAMES = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Effusion", "Emphysema", "Fibrosis", "Hernia",
+             "Infiltration", "Mass", "Nodule", "Pleural_Thickening", "Pneumonia", "Pneumothorax")
+CHEXPERT_NAMES = ("No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema",
+                  "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion", "Pleural Other",
+                  "Fracture", "Support Devices")
+PROTOCOL = "per-class thresholds maximising F1 on the validation set"
 
 
 @dataclass
 class Study:
-    """Metrics, predictions and histories of a synthetic seed study under `root`."""
+    """Metrics, predictions, split lists and histories of a synthetic seed study under `root`."""
 
     root: Path
     params: Params
@@ -42,6 +53,14 @@ class Study:
     def history(self) -> Path:
         return self.root / "plots/train"
 
+    @property
+    def splits(self) -> Path:
+        return self.root / "data/splits"
+
+    @property
+    def coverage(self) -> Path:
+        return self.root / "metrics/coverage.json"
+
     def metrics_of(self, seed: int) -> dict[str, Any]:
         return json.loads((self.metrics / f"seed_{seed}.json").read_text())
 
@@ -49,17 +68,40 @@ class Study:
         out = out or self.root / "reports/report.md"
         kwargs: dict[str, Any] = {"predictions_dir": self.predictions, "history_dir": None, "raw_dir": None,
                                   "processed_dir": None, "figures_dir": None, "plots_dir": None,
-                                  "summary_file": self.root / "metrics/report.json"}
+                                  "summary_file": self.root / "metrics/report.json",
+                                  "inputs": report.Inputs(self.coverage)}
         kwargs.update(paths)
-        report.run(params or self.params, self.metrics, self.root / "data/splits", out, **kwargs)
+        report.run(params or self.params, self.metrics, self.splits, out, **kwargs)
         return out.read_text()
 
 
-def _labels(rng: np.random.Generator, n: int, counts: dict[str, int]) -> np.ndarray:
+def write_coverage(path: Path, params: Params, single: str = "bca", difference: str = "normal",
+                   value: float = 0.93, counts: tuple[int, ...] = (2, 5, 10, 30),
+                   aurocs: tuple[float, ...] = (0.75, 0.99)) -> Path:
+    """A coverage file of the coverage stage's shape for `params` (the methods chosen and one coverage everywhere):
+    the stage itself is tested in tests/test_coverage.py; report tests need only its choice."""
+    r = params.report
+    if r.bootstrap < 2:  # no resamples: the stage chooses no method
+        single = difference = "none"
+    cell = {"coverage": value, "width": 0.1, "without_interval": 0.0}
+    grid = {kind: {m: {str(k): {f"{a:g}": dict(cell) for a in aurocs} for k in counts} for m in METHODS}
+            for kind in KINDS}
+    choice = {"threshold": r.min_positives, "tolerance": 0.025,
+              **{kind: {"method": m, "worst_coverage": dict.fromkeys(METHODS, value), "supported_threshold": 10}
+                 for kind, m in (("single", single), ("difference", difference))}}
+    design = {**r.coverage.model_dump(), "resamples": r.bootstrap, "level": r.level, "images": 300,
+              "min_positives": r.min_positives}
+    mean = {kind: {m: dict(cell) for m in METHODS} for kind in KINDS}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"design": design, **grid, "mean": mean, "choice": choice}))
+    return path
+
+
+def _labels(rng: np.random.Generator, n: int, names: tuple[str, ...], counts: dict[str, int]) -> np.ndarray:
     """Random labels; a finding named in `counts` gets exactly that many positives."""
-    prevalence = rng.uniform(0.06, 0.2, len(FINDINGS))
-    labels = (rng.random((n, len(FINDINGS))) < prevalence).astype(np.float32)
-    for k, name in enumerate(FINDINGS):
+    prevalence = rng.uniform(0.06, 0.2, len(names))
+    labels = (rng.random((n, len(names))) < prevalence).astype(np.float64)
+    for k, name in enumerate(names):
         if name in counts:
             labels[:, k] = 0
             labels[rng.choice(n, counts[name], replace=False), k] = 1
@@ -70,48 +112,103 @@ def _labels(rng: np.random.Generator, n: int, counts: dict[str, int]) -> np.ndar
 
 def _probs(rng: np.random.Generator, labels: np.ndarray, strength: np.ndarray, shared: np.ndarray,
            noise: float) -> np.ndarray:
-    """Image difficulty shared by all seeds plus seed noise, as with real seeds."""
-    logits = strength * (2 * labels - 1) + shared + rng.normal(0, noise, labels.shape) - 1.5
-    return 1 / (1 + np.exp(-logits))
+    """Image difficulty shared by all seeds plus seed noise, as with real seeds; float32 like the model's."""
+    logits = strength * (2 * np.nan_to_num(labels) - 1) + shared + rng.normal(0, noise, labels.shape) - 1.5
+    return (1 / (1 + np.exp(-logits))).astype(np.float32).astype(np.float64)
+
+
+def write_predictions(path: Path, names: list[str], patients: list[str], findings: tuple[str, ...],
+                      labels: np.ndarray, probs: np.ndarray) -> None:
+    """The evaluate stage's layout: image, patient, label_<finding>... (1, 0, or empty when masked), prob_<finding>."""
+    frame = pd.DataFrame({"image": names, "patient": patients})
+    for k, name in enumerate(findings):
+        frame[f"label_{name}"] = ["" if math.isnan(v) else str(int(v)) for v in labels[:, k]]
+    for k, name in enumerate(findings):
+        frame[f"prob_{name}"] = probs[:, k].astype(np.float32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(path, index=False, lineterminator="\n", float_format="%.9g")
+
+
+def _clean(value: float) -> float | None:
+    return None if math.isnan(value) else round(float(value), 6)
+
+
+def metrics(seed: int, loss: float, findings: tuple[str, ...], val: tuple[np.ndarray, np.ndarray],
+            test: tuple[np.ndarray, np.ndarray], bins: int) -> dict[str, Any]:
+    """A metrics file with the evaluate stage's keys (masked cells left out of each finding)."""
+    (vl, vp), (tl, tp) = val, test
+    auroc = scoring.auroc(tl, tp)
+    chosen = scoring.thresholds(vl, vp)
+    f1, tuned = scoring.f1(tl, tp, chosen), scoring.f1(tl, tp, scoring.thresholds(tl, tp))
+    calib = scoring.calibration(tl, tp, bins)
+
+    def by(values: Any) -> dict[str, float | None]:
+        return {n: _clean(v) for n, v in zip(findings, values, strict=True)}
+
+    def count(labels: np.ndarray) -> dict[str, int]:
+        return {n: int(np.nansum(labels[:, k])) for k, n in enumerate(findings)}
+
+    return {"seed": seed, "loss": round(loss, 6), "auroc_mean": _clean(float(np.nanmean(auroc))),
+            "f1_mean": _clean(float(np.nanmean(f1))), "f1_test_tuned_mean": _clean(float(np.nanmean(tuned))),
+            "f1_protocol": PROTOCOL, "auroc": by(auroc), "f1": by(f1), "f1_test_tuned": by(tuned),
+            "threshold": by(chosen), "n_val": len(vl), "n_test": len(tl), "test_positives": count(tl),
+            "val_positives": count(vl), "brier": by(calib.brier), "brier_mean": _clean(calib.brier_mean),
+            "ece": by(calib.ece), "ece_mean": _clean(calib.ece_mean), "calibration_bins": bins,
+            "mean_prob": _clean(calib.mean_prob), "prevalence": _clean(calib.prevalence), "environment": {}}
 
 
 def make_study(root: Path, seeds: list[int] | None = None, n_test: int = 280, n_patients: int = 190,
                counts: dict[str, int] | None = None, bootstrap: int = 200, epochs: int = 3,
                names: list[str] | None = None, strength: dict[str, float] | None = None, noise: float = 0.35,
-               offset: dict[int, float] | None = None, data_seed: int = 7, **override: Any) -> Study:
+               offset: dict[int, float] | None = None, data_seed: int = 7, findings: tuple[str, ...] = NIH_NAMES,
+               masked: float = 0.0, coverage: dict[str, Any] | None = None, **override: Any) -> Study:
     """A seed study with the real file formats. `counts`: exact test positives for some findings (0 = none);
-    `strength`: how separable a finding is (large = AUROC 1); `offset`: extra signal for a seed (a better seed)."""
+    `strength`: how separable a finding is (large = AUROC 1); `offset`: extra signal for a seed (a better seed);
+    `findings`: the label space; `masked`: the share of label cells left empty (uncertain, under `ignore`)."""
     seeds = seeds or STUDY_SEEDS
     params = tiny_params(seeds=seeds, **{"report": {"bootstrap": bootstrap, "bootstrap_seed": 0},
                                          "ingest": {"source": "phantom"}, "split": {"method": "official"},
                                          **override})
     data = np.random.default_rng(data_seed)
-    test_labels = _labels(data, n_test, counts or {})
-    val_labels = _labels(data, 150, {})
-    patients = (np.sort(data.integers(0, n_patients, n_test)) + 1000).astype(str)
-    val_patients = (np.sort(data.integers(0, 100, 150)) + 9000).astype(str)
-    names = names[:n_test] if names else [f"{i:08d}_000.png" for i in range(n_test)]
+    test_labels, val_labels = _labels(data, n_test, findings, counts or {}), _labels(data, 150, findings, {})
+    for labels in (test_labels, val_labels):
+        labels[(data.random(labels.shape) < masked) & (labels == 0)] = np.nan
+    patients = [f"p{v:05d}" for v in np.sort(data.integers(0, n_patients, n_test)) + 1000]
+    val_patients = [f"p{v:05d}" for v in np.sort(data.integers(0, 100, 150)) + 9000]
+    image_names = names[:n_test] if names else [f"{i:08d}_000.png" for i in range(n_test)]
     val_names = [f"{i:08d}_001.png" for i in range(150)]
-    signal = data.uniform(0.3, 1.2, len(FINDINGS))
+    signal = data.uniform(0.3, 1.2, len(findings))
     for name, value in (strength or {}).items():
-        signal[FINDINGS.index(name)] = value
+        signal[findings.index(name)] = value
     test_shared, val_shared = data.normal(0, 1.0, test_labels.shape), data.normal(0, 1.0, val_labels.shape)
     for seed in seeds:
         rng = np.random.default_rng(seed)
         boost = signal + (offset or {}).get(seed, 0.0)
         test_probs = _probs(rng, test_labels, boost, test_shared, noise)
         val_probs = _probs(rng, val_labels, boost, val_shared, noise)
-        metrics = compute_metrics(seed, 0.04 + seed / 1e4, (val_labels, val_probs), (test_labels, test_probs),
-                                  calibration_bins=params.evaluate.calibration_bins, names=FINDINGS,
-                                  patients=(val_patients, patients))
+        found = metrics(seed, 0.04 + seed / 1e4, findings, (val_labels, val_probs), (test_labels, test_probs),
+                        params.evaluate.calibration_bins)
         (root / "metrics/eval").mkdir(parents=True, exist_ok=True)
-        (root / f"metrics/eval/seed_{seed}.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
-        save_predictions(root / f"predictions/seed_{seed}.csv", names, patients, test_labels, test_probs, FINDINGS)
-        save_predictions(root / f"predictions/val/seed_{seed}.csv", val_names, val_patients, val_labels, val_probs,
-                         FINDINGS)
+        (root / f"metrics/eval/seed_{seed}.json").write_text(json.dumps(found, indent=2, sort_keys=True))
+        write_predictions(root / f"predictions/seed_{seed}.csv", image_names, patients, findings, test_labels,
+                          test_probs)
+        write_predictions(root / f"predictions/val/seed_{seed}.csv", val_names, val_patients, findings, val_labels,
+                          val_probs)
         history = pd.DataFrame({"epoch": range(1, epochs + 1), "train_loss": np.linspace(0.3, 0.1, epochs) + seed / 1e3,
                                 "val_loss": np.linspace(0.35, 0.2, epochs), "val_auroc": np.linspace(0.6, 0.7, epochs),
                                 "lr": 1e-3})
         (root / "plots/train").mkdir(parents=True, exist_ok=True)
         history.to_csv(root / f"plots/train/seed_{seed}.csv", index=False)
+    write_split(root / "data/splits", {"test": (image_names, patients), "val": (val_names, val_patients)})
+    write_coverage(root / "metrics/coverage.json", params, **(coverage or {}))
     return Study(root, params)
+
+
+def write_split(folder: Path, parts: dict[str, tuple[list[str], list[str]]]) -> None:
+    """The split stage's lists (one image a line, in order) and summary (images and patients per part)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    summary: dict[str, Any] = {"method": "official", "seed": 0}
+    for part, (images, patients) in parts.items():
+        (folder / f"{part}.txt").write_text("".join(f"{n}\n" for n in images))
+        summary[part] = {"images": len(images), "patients": len(set(patients))}
+    (folder / "summary.json").write_text(json.dumps(summary))

@@ -5,16 +5,22 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from cxrstudy.errors import InputError
-from cxrstudy.reporting import experiments
+from cxrstudy.params import Params
+from cxrstudy.reporting import experiments, naming
+from cxrstudy.reporting import grid as arms
+from cxrstudy.reporting.inference import Stat
+from cxrstudy.reporting.study import Settings
 from tests.conftest import cli, copy_project, git, sh, table_after, tiny_params, tiny_raw
-from tests.synthetic import make_study
+from tests.synthetic import make_study, write_coverage
 
 SEEDS = [12, 22]
 
@@ -34,7 +40,9 @@ def arm_commit(repo: Path, tmp: Path, name: str, loss: str, clahe: bool, offset:
     git(repo, "add", "-A")
     git(repo, "commit", "-qm", name, "--allow-empty")
     params = {"seeds": SEEDS, "ingest": {"source": "phantom"}, "split": {"seed": 0},
-              "preprocess": {"clahe": clahe}, "train": {"loss": {"name": loss, "alpha": -1, "gamma": 2.0}}}
+              "preprocess": {"clahe": clahe}, "train": {"loss": {"name": loss, "alpha": -1, "gamma": 2.0},
+                                                       "lr": 0.002, "schedule": "onecycle", "epochs": 5,
+                                                       "optimizer": "adamw"}}
     metrics = {f"metrics/eval/seed_{s}.json": {"data": study.metrics_of(s)} for s in SEEDS}
     return _entry(git(repo, "rev-parse", "HEAD"), name, params, metrics)
 
@@ -75,35 +83,114 @@ def test_the_arm_that_repeats_the_baseline_commit_is_the_baseline(grid: tuple[Pa
         experiments.arms_of(found, "nope")
 
 
-def test_the_comparison_pairs_each_arm_with_the_baseline(grid: tuple[Path, list[dict[str, Any]]],
-                                                         tmp_path: Path) -> None:
-    repo, data = grid
+def render(data: list[dict[str, Any]], repo: Path, tmp_path: Path, params: Params) -> str:
     (tmp_path / "exp.json").write_text(json.dumps(data))
     out = tmp_path / "experiments.md"
-    experiments.run(tiny_params(seeds=SEEDS, report={"bootstrap": 200}), tmp_path / "exp.json", repo, out)
-    text = out.read_text()
-    assert text.startswith("# Phantom run — Experiment comparison: loss × CLAHE")
-    deltas = table_after(text, "## Against the baseline")
-    assert [r[0] for r in deltas[1:]] == ["bce-clahe", "focal-noclahe"]
-    bce = next(r for r in deltas if r[0] == "bce-clahe")
-    assert bce[1].endswith("✱") and bce[4] == "yes"
-    arms = table_after(text, "## Arms")
+    experiments.run(params, tmp_path / "exp.json", repo, out,
+                    coverage_file=write_coverage(tmp_path / "coverage.json", params))
+    return out.read_text()
+
+
+@pytest.fixture(scope="module")
+def rendered(grid: tuple[Path, list[dict[str, Any]]], tmp_path_factory: pytest.TempPathFactory) -> str:
+    return render(grid[1], grid[0], tmp_path_factory.mktemp("render"), tiny_params(seeds=SEEDS,
+                                                                                   report={"bootstrap": 200}))
+
+
+def test_each_question_is_one_family_and_the_arms_are_paired_by_it(rendered: str) -> None:
+    assert rendered.startswith("# Phantom run — Experiment comparison: loss × CLAHE")
+    loss = table_after(rendered, "## Loss, at each CLAHE setting")
+    assert [r[0].split()[:3] for r in loss[1:]] == [["bce-clahe", "−", "focal-clahe"]]
+    assert loss[1][2].endswith("✱") and loss[1][4] == "yes"
+    clahe = table_after(rendered, "## CLAHE on − off, per loss")
+    assert [r[0].split()[:3] for r in clahe[1:]] == [["focal-clahe", "−", "focal-noclahe"]]
+    assert "## Other arms against the baseline" not in rendered
+    arms = table_after(rendered, "## Arms")
     assert arms[1][0] == "focal-clahe (baseline)"
-    clahe = table_after(text, "## CLAHE on − off, per loss")
-    assert clahe[1][0].startswith("focal")
-    assert "Not compared (no metrics yet): wbce-noclahe (queued)." in text
+    assert "Not compared (no metrics yet): wbce-noclahe (queued)." in rendered
 
 
-def test_the_differences_match_the_arms_own_numbers(grid: tuple[Path, list[dict[str, Any]]], tmp_path: Path) -> None:
-    repo, data = grid
-    (tmp_path / "exp.json").write_text(json.dumps(data))
-    out = tmp_path / "experiments.md"
-    experiments.run(tiny_params(seeds=SEEDS, report={"bootstrap": 100}), tmp_path / "exp.json", repo, out)
-    arms = table_after(out.read_text(), "## Arms")
+def test_every_interval_column_says_what_noise_it_holds(rendered: str) -> None:
+    headers = [h for table in (table_after(rendered, "## Arms"), table_after(rendered, "## Loss, at each CLAHE"))
+               for h in table[0] if "CI" in h]
+    assert headers and all("test sampling only" in h or "test sampling + training" in h for h in headers), headers
+    assert any("descriptive, not tested" in h for h in headers)
+
+
+def test_the_per_class_table_carries_its_counts(rendered: str) -> None:
+    per_class = table_after(rendered, "## Per-class AUROC, mean over each arm's seeds")
+    assert per_class[0][:3] == ["Class", "Positive patients (test)", "Positive images (test)"]
+    assert all(int(r[1]) <= int(r[2]) for r in per_class[1:])
+
+
+def test_the_shared_settings_are_said_to_be_tuned_for_the_baseline(rendered: str) -> None:
+    assert re.search(r"Every arm shares the baseline's training settings \(train\.lr [\d.e-]+, train\.schedule "
+                     r"\w+, train\.epochs \d+, train\.optimizer \w+\), which were tuned for the\s+baseline", rendered)
+
+
+def test_the_ranking_points_to_the_family_that_tests_the_leader(rendered: str) -> None:
+    line = next(x for x in rendered.splitlines() if x.startswith("The first, "))
+    assert line.startswith("The first, bce-clahe")
+    assert "this pair's verdict, corrected for multiplicity, is in the loss" in line
+
+
+@pytest.mark.parametrize("second", [0.801, 0.70])
+def test_the_ranking_says_whether_an_untested_leader_leads_beyond_noise(second: float) -> None:
+    """The baseline "highest" while within noise of the runner-up must not read as a win."""
+    rng = np.random.default_rng(0)
+
+    def arm(name: str, value: float, lr: float) -> arms.Arm:
+        info = arms.ArmInfo(name, "0" * 40, {"train.lr": lr}, "focal", "on", [])
+        return arms.Arm(info, [Stat(value, value + rng.normal(0, 0.01, 400), np.zeros(3))] * 2, None, None)
+
+    first, other = arm("a", 0.80, 0.1), arm("b", second, 0.2)
+    r = arms.ranking([first, other], Settings(400, 0, 0.95, 8, 10, "bca", "normal"), {naming.OTHER: []})
+    assert r["lead_kind"] is None and [a.info.name for a in r["eligible"]] == (["b", "a"] if second > 0.8 else
+                                                                                ["a", "b"])
+    assert r["lead"].difference.excludes(0) == (second < 0.8)
+
+
+def test_the_differences_match_the_arms_own_numbers(rendered: str) -> None:
+    arms = table_after(rendered, "## Arms")
     point = {r[0].split()[0]: float(r[6].split()[0]) for r in arms[1:]}
-    deltas = table_after(out.read_text(), "## Against the baseline")
-    for row in deltas[1:]:
-        assert float(row[1].split()[0]) == pytest.approx(point[row[0]] - point["focal-clahe"], abs=2e-4)
+    for heading in ("## Loss, at each CLAHE setting", "## CLAHE on − off, per loss"):
+        for row in table_after(rendered, heading)[1:]:
+            first, _, second = row[0].split()[:3]
+            assert float(row[1].split()[0]) == pytest.approx(point[first] - point[second], abs=2e-4)
+            assert float(row[2].split()[0]) == float(row[1].split()[0])
+
+
+def test_the_grid_summary_records_each_arms_calibration(grid: tuple[Path, list[dict[str, Any]]],
+                                                        rendered: str, tmp_path: Path) -> None:
+    render(grid[1], grid[0], tmp_path, tiny_params(seeds=SEEDS, report={"bootstrap": 50}))
+    summary = json.loads((tmp_path / "experiments.json").read_text())
+    by_name = {a["name"]: a for a in summary["arms"]}
+    assert set(by_name) == {"focal-clahe", "bce-clahe", "focal-noclahe"} and by_name["focal-clahe"]["baseline"]
+    assert by_name["bce-clahe"]["loss_name"] == "bce" and by_name["focal-noclahe"]["clahe"] == "off"
+    assert set(by_name["bce-clahe"]["seeds"]) == {"12", "22"}
+    assert all(isinstance(v["ece"], float) for a in summary["arms"] for v in a["seeds"].values())
+
+
+def _arm(name: str, loss: str, clahe: bool, **extra: Any) -> arms.Arm:
+    params = {"train.loss.name": loss, "preprocess.clahe": clahe, "train.lr": 0.002, **extra}
+    info = arms.ArmInfo(name, "0" * 40, params, loss, "on" if clahe else "off", [])
+    return arms.Arm(info, [Stat(0.8, np.full(5, 0.8), np.full(3, 0.8))], None, None)
+
+
+def test_no_comparison_sits_in_two_families() -> None:
+    """The six-arm grid: the loss question compares losses at equal CLAHE (4), the CLAHE question on - off at equal
+    loss (3); an arm that also changes the learning rate is compared with the baseline on its own."""
+    six = [_arm(f"{loss}-{c}", loss, c) for loss in ("focal", "bce", "weighted_bce") for c in (True, False)]
+    six.append(_arm("focal-lr", "focal", True, **{"train.lr": 0.01}))
+    found = arms.families(six, six[0])
+    named = {k: [(a.info.name, b.info.name) for a, b in v] for k, v in found.items()}
+    assert named[naming.LOSS] == [("bce-True", "focal-True"), ("bce-False", "focal-False"),
+                                  ("weighted_bce-True", "focal-True"), ("weighted_bce-False", "focal-False")]
+    assert named[naming.CLAHE] == [("focal-True", "focal-False"), ("bce-True", "bce-False"),
+                                   ("weighted_bce-True", "weighted_bce-False")]
+    assert named[naming.OTHER] == [("focal-lr", "focal-True")]
+    pairs = [frozenset(p) for v in named.values() for p in v]
+    assert len(pairs) == len(set(pairs))
 
 
 def test_arms_on_different_test_sets_are_refused(grid: tuple[Path, list[dict[str, Any]]], tmp_path: Path) -> None:
@@ -118,7 +205,8 @@ def test_arms_on_different_test_sets_are_refused(grid: tuple[Path, list[dict[str
     data[1]["experiments"][2]["revs"][0]["data"]["params"]["params.yaml"]["data"]["split"] = {"seed": 5}
     (tmp_path / "exp.json").write_text(json.dumps(data))
     with pytest.raises(InputError, match=r"different images .*split\.seed"):
-        experiments.run(tiny_params(seeds=SEEDS), tmp_path / "exp.json", repo, tmp_path / "out.md")
+        experiments.run(tiny_params(seeds=SEEDS), tmp_path / "exp.json", repo, tmp_path / "out.md",
+                        coverage_file=write_coverage(tmp_path / "coverage.json", tiny_params(seeds=SEEDS)))
     git(repo, "reset", "-q", "--hard", "HEAD~1")
 
 
@@ -148,6 +236,6 @@ def test_a_two_arm_grid_runs_end_to_end(tmp_path: Path) -> None:
     arms = table_after(text, "## Arms")
     assert len(arms) == 3 and sorted(r[3] for r in arms[1:]) == ["off", "on"]
     assert next(r for r in arms[1:] if r[0].endswith("(baseline)"))[3] == "on"
-    deltas = table_after(text, "## Against the baseline")
-    assert len(deltas) == 2 and not math.isnan(float(deltas[1][1].split()[0]))
-    assert "## CLAHE on − off, per loss" in text
+    clahe = table_after(text, "## CLAHE on − off, per loss")
+    assert len(clahe) == 2 and not math.isnan(float(clahe[1][1].split()[0]))
+    assert (root / "reports/experiments.json").is_file()

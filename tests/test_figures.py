@@ -12,9 +12,9 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from cxrstudy.data.preprocess import load_processed, process_image
-from cxrstudy.labels import FINDINGS
 from cxrstudy.reporting import figures, plotdata
 from tests.conftest import tiny_params
+from tests.synthetic import NIH_NAMES as FINDINGS
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -202,3 +202,27 @@ def test_a_phantom_run_draws_no_published_number_beside_its_own(tiny_data: Path,
     assert drawn["real"][0] == ["CheXNet [random 70/10/20]", "seed study, mean of seeds [random 2 %, per seed]"]
     assert set(pd.read_csv(phantom / "plots/report" / figures.AUROC_CSV)["model"]) == {"seed 1", "seed 2", "ensemble"}
     assert "CheXNet [random 70/10/20]" in set(pd.read_csv(real / "plots/report" / figures.AUROC_CSV)["model"])
+
+
+def test_a_masked_label_cell_takes_no_part_in_the_roc_or_reliability_tables() -> None:
+    curves = _curves(seeds=1)
+    labels, probs = next(iter(curves.values()))
+    masked = labels.astype(np.float64)
+    masked[:50, 0] = np.nan
+    roc = plotdata.roc_table({"m": (masked, probs)}, FINDINGS)
+    alone = plotdata.roc_table({"m": (labels[50:], probs[50:])}, FINDINGS)
+    first = FINDINGS[0]
+    pd.testing.assert_frame_equal(roc[roc["finding"] == first].reset_index(drop=True),
+                                  alone[alone["finding"] == first].reset_index(drop=True))
+    table = plotdata.reliability_table({"m": (masked, probs)}, 10)
+    assert int(table["count"].sum()) == labels.size - 50
+
+
+@pytest.mark.parametrize("count", [5, 14, 19])
+def test_the_roc_figure_has_a_panel_for_every_finding_of_any_label_space(tmp_path: Path, count: int) -> None:
+    names = [f"finding {i}" for i in range(count)]
+    rng = np.random.default_rng(0)
+    labels = (rng.random((80, count)) < 0.3).astype(float)
+    table = plotdata.roc_table({"m": (labels, rng.random((80, count)))}, names)
+    figures.plot_roc(table, names, {}, tmp_path / "roc.png")
+    assert (tmp_path / "roc.png").read_bytes().startswith(PNG_SIGNATURE)

@@ -51,6 +51,7 @@ from tests.conftest import (
     workspace,
     write_params,
 )
+from tests.synthetic import write_coverage, write_split
 from tests.test_resume import (
     CHECKPOINT,
     assert_same_results,
@@ -378,6 +379,9 @@ def _weak_study(root: Path) -> Any:
     names = [f"{i:08d}_000.png" for i in range(n)]
     save_predictions(root / "predictions/seed_1.csv", names, np.arange(n) // 2 + 1000, labels, probs)
     save_predictions(root / "predictions/val/seed_1.csv", names[:150], np.arange(150) // 2 + 5000, *val)
+    # The split's lists, which the report checks the predictions against.
+    write_split(root / "data/splits", {"test": (names, [str(p) for p in np.arange(n) // 2 + 1000]),
+                                       "val": (names[:150], [str(p) for p in np.arange(150) // 2 + 5000])})
     return metrics
 
 
@@ -386,10 +390,12 @@ def test_the_report_accepts_a_weak_model_whose_probabilities_are_tiny(tmp_path: 
     metrics = _weak_study(tmp_path)
     out = tmp_path / "reports/report.md"
 
-    report.run(tiny_params(seeds=[1], report={"bootstrap": 20}), tmp_path / "metrics/eval",
+    params = tiny_params(seeds=[1], report={"bootstrap": 20})
+    report.run(params, tmp_path / "metrics/eval",
                tmp_path / "data/splits", out, predictions_dir=tmp_path / "predictions", history_dir=None,
                raw_dir=None, processed_dir=None, figures_dir=None, plots_dir=None,
-               summary_file=tmp_path / "metrics/report.json")
+               summary_file=tmp_path / "metrics/report.json",
+               inputs=report.Inputs(write_coverage(tmp_path / "metrics/coverage.json", params)))
 
     assert f"{metrics['auroc_mean']:.4f}" in out.read_text()
 
@@ -402,14 +408,15 @@ def test_the_agreement_check_still_catches_a_small_disagreement(tmp_path: Path) 
     with pytest.raises(InputError, match=r"seed_1\.csv and .*seed_1\.json disagree"):
         report.run(tiny_params(seeds=[1]), tmp_path / "metrics/eval", tmp_path / "data/splits",
                    tmp_path / "report.md", predictions_dir=tmp_path / "predictions", history_dir=None, raw_dir=None,
-                   processed_dir=None, figures_dir=None, plots_dir=None, summary_file=None)
+                   processed_dir=None, figures_dir=None, plots_dir=None, summary_file=None,
+                   inputs=report.Inputs(write_coverage(tmp_path / "coverage.json", tiny_params(seeds=[1]))))
 
 
 @pytest.mark.slow
 def test_one_epoch_then_evaluate_then_report_through_the_command_line(tiny_data: Path, tmp_path: Path) -> None:
     """`train.epochs: 1`, as the README suggests for a quicker look, used to stop the report every time."""
     ws = workspace(tiny_data, tmp_path / "ws", seeds=[1], train={"epochs": 1})
-    for stage in (["train", "--seed", "1"], ["evaluate", "--seed", "1"], ["report"]):
+    for stage in (["train", "--seed", "1"], ["evaluate", "--seed", "1"], ["coverage"], ["report"]):
         done = run_cli(ws, *stage)
         assert done.returncode == 0, shown(done)
     assert (ws / "reports/report.md").is_file()

@@ -16,15 +16,15 @@ import pandas as pd
 import pytest
 
 from cxrstudy.errors import InputError
-from cxrstudy.labels import FINDINGS
-from cxrstudy.reporting import references
+from cxrstudy.reporting import references, report
 from cxrstudy.reporting.render import MAX_CHARS
 from cxrstudy.reporting.results import read_predictions
 from cxrstudy.reporting.stats import patient_counts
 from tests.conftest import ROOT, markdown_tables, table_after, tiny_params
-from tests.synthetic import STUDY_SEEDS, Study, make_study
+from tests.synthetic import NIH_NAMES as FINDINGS
+from tests.synthetic import STUDY_SEEDS, Study, make_study, write_coverage
 
-# Two findings below the 10-positive threshold (one with 2 positives: many resamples draw none), one separable.
+# Two findings below the 8-positive-patient threshold (one with 2 positives: many resamples draw none), one separable.
 COUNTS = {"Pneumothorax": 2, "Edema": 6}
 STRENGTH = {"Emphysema": 8.0}
 
@@ -57,9 +57,13 @@ def interval(cell: str) -> tuple[float, float]:
     return float(low), float(high)
 
 
+def positive_patients(study: Study) -> dict[str, int]:
+    pred = read_predictions(study.predictions / f"seed_{STUDY_SEEDS[0]}.csv")
+    return {n: len(set(pred.patients[pred.labels[:, k] == 1])) for k, n in enumerate(pred.findings)}
+
+
 def eligible(study: Study) -> list[str]:
-    positives = study.metrics_of(STUDY_SEEDS[0])["test_positives"]
-    return [n for n in FINDINGS if positives[n] >= study.params.report.min_positives]
+    return [n for n, c in positive_patients(study).items() if c >= study.params.report.min_positives]
 
 
 # ------------------------------------------------------------------------------------------------ the numbers
@@ -81,7 +85,7 @@ def test_the_interval_column_names_its_findings_and_brackets_their_mean(four_see
     names = eligible(four_seeds)
     assert len(names) == 12
     overall = table_after(four_seed_report, "## Overall Metrics Comparison (per seed)")
-    header = f"Avg AUROC, {len(names)} findings with ≥ 10 test positives [95% CI]"
+    header = f"Avg AUROC, {len(names)} findings with ≥ 8 positive patients [95% CI, BCa]"
     assert header in overall[0]
     for seed in STUDY_SEEDS:
         auroc = four_seeds.metrics_of(seed)["auroc"]
@@ -92,18 +96,29 @@ def test_the_interval_column_names_its_findings_and_brackets_their_mean(four_see
         assert low < point < high and 0.005 < high - low < 0.3
 
 
-def test_per_class_table_lists_all_14_findings_per_seed_with_both_positive_counts(four_seeds: Study,
-                                                                                 four_seed_report: str) -> None:
+def test_per_class_table_lists_every_finding_with_positive_patients_beside_positive_images(
+        four_seeds: Study, four_seed_report: str) -> None:
     per_class = table_after(four_seed_report, "## Per-Class AUROC Comparison (per seed)")
     assert [r[0] for r in per_class[1:]] == list(FINDINGS)
     m = four_seeds.metrics_of(12)
     for seed in STUDY_SEEDS:
         auroc = four_seeds.metrics_of(seed)["auroc"]
         assert column(per_class, f"Seed {seed}") == {n: f"{auroc[n]:.4f}" for n in FINDINGS}
-    assert column(per_class, "Val positives") == {n: str(m["val_positives"][n]) for n in FINDINGS}
-    tests = column(per_class, "Test positives")
-    assert tests["Pneumothorax"] == "2 (< 10)" and tests["Edema"] == "6 (< 10)"
-    assert tests["Infiltration"] == str(m["test_positives"]["Infiltration"])
+    assert column(per_class, "Positive images (test)") == {n: str(m["test_positives"][n]) for n in FINDINGS}
+    patients = column(per_class, "Positive patients (test)")
+    counts = positive_patients(four_seeds)
+    assert patients["Pneumothorax"] == f"{counts['Pneumothorax']} (< 8)" and patients["Edema"] == "6 (< 8)"
+    assert patients["Infiltration"] == str(counts["Infiltration"]) and counts["Infiltration"] < m["test_positives"][
+        "Infiltration"], "several positive images of one patient count once"
+
+
+def test_below_the_threshold_a_finding_gets_no_interval_and_its_coverage_is_shown_beside_the_others(
+        four_seed_report: str) -> None:
+    per_class = table_after(four_seed_report, "## Per-Class AUROC Comparison (per seed)")
+    ci, measured = column(per_class, "Ensemble 95% CI (BCa)"), column(per_class, "Simulated coverage")
+    for name in ("Pneumothorax", "Edema"):
+        assert ci[name] == "—" and measured[name] == "—"
+    assert ci["Infiltration"].startswith("[") and measured["Infiltration"] == "93.0%"
 
 
 def test_resamples_without_a_positive_are_counted(four_seeds: Study, four_seed_report: str) -> None:
@@ -138,7 +153,7 @@ def test_best_seed_table_lists_all_14_and_ranks_only_findings_with_enough_positi
         top = max(scores, key=lambda s: (scores[s], -s))
         assert column(best, "Highest AUROC")[name] == f"{scores[top]:.4f}"
         if name in COUNTS:
-            assert column(best, "Best Seed")[name] == "not ranked (< 10 test positives)"
+            assert column(best, "Best Seed")[name] == "not ranked (< 8 positive patients)"
             assert column(best, "Beats every other seed")[name] == "—"
         else:
             assert column(best, "Best Seed")[name] == str(top)
@@ -155,7 +170,7 @@ def test_a_best_seed_is_claimed_only_when_it_beats_every_other_seed(four_seed_re
         if not seed.isdigit():
             continue
         row = next(r for r in per_finding if r[0] == name)
-        pairs = [cell for header, cell in zip(per_finding[0], row, strict=True) if f"seed {seed}" in header
+        pairs = [cell for header, cell in zip(per_finding[0], row, strict=True) if re.search(rf"seed {seed}\b", header)
                  and "ensemble" not in header]
         assert len(pairs) == 3
         claimed = column(best, "Beats every other seed")[name] == "yes"
@@ -184,16 +199,37 @@ def test_identical_seeds_differ_by_nothing(tmp_path: Path) -> None:
     assert row[1] == "+0.0000" and row[-1] == "no"
 
 
-def test_the_seed_verdict_follows_the_variance_decomposition(four_seeds: Study, four_seed_report: str) -> None:
-    variance = table_after(four_seed_report, "## Training (seed) variance and test-sampling variance")
+def _seed_sentence(text: str) -> str:
+    return next(line for line in section(text, "## Summary").splitlines() if "training (seed) sd" in line)
+
+
+@pytest.mark.parametrize("differ", [True, False])
+def test_the_seed_verdict_says_what_the_numbers_say_in_both_directions(tmp_path: Path, differ: bool) -> None:
+    """Seeds with very different signal: training variance above 0, and retraining moves the number more than
+    re-drawing the test patients. Seeds with the same signal: training variance not told from 0."""
+    study = make_study(tmp_path, offset={12: -0.5, 22: 0.0, 32: 0.5, 42: 1.0} if differ else {}, noise=0.05,
+                       n_test=400, n_patients=300)
+    text = study.run()
+    variance = table_after(text, "## Training (seed) variance and test-sampling variance")
     low, high = (float(x) for x in column(variance, "95% interval")["training (seed) sd"].strip("[]").split(", "))
-    summary = section(four_seed_report, "## Summary")
-    sentence = next(line for line in summary.splitlines() if line.startswith("- Training (seed) sd"))
-    assert f"interval {low:.4f}–{high:.4f}" in sentence
-    assert ("differ by more than re-drawing" in sentence) == (low > 0)
+    test_sd = float(column(variance, "sd")["one seed's test-sampling sd (test patients redrawn)"])
+    p = column(variance, "p (training variance = 0)")["training (seed) sd"]
+    sentence = _seed_sentence(text)
+    assert f"(95% interval {low:.4f}–{high:.4f}, 4 seeds)" in sentence and f"sd is {test_sd:.4f}" in sentence
+    if differ:
+        assert low > test_sd and "Training variance is above 0 (p" in sentence
+        assert "moves the number more than re-drawing the test patients does" in sentence
+        assert "the seeds differ by more than their own test-sampling errors explain" in sentence
+    else:
+        assert low == 0 and "Training variance cannot be told from 0 (p" in sentence and p != "< 0.0001"
+        assert "within what their own test-sampling errors produce" in sentence
+        assert "differ by more than" not in sentence
+
+
+def test_the_seed_verdict_counts_the_seed_pairs_beyond_noise(four_seed_report: str) -> None:
     contrasts = table_after(four_seed_report, "## Paired comparisons")
     beyond = [r for r in contrasts[1:] if "ensemble" not in r[0] and r[-1] == "yes"]
-    assert f"{len(beyond)} of 6 seed pairs differ beyond test-sampling noise" in sentence
+    assert f"{len(beyond)} of 6 seed pairs differ beyond test-sampling noise" in _seed_sentence(four_seed_report)
 
 
 def test_ensemble_row_is_the_auroc_of_the_mean_probability(four_seeds: Study, four_seed_report: str) -> None:
@@ -253,7 +289,9 @@ def test_summary_metrics_file_repeats_the_headline_numbers(four_seeds: Study, fo
     ensemble = summary["ensemble_auroc"]
     assert ensemble["ci_low"] < ensemble["eligible"] < ensemble["ci_high"]
     assert summary["training_sd"]["ci_low"] <= summary["training_sd"]["value"] <= summary["training_sd"]["ci_high"]
-    assert set(summary["ensemble_calibration"]) == {"brier", "ece"}
+    assert set(summary["ensemble_calibration"]) == {"brier", "ece", "brier_skill"}
+    assert summary["training_sd"]["p"] is not None
+    assert summary["coverage"]["difference"] == {"method": "normal", "worst": 0.93, "supported_threshold": 10}
 
 
 # ------------------------------------------------------------------------------------------------ phantom first
@@ -289,7 +327,8 @@ def test_on_the_real_data_published_references_sit_beside_ours_labelled_with_the
                                                                                         tmp_path: Path) -> None:
     params = tiny_params(seeds=STUDY_SEEDS, report={"bootstrap": 50, "bootstrap_seed": 0},
                          ingest={"source": "nih"}, split={"method": "official"})
-    text = four_seeds.run(tmp_path / "nih.md", params=params, summary_file=None)
+    text = four_seeds.run(tmp_path / "nih.md", params=params, summary_file=None,
+                          inputs=report.Inputs(write_coverage(tmp_path / "coverage.json", params)))
     assert text.startswith("# DenseNet-121") and "Phantom run" not in text
     refs = references.load_references()
     per_class = table_after(text, "## Published References", 2)
@@ -354,7 +393,7 @@ def test_no_unrendered_template_syntax_or_nan(four_seed_report: str) -> None:
 
 
 def test_a_value_that_rounds_to_zero_prints_without_a_sign() -> None:
-    from cxrstudy.reporting.tables import fmt, signed
+    from cxrstudy.reporting.cells import fmt, signed
 
     assert signed(-0.00001) == "+0.0000" and fmt(-0.00001) == "0.0000" and signed(-0.0001) == "-0.0001"
 
@@ -395,20 +434,19 @@ def test_a_finding_without_positives_prints_na(tmp_path: Path) -> None:
 def test_without_enough_positives_nothing_is_compared_or_claimed(tmp_path: Path) -> None:
     study = make_study(tmp_path, seeds=[1, 2], n_test=24, n_patients=20, bootstrap=50)
     text = study.run()
-    assert "No finding has at least 10 test positives: no mean gets an interval" in text
+    assert "No finding has at least 8 positive test patients: no mean gets an interval" in text
     assert "## Paired comparisons" not in text and "P(ranks first)" not in text
     best = table_after(text, "## Best Seed per Class")
-    assert set(column(best, "Best Seed").values()) <= {"not ranked (< 10 test positives)", "n/a"}
+    assert set(column(best, "Best Seed").values()) <= {"not ranked (< 8 positive patients)", "n/a"}
 
 
-def test_seeds_tested_on_different_images_are_not_compared(tmp_path: Path) -> None:
+def test_a_seed_tested_on_other_images_than_the_split_is_refused(tmp_path: Path) -> None:
     study = make_study(tmp_path / "a", seeds=[1, 2], bootstrap=50)
     other = make_study(tmp_path / "b", seeds=[1, 2], bootstrap=50, data_seed=8, n_test=260)
     for path in ("metrics/eval/seed_2.json", "predictions/seed_2.csv", "predictions/val/seed_2.csv"):
         shutil.copy(other.root / path, study.root / path)
-    text = study.run()
-    assert "The seeds were tested on different images, so no difference between them can be paired" in text
-    assert "## Paired comparisons" not in text and "## Training (seed) variance" not in text
+    with pytest.raises(InputError, match=r"seed_2\.csv: .*data/splits/test\.txt"):
+        study.run()
 
 
 def test_bootstrap_off_leaves_intervals_out(tmp_path: Path) -> None:

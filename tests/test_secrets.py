@@ -63,6 +63,7 @@ def test_a_planted_secret_reaches_no_output_log_or_report(tmp_path: Path) -> Non
         ["split"],
         ["train", "--seed", "1"],
         ["evaluate", "--seed", "1"],
+        ["coverage"],
         ["report"],
     ]
     printed: list[str] = []

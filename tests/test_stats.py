@@ -152,3 +152,31 @@ def test_mean_sd_and_min_max_skip_undefined_values() -> None:
     assert mean == 0.8 and math.isnan(sd)
     assert all(math.isnan(v) for v in mean_sd([math.nan]))
     assert min_max([0.7, math.nan, 0.6]) == (0.6, 0.7)
+
+
+def test_a_masked_label_cell_takes_no_part_in_its_finding() -> None:
+    """An uncertain label left out under `ignore` is NaN: the bootstrap, the jackknife and the point AUROC of that
+    finding are those of the data without the masked images, and the other findings keep every image."""
+    labels, scores, patient = _data(5)
+    labels = labels.astype(np.float64)
+    masked = np.random.default_rng(6).random(labels.shape[0]) < 0.3
+    labels[masked, 1] = np.nan
+    counts = patient_counts(120, 20, 0)
+    got = patient_weighted_auroc(labels, scores, patient, counts)
+    kept = ~masked
+    alone = patient_weighted_auroc(labels[kept, 1], scores[kept, 1], patient[kept], counts)
+    np.testing.assert_allclose(got[:, 1], alone, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(got[:, 0], patient_weighted_auroc(labels[:, 0], scores[:, 0], patient, counts))
+    jack = patient_jackknife_auroc(labels, scores, patient, 120)
+    np.testing.assert_allclose(jack[:, 1], patient_jackknife_auroc(labels[kept, 1:2], scores[kept, 1:2], patient[kept],
+                                                                    120)[:, 0], equal_nan=True)
+    point = patient_weighted_auroc(labels, scores, patient, np.ones((1, 120)))[0, 1]
+    assert point == pytest.approx(roc_auc_score(labels[kept, 1], scores[kept, 1]), abs=1e-12)
+
+
+def test_string_patient_ids_resample_like_numbers() -> None:
+    labels, scores, patient = _data(7)
+    named = np.array([f"p{p:05d}" for p in patient])
+    by_number = bootstrap_auroc(labels, scores, patient, 50, 3)
+    by_name = bootstrap_auroc(labels, scores, named, 50, 3)
+    np.testing.assert_array_equal(by_number.per_class, by_name.per_class)

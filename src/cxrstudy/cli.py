@@ -90,13 +90,21 @@ def _report(p: Params, a: argparse.Namespace) -> None:
     from cxrstudy.reporting import report
 
     report.run(p, a.metrics, a.splits, a.out, predictions_dir=a.predictions, history_dir=a.history, raw_dir=a.raw,
-               processed_dir=a.processed, figures_dir=a.figures, plots_dir=a.plots, summary_file=a.summary)
+               processed_dir=a.processed, figures_dir=a.figures, plots_dir=a.plots, summary_file=a.summary,
+               inputs=report.Inputs(a.coverage, a.dataset, a.external, a.grid))
+
+
+def _coverage(p: Params, a: argparse.Namespace) -> None:
+    from cxrstudy.reporting import coverage
+
+    coverage.run(p, a.out)
 
 
 def _experiments(p: Params, a: argparse.Namespace) -> None:
     from cxrstudy.reporting import experiments
 
-    experiments.run(p, a.exp_show, a.repo, a.out, baseline=a.baseline)
+    experiments.run(p, a.exp_show, a.repo, a.out, baseline=a.baseline, coverage_file=a.coverage,
+                    summary_file=a.summary)
 
 
 def _compare(p: Params, a: argparse.Namespace) -> None:
@@ -104,7 +112,8 @@ def _compare(p: Params, a: argparse.Namespace) -> None:
 
     if (a.base is None) == (a.base_dir is None):
         raise InputError("compare: give exactly one of --base REV (predictions in git) or --base-dir DIR")
-    compare.run(p, a.head, a.out, base_rev=a.base, base_dir=a.base_dir, repo=a.repo)
+    compare.run(p, a.head, a.out, base_rev=a.base, base_dir=a.base_dir, repo=a.repo, splits_dir=a.splits,
+                coverage_file=a.coverage)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -170,6 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", type=Path, help="metrics JSON (default: metrics/external/seed_SEED.json)")
     p.add_argument("--predictions", type=Path, help="predictions CSV (default: predictions/external/seed_SEED.csv)")
 
+    p = stage("coverage", _coverage, "measure the coverage of the report's intervals on simulated test sets and "
+                                     "choose their method (metrics/coverage.json)")
+    p.add_argument("--out", type=Path, default=Path("metrics/coverage.json"))
+
     p = stage("report", _report, "render reports/report.md (and its figures) from the metrics and predictions")
     p.add_argument("--metrics", type=Path, default=Path("metrics/eval"))
     p.add_argument("--predictions", type=Path, default=Path("predictions"))
@@ -180,6 +193,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--figures", type=Path, default=Path("reports/figures"))
     p.add_argument("--plots", type=Path, default=Path("plots/report"))
     p.add_argument("--summary", type=Path, default=Path("metrics/report.json"))
+    p.add_argument("--coverage", type=Path, default=Path("metrics/coverage.json"),
+                   help="the coverage stage's output: the interval methods and their measured coverage")
+    p.add_argument("--dataset", type=Path, default=None,
+                   help="the data's description (data/raw/dataset.json): label source, official test list")
+    p.add_argument("--external", type=Path, default=None,
+                   help="the external evaluation's metrics folder (seed_N.json); without one the report says "
+                        "there is no external test set")
+    p.add_argument("--grid", type=Path, default=None,
+                   help="the loss x CLAHE grid's summary (reports/experiments.json, from `cxrstudy experiments`)")
     p.add_argument("--out", type=Path, default=Path("reports/report.md"))
 
     p = stage("experiments", _experiments, "render DVC experiments (the loss × CLAHE grid) into one comparison, each "
@@ -190,7 +212,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="git repository holding the experiments' commits, read for their predictions")
     p.add_argument("--baseline", default=None, metavar="NAME",
                    help="the arm the others are compared with (default: the one with the baseline commit's params)")
+    p.add_argument("--coverage", type=Path, default=Path("metrics/coverage.json"),
+                   help="the coverage stage's output, which chooses the interval method (default: %(default)s)")
     p.add_argument("--out", type=Path, default=Path("reports/experiments.md"))
+    p.add_argument("--summary", type=Path, default=None,
+                   help="the arms' calibration as JSON, for the report's --grid (default: --out with .json)")
 
     p = stage("compare", _compare, "paired patient-bootstrap intervals of head - base mean AUROC per seed and for "
                                    "the ensemble, as a Markdown block (for a pull-request comment)")
@@ -198,6 +224,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base-dir", type=Path, default=None, help="a predictions folder to use as the base instead")
     p.add_argument("--head", type=Path, default=Path("predictions"), help="the head's predictions folder")
     p.add_argument("--repo", type=Path, default=Path("."), help="git repository to read --base from")
+    p.add_argument("--splits", type=Path, default=SPLITS,
+                   help="the split whose test list both sides' predictions must match (default: %(default)s)")
+    p.add_argument("--coverage", type=Path, default=Path("metrics/coverage.json"),
+                   help="the coverage stage's output, which chooses the interval method (default: %(default)s)")
     p.add_argument("--out", type=Path, default=Path("-"), help="Markdown file (default: - for standard output)")
 
     p = sub.add_parser("profile", help="apply a profile (only the keys it changes) with `dvc exp run --set-param`",

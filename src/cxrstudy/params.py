@@ -224,14 +224,29 @@ class EvaluateParams(_Section):
     calibration_bins: Annotated[int, Field(ge=2, le=100)]
 
 
+class CoverageParams(_Section):
+    """`report.coverage`: the simulation that measures the report's intervals (`cxrstudy.reporting.coverage`)."""
+
+    reps: Annotated[int, Field(ge=10, le=100000)]
+    seed: int
+    positive_patients: Annotated[list[Annotated[int, Field(ge=1, le=100000)]], Field(min_length=1)]
+    auroc: Annotated[list[Annotated[float, Field(gt=0.5, lt=1.0)]], Field(min_length=1)]
+    patients: Annotated[int, Field(ge=4, le=100000)]
+    images_per_patient: Annotated[float, Field(ge=1.0, le=100.0)]
+    patient_correlation: Annotated[float, Field(ge=0.0, lt=1.0)]
+    model_correlation: Annotated[float, Field(ge=0.0, lt=1.0)]
+    tolerance: Annotated[float, Field(gt=0.0, lt=0.5)]
+
+
 class ReportParams(_Section):
     bootstrap: Annotated[int, Field(ge=0, le=100000)]
     bootstrap_seed: int
     # Confidence level of every interval; 1 - level is also the family-wise error rate of each Holm-corrected family.
     level: Annotated[float, Field(gt=0.5, lt=1.0)]
-    # Findings with fewer test positives are flagged, left out of best-seed claims and of the means given intervals.
+    # Findings with fewer positive test patients get no interval, no rank and no claim (chosen with `coverage`).
     min_positives: Annotated[int, Field(ge=1, le=100000)]
     clahe_samples: Annotated[int, Field(ge=1, le=12)]
+    coverage: CoverageParams
 
 
 class LocalizeParams(_Section):

@@ -27,9 +27,8 @@ from matplotlib.ticker import MaxNLocator
 
 from cxrstudy.atomic import atomic_file
 from cxrstudy.errors import InputError
-from cxrstudy.labels import FINDINGS
 from cxrstudy.params import Params
-from cxrstudy.reporting import plotdata
+from cxrstudy.reporting import naming, plotdata
 from cxrstudy.reporting.results import Predictions, SeedMetrics, make_ensemble, read_history
 from cxrstudy.reporting.stats import mean_sd
 
@@ -38,7 +37,7 @@ if TYPE_CHECKING:
     from cxrstudy.reporting.study import SeedStudy
 
 DPI = 100
-ENSEMBLE = "ensemble"
+ENSEMBLE = naming.label(naming.ensemble())
 
 # File names under reports/figures/ (the report links them) and under the plots folder (dvc.yaml names them).
 ROC_PNG = "roc_curves.png"
@@ -53,7 +52,7 @@ RELIABILITY_CSV = "reliability.csv"
 
 
 def model_name(seed: int) -> str:
-    return f"seed {seed}"
+    return naming.label(naming.seed(seed))
 
 
 def _new_figure(width: float, height: float) -> Figure:
@@ -83,9 +82,10 @@ def plot_roc(table: pd.DataFrame, findings: Sequence[str], aurocs: dict[str, flo
     """One panel per finding, one line per model (the ensemble dashed, black), the chance diagonal in grey."""
     models = list(dict.fromkeys(table["model"]))
     colors = _colors(models)
+    rows = max(1, math.ceil((len(findings) + 1) / 5))  # one panel per finding and one for the legend
     with _style():
-        fig = _new_figure(15, 9.5)
-        axes = fig.subplots(3, 5, sharex=True, sharey=True).ravel()
+        fig = _new_figure(15, 3.2 * rows)
+        axes = np.atleast_1d(fig.subplots(rows, 5, sharex=True, sharey=True, squeeze=False).ravel())
         for ax, finding in zip(axes, findings, strict=False):
             _roc_panel(ax, table[table["finding"] == finding], models, colors)
             ax.set_title(f"{finding}  (mean AUROC {_fmt(aurocs.get(finding, math.nan))})", fontsize=9)
@@ -280,13 +280,20 @@ def draw_figures(params: Params, seeds: list[SeedMetrics], preds: list[Predictio
     dots = plotdata.auroc_table(aurocs)
     references: list[Reference] = []
     if not phantom:  # published numbers are real-data numbers: never drawn beside a phantom's
-        study_mean = {n: mean_sd([s.auroc[n] for s in refs.study.values()])[0] for n in FINDINGS}
+        study_mean = {n: mean_sd([s.auroc[n] for s in refs.study.values()])[0] for n in refs.findings}
         references = [Reference(f"CheXNet [{refs.chexnet_split.short}]", refs.chexnet, "D"),
                       Reference(f"seed study, mean of seeds [{refs.study_split.short}]", study_mean, "s")]
-    positives = seeds[0].test_positives
-    labels = {n: f"{n} ({positives[n]})" for n in FINDINGS if n in positives}
-    plot_auroc_dots(dots, FINDINGS, references, paths.figures / AUROC_PNG,
-                    f"{tag}test AUROC per finding (test positives)", labels)
+    findings = seeds[0].findings
+    if study is not None:
+        labels = {n: f"{n} ({study.counts.patients[n]})" for n in findings}
+        what = "positive test patients"
+    else:
+        labels = {n: f"{n} ({seeds[0].test_positives[n]})" for n in findings if n in seeds[0].test_positives}
+        what = "test positives"
+    references = [Reference(r.label, {n: v for n, v in r.auroc.items() if n in findings}, r.marker)
+                  for r in references]
+    plot_auroc_dots(dots, findings, references, paths.figures / AUROC_PNG,
+                    f"{tag}test AUROC per finding ({what})", labels)
     links["auroc"] = emit(AUROC_PNG, AUROC_CSV,
                           pd.concat([dots, *[plotdata.auroc_table({r.label: r.auroc}) for r in references]]))
     if preds is not None:
@@ -294,9 +301,9 @@ def draw_figures(params: Params, seeds: list[SeedMetrics], preds: list[Predictio
         ensemble, _ = make_ensemble(preds)
         if ensemble is not None:
             curves[ENSEMBLE] = (ensemble.labels, ensemble.probs)
-        roc = plotdata.roc_table(curves, FINDINGS)
-        mean_auroc = {n: mean_sd([s.auroc[n] for s in seeds])[0] for n in FINDINGS}
-        plot_roc(roc, FINDINGS, mean_auroc, paths.figures / ROC_PNG, f"{tag}ROC curves per finding")
+        roc = plotdata.roc_table(curves, findings)
+        mean_auroc = {n: mean_sd([s.auroc[n] for s in seeds])[0] for n in findings}
+        plot_roc(roc, findings, mean_auroc, paths.figures / ROC_PNG, f"{tag}ROC curves per finding")
         links["roc"] = emit(ROC_PNG, ROC_CSV, roc, "%.4g")  # 4 digits draw a curve; the file stays small
         bins = params.evaluate.calibration_bins
         points = plotdata.reliability_table(curves, bins)

@@ -23,18 +23,20 @@ ROC_POINTS = 101  # false-positive-rate grid (steps of 0.01) of the ROC tables, 
 def roc_table(curves: dict[str, tuple[np.ndarray, np.ndarray]], findings: Sequence[str]) -> pd.DataFrame:
     """ROC curves on a fixed false-positive-rate grid: columns finding, model, point, fpr, tpr.
 
-    `curves` maps a model's name to its test (labels, probabilities), N x C each. The tpr at a grid fpr is the
-    highest one reached at or below it (the ROC step curve read from the left), so the table has `ROC_POINTS` rows
-    per finding and model. A finding with one class only in a model's test set has no rows for it.
+    `curves` maps a model's name to its test (labels, probabilities), N x C each (a NaN label: masked, left out).
+    The tpr at a grid fpr is the highest one reached at or below it (the ROC step curve read from the left), so the
+    table has `ROC_POINTS` rows per finding and model. A finding with one class only in a model's test set has no
+    rows for it.
     """
     grid = np.linspace(0.0, 1.0, ROC_POINTS)
     frames = []
     for k, finding in enumerate(findings):
         for model, (labels, probs) in curves.items():
-            y = labels[:, k]
+            keep = np.isfinite(labels[:, k])  # a masked cell takes no part in its finding
+            y = labels[keep, k]
             if not 0 < y.sum() < len(y):
                 continue
-            fpr, tpr, _ = roc_curve(y, probs[:, k])
+            fpr, tpr, _ = roc_curve(y, probs[keep, k])
             at = np.searchsorted(fpr, grid, side="right") - 1
             frames.append(pd.DataFrame({"finding": finding, "model": model, "point": np.arange(ROC_POINTS),
                                         "fpr": grid, "tpr": tpr[at]}))
@@ -66,7 +68,8 @@ def reliability_table(models: dict[str, tuple[np.ndarray, np.ndarray]], bins: in
     bins left out)."""
     frames = []
     for model, (labels, probs) in models.items():
-        r = reliability(labels, probs, bins)
+        keep = np.isfinite(labels)  # masked cells left out
+        r = reliability(labels[keep], probs[keep], bins)
         frames.append(pd.DataFrame({"model": model, "bin": np.arange(bins), "low": r.edges[:-1], "high": r.edges[1:],
                                     "count": r.count, "mean_prob": r.mean_prob, "frequency": r.frequency}))
     columns = ["model", "bin", "low", "high", "count", "mean_prob", "frequency"]

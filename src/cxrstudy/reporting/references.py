@@ -16,12 +16,12 @@ from typing import Any
 import yaml
 
 from cxrstudy.errors import InputError
-from cxrstudy.labels import FINDINGS
 from cxrstudy.params import Params
+from cxrstudy.reporting.caveats import Confounder, DatasetFacts
+from cxrstudy.reporting.cells import MeanSd, Table, cell, f1_label, fmt
 from cxrstudy.reporting.results import SeedMetrics, num
 from cxrstudy.reporting.stats import mean_sd
 from cxrstudy.reporting.study import SeedStudy
-from cxrstudy.reporting.tables import MeanSd, Table, cell, f1_label, fmt
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,16 @@ class References:
     study_split: Protocol
     study_f1: Protocol
     study_source: str
+    label_counts: dict[str, int]
+    label_images: int
+    label_counts_source: str
+    sources: dict[str, DatasetFacts]
+    confounders: list[Confounder]
+
+    @property
+    def findings(self) -> tuple[str, ...]:
+        """The published per-class numbers' findings (NIH's), in the file's order."""
+        return tuple(self.chexnet)
 
 
 def references_path() -> Path:
@@ -66,10 +76,11 @@ def _protocols(raw: Any, key: str) -> dict[str, Protocol]:
     return {k: Protocol(k, str(v["label"]), str(v["short"]), bool(v[flag])) for k, v in raw[key].items()}
 
 
-def _findings(values: Any, where: str) -> dict[str, float]:
-    if set(values) != set(FINDINGS):
-        raise ValueError(f"{where} must list exactly the 14 findings; got {sorted(values)}")
-    return {n: float(values[n]) for n in FINDINGS}
+def _findings(values: Any, where: str, names: tuple[str, ...] | None = None) -> dict[str, float]:
+    """Per-class numbers; with `names`, exactly those findings (every published table covers the same ones)."""
+    if not isinstance(values, dict) or not values or (names is not None and set(values) != set(names)):
+        raise ValueError(f"{where} must list the findings {list(names or [])}; got {sorted(values or [])}")
+    return {str(n): float(values[n]) for n in (names or values)}
 
 
 def load_references(path: Path | None = None) -> References:
@@ -83,13 +94,19 @@ def load_references(path: Path | None = None) -> References:
                                f1s[m["f1_protocol"]] if "f1_protocol" in m else None, str(m["source"]))
                  for m in raw["means"]]
         chex, study = raw["chexnet"], raw["seed_study"]
+        chexnet = _findings(chex["auroc"], "chexnet.auroc")
+        names = tuple(chexnet)
         seeds = {int(seed): SeedMetrics(int(seed), float(v["loss"]), float(v["auroc_mean"]), float(v["f1_mean"]),
                                         float(v["f1_mean"]), study["f1_protocol"],
-                                        _findings(v["auroc"], f"seed_study.seeds.{seed}.auroc"), {}, 0)
+                                        _findings(v["auroc"], f"seed_study.seeds.{seed}.auroc", names), {}, 0)
                  for seed, v in study["seeds"].items()}
-        return References(means, _findings(chex["auroc"], "chexnet.auroc"), splits[chex["split"]],
-                          str(chex["source"]), seeds, splits[study["split"]], f1s[study["f1_protocol"]],
-                          str(study["source"]))
+        counts = raw["nih_label_counts"]
+        return References(means, chexnet, splits[chex["split"]], str(chex["source"]), seeds, splits[study["split"]],
+                          f1s[study["f1_protocol"]], str(study["source"]),
+                          {str(k): int(v) for k, v in counts["counts"].items()}, int(counts["images"]),
+                          str(counts["source"]),
+                          {str(k): DatasetFacts.from_mapping(v) for k, v in raw["sources"].items()},
+                          [Confounder(str(c["name"]), str(c["text"]), str(c["source"])) for c in raw["confounders"]])
     except FileNotFoundError:
         raise InputError(f"{path}: published references file not found") from None
     except (KeyError, ValueError, TypeError, AttributeError, yaml.YAMLError) as err:
@@ -158,12 +175,12 @@ def references_tables(params: Params, seeds: list[SeedMetrics], study: SeedStudy
     class_header += [f"CheXNet [{refs.chexnet_split.short}]",
                      *[f"Seed study {seed} {theirs}" for seed in sorted(refs.study)]]
     per_class = []
-    for name in FINDINGS:
+    for name in refs.findings:
         row = [name]
-        if ours:
-            row.append(MeanSd(*mean_sd([s.auroc[name] for s in seeds])))
+        if ours:  # this run's column where its label space names the finding
+            row.append(MeanSd(*mean_sd([s.auroc[name] for s in seeds])) if name in seeds[0].auroc else None)
             if study and study.ensemble:
-                row.append(study.ensemble.auroc[name])
+                row.append(study.ensemble.auroc.get(name))
         per_class.append(row + [refs.chexnet[name], *[refs.study[seed].auroc[name] for seed in sorted(refs.study)]])
     return {
         "means": Table(["Result", "Model", "Test split", "Mean AUROC", "Mean F1 (threshold protocol)"],

@@ -13,7 +13,9 @@ from typing import Any
 
 import jinja2
 
-from cxrstudy.reporting.tables import cell, fmt, interval, pvalue, rule, signed
+from cxrstudy.reporting.cells import cell, fmt, interval, pvalue, rule, signed, span
+from cxrstudy.reporting.cells import percent as coverage
+from cxrstudy.reporting.naming import contrast_label, label
 
 MAX_CHARS = 65_536  # a GitHub comment's limit: the report is posted on pull requests
 
@@ -30,8 +32,9 @@ def pretty(name: str) -> str:
     return str(name).replace("_", " ")
 
 
-def percent(level: float) -> str:
-    return f"{level:.0%}"
+def percent(level: float | None) -> str:
+    """A level as a whole percentage; n/a when unknown."""
+    return "n/a" if level is None or math.isnan(level) else f"{level:.0%}"
 
 
 def share(value: float) -> str:
@@ -42,7 +45,8 @@ def environment() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.PackageLoader("cxrstudy", "templates"), undefined=jinja2.StrictUndefined,
                              keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
     env.filters.update(fmt=fmt, signed=signed, cell=cell, rule=rule, interval=interval, pvalue=pvalue, words=words,
-                       pretty=pretty, percent=percent, share=share)
+                       pretty=pretty, percent=percent, share=share, span=span, coverage=coverage, label=label,
+                       clabel=contrast_label)
     return env
 
 

@@ -1,14 +1,16 @@
-"""The report stage: `reports/report.md`, rendered from the tracked metrics, the saved predictions and the training
-histories, with its figures and `metrics/report.json`.
+"""The report stage: `reports/report.md`, rendered from the tracked metrics, the saved predictions, the training
+histories and the coverage simulation, with its figures and `metrics/report.json`.
 
-The jobs are split by module: `results` reads the files, `study` (on `stats` and `inference`) computes the
-statistics, `references` holds the published numbers, `tables` builds the tables, `figures` draws, and
-`templates/*.j2` word it (`render`). This module gathers the numbers the sentences need and writes the outputs.
-Nothing on this side imports torch.
+The jobs are split by module: `results` reads the files and `checks` checks them against the split and each other,
+`study` (on `stats`, `inference`, `variance`) computes the statistics, `coverage` says how far the intervals can be
+trusted, `reliability` and `caveats` what calibration and the data allow, `references` holds the published
+numbers, `tables` builds the tables, `facts` the numbers the sentences need, `figures` draws, and `templates/*.j2`
+word it (`render`). Nothing on this side imports torch.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from dataclasses import dataclass
@@ -16,8 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from cxrstudy.atomic import atomic_file, check_writable, write_json
-from cxrstudy.labels import FINDINGS
+from cxrstudy.errors import InputError
 from cxrstudy.params import Params
+from cxrstudy.reporting import facts as words
+from cxrstudy.reporting import tables
+from cxrstudy.reporting.caveats import Caveats, DatasetFacts, caveats, external_files, prevalence_gaps
+from cxrstudy.reporting.checks import check_against_split, check_agreement, read_split_lists
+from cxrstudy.reporting.coverage import COVERAGE_FILE, NO_METHOD, Coverage, load_coverage
 from cxrstudy.reporting.references import (
     References,
     is_phantom,
@@ -27,28 +34,18 @@ from cxrstudy.reporting.references import (
     reference_facts,
     references_tables,
 )
+from cxrstudy.reporting.reliability import loss_effect
 from cxrstudy.reporting.render import MAX_CHARS, render
 from cxrstudy.reporting.results import (
+    Predictions,
     SeedMetrics,
-    check_agreement,
+    in_order,
     load_seed_metrics,
     read_predictions,
     read_split_summary,
 )
 from cxrstudy.reporting.stats import mean_sd, min_max
 from cxrstudy.reporting.study import SeedStudy, seed_study, settings
-from cxrstudy.reporting.tables import (
-    best_table,
-    calibration_table,
-    contrast_table,
-    environment_table,
-    f1_label,
-    f1_table,
-    overall_table,
-    per_class_table,
-    per_finding_table,
-    variance_table,
-)
 
 TEMPLATE = "report.md.j2"
 SUMMARY_FILE = "metrics/report.json"
@@ -65,68 +62,87 @@ class Figures:
     reliability: str | None = None
 
 
-def _by_seed(pairs: dict[int, list[str]]) -> list[tuple[int, list[str]]]:
-    return sorted(pairs.items(), key=lambda item: (-len(item[1]), item[0]))
+@dataclass(frozen=True)
+class Inputs:
+    """What the report reads besides the metrics, predictions and split: the coverage simulation, and (optional)
+    the data's own description, the external evaluation's metrics folder and the loss x CLAHE grid's summary."""
+
+    coverage: Path | None = Path(COVERAGE_FILE)
+    dataset: Path | None = None
+    external: Path | None = None
+    grid: Path | None = None
 
 
-def facts(seeds: list[SeedMetrics], study: SeedStudy | None, min_positives: int) -> dict[str, Any]:
-    """The numbers the sentences of `wording.md.j2` need, computed here so that the template only words them."""
-    auroc = [s.auroc_mean for s in seeds]
-    f1s = [s.f1_mean for s in seeds]
-    out: dict[str, Any] = {
-        "n_seeds": len(seeds), "n_defined": sum(not math.isnan(seeds[0].auroc[n]) for n in FINDINGS),
-        "top": max(seeds, key=lambda s: (s.auroc_mean, -s.seed)),
-        "low": min(seeds, key=lambda s: (s.auroc_mean, s.seed)),
-        "lowest_loss": min(seeds, key=lambda s: (s.loss, s.seed)),
-        "auroc_mean": mean_sd(auroc)[0], "auroc_sd": mean_sd(auroc)[1],
-        "auroc_low": min_max(auroc)[0], "auroc_high": min_max(auroc)[1],
-        "f1_low": min_max(f1s)[0], "f1_high": min_max(f1s)[1], "f1_mean": mean_sd(f1s)[0],
-        "f1_tuned": mean_sd([s.f1_test_tuned_mean for s in seeds])[0],
-        "f1_protocol": seeds[0].f1_protocol, "f1_label": f1_label(seeds[0].f1_protocol),
-        "mean_prob": mean_sd([s.mean_prob for s in seeds])[0], "prevalence": mean_sd([s.prevalence for s in seeds])[0],
-        "brier": mean_sd([s.brier_mean for s in seeds])[0], "ece": mean_sd([s.ece_mean for s in seeds])[0],
-        "min_positives": min_positives,
-        "few_val": [(n, c) for n, c in seeds[0].val_positives.items() if c < min_positives],
-    }
-    highest: dict[int, list[str]] = {}
-    claimed: dict[int, list[str]] = {}
-    if study is None:
-        for name in FINDINGS:
-            scored = [(s.auroc[name], -s.seed) for s in seeds if not math.isnan(s.auroc[name])]
-            if scored:
-                highest.setdefault(-max(scored)[1], []).append(name)
-    else:
-        for b in study.best:
-            if b.seed is not None:
-                highest.setdefault(b.seed, []).append(b.finding)
-                if b.claimed:
-                    claimed.setdefault(b.seed, []).append(b.finding)
-        seed_pairs = [c for c in study.overall if "ensemble" not in (c.first, c.second)]
-        out.update(
-            pairs_beyond=[c for c in seed_pairs if c.beyond_noise], n_pairs=len(seed_pairs),
-            ensemble_contrasts=[c for c in study.overall if c.first == "ensemble"],
-            rank_first=sorted(study.rank_first.items(), key=lambda item: (-item[1], item[0])),
-            unranked=[(b.finding, b.positives) for b in study.best if not b.eligible and not math.isnan(b.auroc)])
-    out.update(highest=_by_seed(highest), claimed=_by_seed(claimed), claimed_by=claimed)
-    return out
+def read_grid(path: Path | None) -> dict[str, Any] | None:
+    if path is None:
+        return None
+    try:
+        return dict(json.loads(path.read_text()))
+    except FileNotFoundError:
+        raise InputError(f"{path}: grid summary not found; `python -m cxrstudy experiments` writes it") from None
+    except (ValueError, TypeError) as err:
+        raise InputError(f"{path}: not a grid summary ({err})") from None
+
+
+def run_caveats(params: Params, refs: References, seeds: list[SeedMetrics], preds: list[Predictions] | None,
+                inputs: Inputs) -> Caveats:
+    """The caveats from the data's description (else the source's entry in references.yaml), the external
+    metrics files found, the known confounders and, on the phantom, its prevalences against NIH's."""
+    from cxrstudy.reporting.caveats import read_dataset_facts
+
+    dataset: DatasetFacts | None = (read_dataset_facts(inputs.dataset) if inputs.dataset is not None
+                                    else refs.sources.get(params.ingest.source))
+    gaps = (prevalence_gaps(preds[0].findings, preds[0].labels, refs.label_counts, refs.label_images)
+            if preds else [])
+    return caveats(dataset, external_files(inputs.external, [s.seed for s in seeds]), refs.confounders, gaps,
+                   is_phantom(params))
 
 
 def context(params: Params, seeds: list[SeedMetrics], split: dict[str, Any] | None, study: SeedStudy | None,
-            refs: References, figures: Figures) -> dict[str, Any]:
+            refs: References, figures: Figures, coverage: Coverage | None = None,
+            preds: list[Predictions] | None = None, inputs: Inputs | None = None) -> dict[str, Any]:
     """Everything `report.md.j2` renders."""
-    tables: dict[str, Any] = {
-        "overall": overall_table(seeds, study), "per_class": per_class_table(seeds, study),
-        "best": best_table(seeds, study), "f1": f1_table(seeds, study),
-        "calibration": calibration_table(seeds, study, params.evaluate.calibration_bins),
-        "environment": environment_table(seeds), "contrasts": None, "per_finding": None, "variance": None}
+    inputs = inputs or Inputs(coverage=None)
+    t: dict[str, Any] = {
+        "overall": tables.overall_table(seeds, study), "per_class": tables.per_class_table(seeds, study, coverage),
+        "best": tables.best_table(seeds, study), "f1": tables.f1_table(seeds, study),
+        "calibration": tables.calibration_table(seeds, study, params.evaluate.calibration_bins),
+        "environment": tables.environment_table(seeds), "contrasts": None, "per_finding": None, "variance": None,
+        "coverage_single": None, "coverage_difference": None, "prevalence": None}
     if study is not None:
-        tables.update(contrasts=contrast_table(study.overall, "Comparison"), per_finding=per_finding_table(study),
-                      variance=variance_table(study))
+        t.update(contrasts=tables.contrast_table(study.overall, study), per_finding=tables.per_finding_table(study),
+                 variance=tables.variance_table(study))
+    cover = None
+    if coverage is not None and coverage.method("single") != NO_METHOD:
+        cover = words.coverage_facts(coverage, study, params.report.min_positives)
+        t.update(coverage_single=tables.coverage_table(coverage, "single", cover.counts),
+                 coverage_difference=tables.coverage_table(coverage, "difference", cover.counts))
+    calib = None
+    if study is not None and preds is not None and study.settings.resamples:
+        effect = loss_effect(read_grid(inputs.grid), words.loss_key(params.train.loss))
+        calib = words.calibration_facts(study, preds, effect, words.loss_key(params.train.loss))
+    notes = run_caveats(params, refs, seeds, preds, inputs)
+    if notes.prevalence:
+        t["prevalence"] = tables.prevalence_table(notes.prevalence, "NIH ChestX-ray14, all images")
     return {"params": params, "phantom": is_phantom(params), "split": split, "split_name": our_split(params),
-            "seeds": seeds, "study": study, "figures": figures, "findings": FINDINGS, "tables": tables,
-            "f": facts(seeds, study, params.report.min_positives),
+            "seeds": seeds, "study": study, "figures": figures, "findings": seeds[0].findings, "tables": t,
+            "f": words.headline(seeds, study, params.report.min_positives), "cover": cover, "calib": calib,
+            "caveats": notes, "methods": tables.METHOD_NAMES,
             "refs": {"tables": references_tables(params, seeds, study, refs), "legend": legend(params, refs),
-                     "facts": reference_facts(seeds, refs), "study_split_label": refs.study_split.label}}
+                     "facts": reference_facts(seeds, refs), "study_split_label": refs.study_split.label,
+                     "counts_source": refs.label_counts_source}}
+
+
+def coverage_summary(coverage: Coverage | None) -> dict[str, Any]:
+    """The coverage stage's choice, for `metrics/report.json`: per kind the method, its worst coverage from the
+    threshold up and the count from which it stays within tolerance."""
+    if coverage is None or coverage.method("single") == NO_METHOD:
+        return {}
+    choice = coverage.raw["choice"]
+    return {"coverage": {kind: {"method": choice[kind]["method"],
+                                "worst": choice[kind]["worst_coverage"][choice[kind]["method"]],
+                                "supported_threshold": choice[kind]["supported_threshold"]}
+                         for kind in ("single", "difference")}}
 
 
 def summary_metrics(seeds: list[SeedMetrics], study: SeedStudy | None) -> dict[str, Any]:
@@ -147,7 +163,8 @@ def summary_metrics(seeds: list[SeedMetrics], study: SeedStudy | None) -> dict[s
         out["test_sampling_sd"] = clean(study.variance.test) if study.variance else None
         if study.variance:
             v = study.variance
-            out["training_sd"] = {"value": clean(v.seed), "ci_low": clean(v.seed_low), "ci_high": clean(v.seed_high)}
+            out["training_sd"] = {"value": clean(v.seed), "ci_low": clean(v.seed_low), "ci_high": clean(v.seed_high),
+                                  "p": clean(v.p)}
         if study.ensemble is not None:
             ens = study.ensemble
             out["ensemble_auroc"] = {"value": clean(ens.auroc_mean), "eligible": clean(ens.mean.value),
@@ -155,33 +172,56 @@ def summary_metrics(seeds: list[SeedMetrics], study: SeedStudy | None) -> dict[s
             out["ensemble_f1"] = {"validation_thresholds": clean(ens.f1_val_mean),
                                   "test_tuned": clean(ens.f1_tuned_mean)}
             out["ensemble_calibration"] = {"brier": clean(ens.calibration.brier_mean),
-                                           "ece": clean(ens.calibration.ece_mean)}
+                                           "ece": clean(ens.calibration.ece_mean),
+                                           "brier_skill": clean(ens.skill)}
     return out
+
+
+def load_predictions(seeds: list[SeedMetrics], predictions_dir: Path, splits_dir: Path,
+                     metrics_dir: Path) -> tuple[list[Predictions], list[Predictions]]:
+    """Every seed's test and validation predictions, checked against the split's lists, against each other and
+    against their metrics files."""
+    from cxrstudy.reporting import scoring
+
+    paths = [predictions_dir / f"seed_{s.seed}.csv" for s in seeds]
+    val_paths = [predictions_dir / "val" / f"seed_{s.seed}.csv" for s in seeds]
+    preds = [read_predictions(p) for p in paths]
+    val = [read_predictions(p) for p in val_paths]
+    split = read_split_lists(splits_dir)
+    check_against_split([(p, str(path)) for p, path in zip(preds, paths, strict=True)], split, "test")
+    check_against_split([(p, str(path)) for p, path in zip(val, val_paths, strict=True)], split, "val")
+    for s, p, path in zip(seeds, preds, paths, strict=True):
+        auroc = dict(zip(p.findings, scoring.auroc(p.labels, p.probs).tolist(), strict=True))
+        check_agreement(p, auroc, s, path, metrics_dir / f"seed_{s.seed}.json")
+    return preds, val
 
 
 def run(params: Params, metrics_dir: Path, splits_dir: Path, out_file: Path, *,
         predictions_dir: Path | None = Path("predictions"), history_dir: Path | None = Path("plots/train"),
         raw_dir: Path | None = Path("data/raw"), processed_dir: Path | None = Path("data/processed"),
         figures_dir: Path | None = Path("reports/figures"), plots_dir: Path | None = Path("plots/report"),
-        summary_file: Path | None = Path(SUMMARY_FILE)) -> None:
+        summary_file: Path | None = Path(SUMMARY_FILE), inputs: Inputs | None = None) -> None:
     """Stage entry point: render the report for every seed in `params.seeds`.
 
     A None input folder leaves out what needs it: predictions (intervals, comparisons, the ensemble, ROC and
     reliability), histories (training curves), raw/processed images (the CLAHE figure); a None output folder writes
-    nothing there.
+    nothing there. The predictions need the coverage simulation's file (`inputs.coverage`).
     """
+    inputs = inputs or Inputs()
     # The figure and plot folders are written file by file: a file in each stands for them.
     check_writable(*(p for p in (out_file, summary_file, figures_dir and figures_dir / "figure.png",
                                  plots_dir and plots_dir / "plot.csv") if p is not None))
     seeds = [load_seed_metrics(metrics_dir / f"seed_{seed}.json") for seed in params.seeds]
-    study, preds = None, None
+    study, preds, coverage = None, None, None
+    if inputs.coverage is not None:
+        coverage = load_coverage(inputs.coverage)
     if predictions_dir is not None:
-        paths = [predictions_dir / f"seed_{s.seed}.csv" for s in seeds]
-        preds = [read_predictions(p) for p in paths]
-        val = [read_predictions(predictions_dir / "val" / f"seed_{s.seed}.csv") for s in seeds]
-        study = seed_study(preds, val, [s.seed for s in seeds], settings(params))
-        for s, p, m, path in zip(seeds, preds, study.per_seed, paths, strict=True):
-            check_agreement(p, m.auroc, s, path, metrics_dir / f"seed_{s.seed}.json")
+        if coverage is None:
+            raise InputError("report: intervals need the coverage simulation's choice of method; give its file "
+                             f"({COVERAGE_FILE}, from `python -m cxrstudy coverage`)")
+        preds, val = load_predictions(seeds, predictions_dir, splits_dir, metrics_dir)
+        seeds = [in_order(s, preds[0].findings) for s in seeds]
+        study = seed_study(preds, val, [s.seed for s in seeds], settings(params, coverage))
     refs = load_references()
     figures = Figures()
     if figures_dir is not None:
@@ -189,7 +229,8 @@ def run(params: Params, metrics_dir: Path, splits_dir: Path, out_file: Path, *,
 
         figures = Figures(**draw_figures(params, seeds, preds, study, refs, FigurePaths(
             figures_dir, plots_dir, out_file.parent, history_dir, raw_dir, processed_dir)))
-    text = render(TEMPLATE, **context(params, seeds, read_split_summary(splits_dir), study, refs, figures))
+    text = render(TEMPLATE, **context(params, seeds, read_split_summary(splits_dir), study, refs, figures, coverage,
+                                      preds, inputs))
     if len(text) >= MAX_CHARS:
         print(f"report: warning: {len(text)} characters, over GitHub's comment limit of {MAX_CHARS}", file=sys.stderr)
     with atomic_file(out_file) as handle:
@@ -197,5 +238,6 @@ def run(params: Params, metrics_dir: Path, splits_dir: Path, out_file: Path, *,
     if summary_file is not None:
         from cxrstudy.numerics import environment
 
-        write_json(summary_file, {**summary_metrics(seeds, study), "environment": environment(params.numerics)})
+        write_json(summary_file, {**summary_metrics(seeds, study), **coverage_summary(coverage),
+                                  "environment": environment(params.numerics)})
     print(f"report: {len(seeds)} seed(s) -> {out_file}")

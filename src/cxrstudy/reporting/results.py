@@ -1,5 +1,5 @@
-"""Reading a run's results: the evaluate stage's metrics files and predictions, the training histories, the split
-summary, and the same files as committed at a git revision (for comparisons across revisions and experiments).
+"""Reading a run's results: the evaluate stage's metrics files and predictions, the training histories and the split
+summary. Finding names always come from the files (the columns of a predictions file, the keys of a metrics file).
 
 Predictions are read with pandas rather than through `cxrstudy.learning.evaluate`, which would import torch into
 commands that need none; the columns checked are the ones `evaluate.write_predictions` writes.
@@ -10,9 +10,8 @@ from __future__ import annotations
 import io
 import json
 import math
-import subprocess
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,6 @@ import numpy as np
 import pandas as pd
 
 from cxrstudy.errors import InputError
-from cxrstudy.labels import FINDINGS
 
 # The predictions hold evaluate's exact float32 probabilities and the metrics file its AUROCs to 6 decimals, so the
 # AUROCs computed here from the predictions agree to that last decimal; a larger gap means stale or mismatched files.
@@ -52,11 +50,28 @@ class SeedMetrics:
     prevalence: float = math.nan
     environment: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def findings(self) -> tuple[str, ...]:
+        """The label space of this model, as its metrics file names it."""
+        return tuple(self.auroc)
+
+
+def _names(raw: Mapping[str, Any]) -> tuple[str, ...]:
+    """The finding names of a metrics file, from the data: the keys of its per-finding counts (never null), else of
+    its AUROCs, in the file's order."""
+    for key in ("test_positives", "auroc"):
+        values = raw.get(key)
+        if isinstance(values, Mapping) and values:
+            return tuple(str(n) for n in values)
+    raise KeyError("test_positives")
+
 
 def seed_metrics_from_dict(raw: Any, lenient: bool = False) -> SeedMetrics:
-    """One evaluate stage's metrics; `lenient` (for `dvc exp show`, which drops nulls) reads a missing number as NaN."""
+    """One evaluate stage's metrics; `lenient` (for `dvc exp show`, which drops nulls) reads a missing number as NaN.
+    The findings are the file's own (its per-finding keys), in its order."""
     if not isinstance(raw, Mapping):
         raise TypeError(f"expected a JSON object, got {type(raw).__name__}")
+    names = _names(raw)
 
     def top(key: str) -> Any:
         return raw.get(key) if lenient else raw[key]
@@ -64,12 +79,12 @@ def seed_metrics_from_dict(raw: Any, lenient: bool = False) -> SeedMetrics:
     def by_class(key: str, required: bool) -> dict[str, float]:
         values = raw.get(key) if lenient or not required else raw[key]
         if values is None:
-            return dict.fromkeys(FINDINGS, math.nan) if required else {}
-        return {n: num(values.get(n) if lenient or not required else values[n]) for n in FINDINGS}
+            return dict.fromkeys(names, math.nan) if required else {}
+        return {n: num(values.get(n) if lenient or not required else values[n]) for n in names}
 
     def counts(key: str) -> dict[str, int]:
         values = raw.get(key) or {}
-        return {n: int(values[n]) for n in FINDINGS if n in values}
+        return {n: int(values[n]) for n in names if n in values}
 
     return SeedMetrics(
         seed=int(raw["seed"]), loss=num(top("loss")), auroc_mean=num(top("auroc_mean")), f1_mean=num(top("f1_mean")),
@@ -80,6 +95,17 @@ def seed_metrics_from_dict(raw: Any, lenient: bool = False) -> SeedMetrics:
         ece_mean=num(raw.get("ece_mean")), mean_prob=num(raw.get("mean_prob")), prevalence=num(raw.get("prevalence")),
         environment=dict(raw.get("environment") or {}),
     )
+
+
+def in_order(metrics: SeedMetrics, names: Sequence[str]) -> SeedMetrics:
+    """`metrics` with its per-finding values in the order of `names` (the model's, from its predictions: a metrics
+    file's keys are sorted); a finding it lacks is left out here and named by `checks.check_agreement`."""
+    def ordered(values: dict[str, Any]) -> dict[str, Any]:
+        return {n: values[n] for n in names if n in values}
+
+    return replace(metrics, auroc=ordered(metrics.auroc), f1=ordered(metrics.f1),
+                   f1_test_tuned=ordered(metrics.f1_test_tuned), test_positives=ordered(metrics.test_positives),
+                   val_positives=ordered(metrics.val_positives))
 
 
 def load_seed_metrics(path: Path) -> SeedMetrics:
@@ -94,36 +120,59 @@ def load_seed_metrics(path: Path) -> SeedMetrics:
 
 @dataclass(frozen=True)
 class Predictions:
-    """One model's predictions on one set of images, rows sorted by image name."""
+    """One model's predictions on one set of images, rows sorted by image name. `findings`: the label space, from the
+    file's columns; `labels` holds NaN for a masked cell (left out of that finding); `patients` are strings;
+    `order`: the images in the file's own row order (checked against the split's list)."""
 
     images: list[str]
     patients: np.ndarray
     labels: np.ndarray
     probs: np.ndarray
+    findings: tuple[str, ...] = ()
+    order: tuple[str, ...] = ()
+
+
+def finding_columns(columns: Sequence[str], where: str) -> tuple[str, ...]:
+    """The findings of a predictions file: every `label_<name>` column, in order, each with its `prob_<name>`."""
+    names = tuple(c[len("label_"):] for c in columns if c.startswith("label_"))
+    probs = tuple(c[len("prob_"):] for c in columns if c.startswith("prob_"))
+    missing = [c for c in ("image", "patient") if c not in columns]
+    missing += [f"prob_{n}" for n in names if n not in probs] + [f"label_{n}" for n in probs if n not in names]
+    if missing or not names:
+        raise InputError(f"{where}: malformed predictions file, missing column(s) "
+                         f"{', '.join(missing) or 'label_<finding> and prob_<finding>'}")
+    return names
 
 
 def parse_predictions(text: str, where: str) -> Predictions:
     """Predictions from the CSV text `evaluate.write_predictions` writes (image, patient, label_<finding>...,
-    prob_<finding>...); `where` names the file in errors."""
-    label_cols = [f"label_{n}" for n in FINDINGS]
-    prob_cols = [f"prob_{n}" for n in FINDINGS]
+    prob_<finding>...); `where` names the file in errors. A label cell is 1, 0 or empty (masked)."""
     try:
-        frame = pd.read_csv(io.StringIO(text))
+        frame = pd.read_csv(io.StringIO(text), dtype={"image": str, "patient": str}, keep_default_na=False,
+                            na_values=[""])
     except (ValueError, pd.errors.ParserError) as err:
         raise InputError(f"{where}: not a readable CSV ({err})") from None
-    missing = [c for c in ["image", "patient", *label_cols, *prob_cols] if c not in frame.columns]
-    if missing:
-        raise InputError(f"{where}: malformed predictions file, missing column(s) {', '.join(missing)}")
+    names = finding_columns([str(c) for c in frame.columns], where)
     if frame.empty:
         raise InputError(f"{where}: no predictions")
+    order = tuple(frame["image"].astype(str))
+    if len(set(order)) != len(order):
+        twice = next(n for i, n in enumerate(order) if n in order[:i])
+        raise InputError(f"{where}: image {twice} has more than one row")
     frame = frame.sort_values("image", kind="stable").reset_index(drop=True)
-    labels = frame[label_cols].to_numpy(dtype=np.float64)
-    probs = frame[prob_cols].to_numpy(dtype=np.float64)
-    if not np.isin(labels, (0.0, 1.0)).all():
-        raise InputError(f"{where}: label columns must hold 0 or 1")
+    try:
+        labels = frame[[f"label_{n}" for n in names]].to_numpy(dtype=np.float64)
+        probs = frame[[f"prob_{n}" for n in names]].to_numpy(dtype=np.float64)
+    except ValueError as err:
+        raise InputError(f"{where}: label and probability cells must be numbers ({err})") from None
+    if not np.isin(labels[np.isfinite(labels)], (0.0, 1.0)).all():
+        raise InputError(f"{where}: label cells must hold 1, 0 or nothing (masked)")
     if not np.isfinite(probs).all() or (probs < 0).any() or (probs > 1).any():
         raise InputError(f"{where}: probabilities must be finite numbers in [0, 1]")
-    return Predictions(frame["image"].astype(str).tolist(), frame["patient"].to_numpy(), labels, probs)
+    if frame["patient"].isna().any():
+        raise InputError(f"{where}: image {frame['image'][int(frame['patient'].isna().argmax())]} has no patient")
+    patients = frame["patient"].astype(str).to_numpy()
+    return Predictions(frame["image"].astype(str).tolist(), patients, labels, probs, names, order)
 
 
 def read_predictions(path: Path) -> Predictions:
@@ -133,43 +182,11 @@ def read_predictions(path: Path) -> Predictions:
     return parse_predictions(path.read_text(), str(path))
 
 
-def git_show(repo: Path, rev: str, path: str) -> str | None:
-    """The text of `path` as committed at `rev` in `repo`; None when that revision has no such file."""
-    try:
-        done = subprocess.run(["git", "-C", str(repo), "show", f"{rev}:{path}"], capture_output=True, text=True,
-                              check=False)
-    except FileNotFoundError:
-        raise InputError("git not found on PATH: it is needed to read predictions at a revision") from None
-    return done.stdout if done.returncode == 0 else None
-
-
-def predictions_at(repo: Path, rev: str, path: str) -> Predictions:
-    """`path` (e.g. predictions/seed_12.csv) as committed at `rev`; an error naming both when it is not there."""
-    text = git_show(repo, rev, path)
-    if text is None:
-        raise InputError(f"{rev}:{path}: not in git at that revision (predictions are committed from the evaluate "
-                         "stage's cache: false outputs; re-run the pipeline there, or give a predictions folder)")
-    return parse_predictions(text, f"{rev}:{path}")
-
-
-def check_agreement(pred: Predictions, auroc: Mapping[str, float], metrics: SeedMetrics, pred_path: Path,
-                    metrics_path: Path) -> None:
-    """The predictions (their size, their per-class `auroc`) must be the ones the metrics were computed from."""
-    if metrics.n_test and metrics.n_test != len(pred.images):
-        raise InputError(f"{pred_path}: {len(pred.images)} test images, but {metrics_path} says n_test "
-                         f"{metrics.n_test}; re-run the evaluate stage for seed {metrics.seed}")
-    for name, value in auroc.items():
-        stored = metrics.auroc[name]
-        if math.isnan(value) != math.isnan(stored) or abs(value - stored) > AUROC_TOLERANCE:
-            raise InputError(f"{pred_path} and {metrics_path} disagree on {name} AUROC ({value:.4f} from the "
-                             f"predictions, {stored:.4f} in the metrics); re-run the evaluate stage for seed "
-                             f"{metrics.seed}")
-
-
 def same_images(preds: Sequence[Predictions]) -> bool:
     """Whether every model was scored on the same images with the same labels (so they can be paired)."""
     first = preds[0]
-    return all(p.images == first.images and np.array_equal(p.labels, first.labels) for p in preds[1:])
+    return all(p.images == first.images and p.findings == first.findings
+               and np.array_equal(p.labels, first.labels, equal_nan=True) for p in preds[1:])
 
 
 def make_ensemble(preds: Sequence[Predictions]) -> tuple[Predictions | None, str]:
@@ -179,7 +196,8 @@ def make_ensemble(preds: Sequence[Predictions]) -> tuple[Predictions | None, str
     if not same_images(preds):
         return None, "the seeds' test sets differ, so their predictions cannot be averaged"
     first = preds[0]
-    return Predictions(first.images, first.patients, first.labels, np.mean([p.probs for p in preds], axis=0)), ""
+    return Predictions(first.images, first.patients, first.labels, np.mean([p.probs for p in preds], axis=0),
+                       first.findings, first.order), ""
 
 
 def read_history(path: Path) -> pd.DataFrame:

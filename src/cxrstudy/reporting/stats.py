@@ -33,14 +33,19 @@ class _ClassTerms:
     negatives: np.ndarray
 
 
-def _class_terms(positive: np.ndarray, scores: np.ndarray, patient: np.ndarray, n_patients: int) -> _ClassTerms | None:
+def _class_terms(label: np.ndarray, scores: np.ndarray, patient: np.ndarray, n_patients: int) -> _ClassTerms | None:
     """None when the finding has one class only. Otherwise, for each positive (sorted by score) and patient: how many
-    of that patient's negatives score below it, ties counting one half.
+    of that patient's negatives score below it, ties counting one half. A NaN label (masked: an uncertain label
+    left out) is neither positive nor negative: that image takes no part in this finding.
 
     A negative scoring s lies strictly below the positives from rank #(pos <= s) on, and at or below them from rank
     #(pos < s) on; a cumulative sum over ranks turns those start ranks into counts. Every entry is a multiple of 1/2
     below 2^23, so float32 holds it exactly (and the matrix product with integer counts stays exact too).
     """
+    valid = np.isfinite(label)
+    if not valid.all():
+        label, scores, patient = label[valid], scores[valid], patient[valid]
+    positive = label == 1
     if positive.all() or not positive.any():
         return None
     order = np.argsort(scores[positive], kind="stable")
@@ -75,13 +80,14 @@ def patient_weighted_auroc(labels: np.ndarray, scores: np.ndarray, patient: np.n
     """AUROC for each row of patient `counts` (B x P) and each column of `labels`/`scores` (N x C, or N); NaN where
     a column has one class only. Returns B x C (or B).
 
-    `patient` maps each image to a column of `counts` (0..P-1). A row of counts weights every image by its patient's
-    count: that is the AUROC (Mann-Whitney U, ties one half) of the test set with each patient's images repeated that
-    many times, and with all counts 1 it is scikit-learn's `roc_auc_score`. The work is a matrix product, counts x
-    (negatives below each positive, per patient), so it grows with positives x patients, not with images squared.
+    `patient` maps each image to a column of `counts` (0..P-1); a NaN label leaves that image out of its column. A
+    row of counts weights every image by its patient's count: that is the AUROC (Mann-Whitney U, ties one half) of the
+    test set with each patient's images repeated that many times, and with all counts 1 it is scikit-learn's
+    `roc_auc_score`. The work is a matrix product, counts x (negatives below each positive, per patient), so it grows
+    with positives x patients, not with images squared.
     """
     single = labels.ndim == 1
-    labels = labels.reshape(len(labels), -1).astype(bool)
+    labels = labels.reshape(len(labels), -1).astype(np.float64)
     scores = scores.reshape(len(scores), -1)
     counts = np.atleast_2d(counts).astype(np.float64)
     n_resamples, n_patients = counts.shape
@@ -115,7 +121,7 @@ def patient_jackknife_auroc(labels: np.ndarray, scores: np.ndarray, patient: np.
     Leaving patient i out removes every pair with one of its images: U_(-i) = U - (pairs of i's positives) - (pairs
     of i's negatives) + (pairs within i, removed twice), all read off the "negatives below each positive" table.
     """
-    labels = labels.reshape(len(labels), -1).astype(bool)
+    labels = labels.reshape(len(labels), -1).astype(np.float64)
     scores = scores.reshape(len(scores), -1)
     out = np.full((n_patients, labels.shape[1]), np.nan)
     for k in range(labels.shape[1]):
@@ -153,7 +159,8 @@ def bootstrap_auroc(labels: np.ndarray, probs: np.ndarray, patients: np.ndarray,
                     seed: int) -> Bootstrap:
     """Patient-level bootstrap (and patient jackknife) of per-class AUROC for one model's predictions.
 
-    `labels` and `probs` are N x C, `patients` the N patient ids. The draws depend only on `seed` and the sorted set
+    `labels` and `probs` are N x C (NaN: a masked label, left out of its finding), `patients` the N patient ids
+    (strings or numbers). The draws depend only on `seed` and the sorted set
     of patient ids, so two models scored on the same test patients see the same resamples (a paired bootstrap);
     the jackknife rows follow the sorted patient ids, so they pair the same way.
     """

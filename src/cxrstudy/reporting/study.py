@@ -1,63 +1,82 @@
-"""The seed study's statistics, from the saved predictions: per model (each seed, the ensemble) the AUROC with BCa
-intervals, and across models the paired comparisons, the best seed per finding, the probability that each seed ranks
-first, and training (seed) variance against test-sampling variance. The methods are in `cxrstudy.reporting.inference`.
+"""The seed study's statistics, from the saved predictions: per model (each seed, the ensemble) the AUROC with its
+interval, and across models the paired comparisons, the best seed per finding, the probability that each seed ranks
+first, and training (seed) variance against test-sampling variance. Methods: `inference` and `variance`.
 
-Which findings the means cover: the mean AUROC of the metrics files (and of the seed study) is over every finding
-with a positive in the test set. Intervals and comparisons use the mean over the *eligible* findings, those with at
-least `report.min_positives` test positives, because a finding with a handful of positives has no positive at all in
-many resamples (the mean would then change meaning from resample to resample) and ranks models on a few images.
+Which findings get intervals: the *eligible* ones, with at least `report.min_positives` positive test *patients*
+(and a patient with a negative image). A patient's images are not independent, so what an interval can rest on is
+the number of positive patients, not of images; below the threshold the coverage simulation
+(`cxrstudy.reporting.coverage`) shows that intervals cover far less than they claim, so such a finding gets no
+interval, no rank and no claim. The means with intervals are over the eligible findings; the metrics files' mean,
+over every finding with a positive, is shown as a point only.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from cxrstudy.calibration import Calibration, calibration
-from cxrstudy.labels import FINDINGS
-from cxrstudy.metrics import per_class_auroc, per_class_f1, per_class_thresholds
+from cxrstudy.calibration import Calibration
+from cxrstudy.errors import InputError
 from cxrstudy.params import Params
+from cxrstudy.reporting import naming, scoring
+from cxrstudy.reporting.coverage import Coverage
 from cxrstudy.reporting.inference import (
-    Contrast,
     Estimate,
     Stat,
-    VarianceComponents,
+    Tested,
     column,
     column_mean,
-    contrasts,
     estimate,
+    estimate_difference,
+    family,
     mean_of,
+    none,
+    paired_contrasts,
     rank_first,
-    variance_components,
 )
+from cxrstudy.reporting.naming import Contrast, Model
 from cxrstudy.reporting.results import Predictions, make_ensemble, same_images
 from cxrstudy.reporting.stats import Bootstrap, bootstrap_auroc
+from cxrstudy.reporting.variance import VarianceComponents, variance_components
 
 
 @dataclass(frozen=True)
 class Settings:
-    """The report's statistical settings (`report.*`, `evaluate.calibration_bins` in params.yaml)."""
+    """The report's statistical settings (`report.*`, `evaluate.calibration_bins`) and the interval methods the
+    coverage simulation chose: `single` for one model's values, `difference` for paired contrasts."""
 
     resamples: int
     seed: int
     level: float
     min_positives: int
     bins: int
+    single: str
+    difference: str
 
 
-def settings(params: Params) -> Settings:
+def settings(params: Params, coverage: Coverage) -> Settings:
+    """The settings, with the methods `coverage` chose; it must have simulated these very settings."""
     r = params.report
-    return Settings(r.bootstrap, r.bootstrap_seed, r.level, r.min_positives, params.evaluate.calibration_bins)
+    design = coverage.raw["design"]
+    ran = {"report.bootstrap": design["resamples"], "report.level": design["level"],
+           "report.min_positives": design["min_positives"]}
+    wanted = {"report.bootstrap": r.bootstrap, "report.level": r.level, "report.min_positives": r.min_positives}
+    stale = [f"{k} {ran[k]} (params.yaml: {wanted[k]})" for k in ran if ran[k] != wanted[k]]
+    if stale:
+        raise InputError(f"{coverage.path}: simulated for {', '.join(stale)}; re-run the coverage stage "
+                         "(`dvc repro coverage`) so that the methods and coverage it reports are this run's")
+    return Settings(r.bootstrap, r.bootstrap_seed, r.level, r.min_positives, params.evaluate.calibration_bins,
+                    coverage.method("single"), coverage.method("difference"))
 
 
 @dataclass(frozen=True)
 class Scored:
-    """One model on one test set: per-class AUROC and its patient resampling."""
+    """One model on one test set: per-finding AUROC (masked cells left out) and its patient resampling."""
 
-    name: str
+    model: Model
     auroc: np.ndarray
     boot: Bootstrap
 
@@ -68,128 +87,129 @@ class Scored:
         return column_mean(self.auroc, self.boot.per_class, self.boot.jackknife, columns)
 
 
-def score(name: str, pred: Predictions, settings: Settings) -> Scored:
-    auroc = np.array(per_class_auroc(pred.labels, pred.probs))
-    return Scored(name, auroc, bootstrap_auroc(pred.labels, pred.probs, pred.patients, settings.resamples,
-                                               settings.seed))
+def score(model: Model, pred: Predictions, settings: Settings) -> Scored:
+    return Scored(model, scoring.auroc(pred.labels, pred.probs),
+                  bootstrap_auroc(pred.labels, pred.probs, pred.patients, settings.resamples, settings.seed))
 
 
-def eligible(labels: np.ndarray, min_positives: int) -> list[int]:
-    """Columns with at least `min_positives` positives and at least one negative."""
-    positives = labels.sum(axis=0)
-    return [k for k in range(labels.shape[1]) if positives[k] >= min_positives and positives[k] < len(labels)]
-
-
-def perfect_pairs(pred: Predictions, k: int) -> int:
-    """Independent positive-negative pairs available for finding `k`: the smaller of the numbers of patients with a
-    positive and with a negative image (see `inference.perfect_bound`)."""
-    positive = pred.labels[:, k] == 1
-    return min(len(set(pred.patients[positive].tolist())), len(set(pred.patients[~positive].tolist())))
+def eligible(counts: scoring.Counts, findings: Sequence[str], min_positives: int) -> list[int]:
+    """Columns with at least `min_positives` positive patients and at least one patient with a negative image."""
+    return [k for k, n in enumerate(findings)
+            if counts.patients[n] >= min_positives and counts.negative_patients[n] > 0]
 
 
 @dataclass(frozen=True)
 class ModelSummary:
-    """One model's AUROC: per finding and mean over the defined findings (points), the mean over the eligible findings
-    with its interval, an interval per finding, its calibration and (ensemble) F1."""
+    """One model's AUROC per finding and over the defined findings (points), the mean over the eligible findings
+    with its interval, an interval per eligible finding, its calibration with the Brier skill score against the
+    prevalence predictor, and (ensemble) F1."""
 
-    name: str
+    model: Model
     auroc: dict[str, float]
     auroc_mean: float
     mean: Estimate
     per_class: dict[str, Estimate]
     calibration: Calibration
+    skill: float
     f1_val_mean: float = math.nan
     f1_tuned_mean: float = math.nan
 
 
-def summarise(scored: Scored, pred: Predictions, columns: list[int], settings: Settings) -> ModelSummary:
-    auroc = dict(zip(FINDINGS, scored.auroc.tolist(), strict=True))
-    per_class = {n: estimate(scored.finding(k), settings.level, perfect_pairs(pred, k))
-                 for k, n in enumerate(FINDINGS) if not math.isnan(auroc[n])}
-    return ModelSummary(scored.name, auroc, float(np.nanmean(list(auroc.values()))),
-                        estimate(scored.mean_over(columns), settings.level), per_class,
-                        calibration(pred.labels, pred.probs, settings.bins))
+def summarise(scored: Scored, pred: Predictions, columns: list[int], counts: scoring.Counts,
+              settings: Settings) -> ModelSummary:
+    names = pred.findings
+    auroc = dict(zip(names, scored.auroc.tolist(), strict=True))
+    pairs = {n: min(counts.patients[n], counts.negative_patients[n]) for n in names}
+    per_class = {names[k]: estimate(scored.finding(k), settings.level, settings.single, pairs[names[k]])
+                 for k in columns}
+    mean = estimate(scored.mean_over(columns), settings.level, settings.single) if columns else none(math.nan)
+    calib = scoring.calibration(pred.labels, pred.probs, settings.bins)
+    defined = [v for v in auroc.values() if not math.isnan(v)]
+    return ModelSummary(scored.model, auroc, float(np.mean(defined)) if defined else math.nan, mean, per_class, calib,
+                        scoring.brier_skill(calib.brier, scoring.reference_brier(pred.labels)))
 
 
 @dataclass(frozen=True)
 class BestSeed:
     """The seed with the highest test AUROC for one finding; `claimed` when it beats every other seed beyond
-    test-sampling noise. `lead` is best minus runner-up. Not ranked (no seed) below the positives threshold."""
+    test-sampling noise. `lead` is best minus runner-up. Not ranked (no seed) below the threshold."""
 
     finding: str
-    positives: int
     seed: int | None
     auroc: float
     eligible: bool
-    lead: Contrast | None
+    lead: Tested | None
     claimed: bool
 
 
 @dataclass(frozen=True)
 class SeedStudy:
     settings: Settings
+    findings: tuple[str, ...]
     seeds: list[int]
     per_seed: list[ModelSummary]
     ensemble: ModelSummary | None
     ensemble_note: str
-    test_positives: dict[str, int]
+    counts: scoring.Counts
+    val_counts: scoring.Counts | None
     eligible: list[str]
     lacking: dict[str, int]
     n_images: int
     n_patients: int
-    overall: list[Contrast]
-    per_finding: dict[str, list[Contrast]]
+    overall: list[Tested]
+    per_finding: dict[str, list[Tested]]
     best: list[BestSeed]
     rank_first: dict[int, float]
     variance: VarianceComponents | None
+    reference_brier: float
     paired: bool = True
 
     @property
     def mean_dropped(self) -> int:
         return self.per_seed[0].mean.dropped
 
-
-def oriented(c: Contrast, first: str) -> Contrast:
-    """`c` as `first` minus the other (the interval mirrored when it was the other way round)."""
-    if c.first == first:
-        return c
-    d = c.difference
-    return Contrast(c.second, c.first, Estimate(-d.value, -d.high, -d.low, d.method, d.dropped, d.resamples),
-                    c.p, c.p_holm, c.level)
+    def contrasts(self, kind: str) -> list[Tested]:
+        return [t for t in self.overall if t.contrast.kind == kind]
 
 
-def seed_pairs(names: list[str], stats: list[Stat]) -> list[tuple[str, str, Stat]]:
-    return [(names[i], names[j], stats[i] - stats[j]) for i in range(len(names)) for j in range(i + 1, len(names))]
+def oriented(t: Tested, first: Model) -> Tested:
+    """`t` as `first` minus the other (the interval mirrored when it was the other way round)."""
+    if t.contrast.first == first:
+        return t
+    d = t.difference
+    return replace(t, contrast=t.contrast.reversed(), difference=replace(d, value=-d.value, low=-d.high, high=-d.low))
 
 
-def _with_ensemble(names: list[str], stats: list[Stat], ensemble: Stat | None) -> list[tuple[str, str, Stat]]:
+def _comparisons(models: list[Model], stats: list[Stat], ensemble: Stat | None) -> list[tuple[Contrast, Stat, Stat]]:
     """Every pair of seeds; with an ensemble, it against the mean of the seeds and against the best seed."""
-    pairs = seed_pairs(names, stats)
+    pairs = [(Contrast(naming.SEED_PAIR, models[i], models[j]), stats[i], stats[j])
+             for i in range(len(models)) for j in range(i + 1, len(models))]
     if ensemble is not None:
         best = max(range(len(stats)), key=lambda i: (stats[i].point, -i))
-        pairs += [("ensemble", "mean of seeds", ensemble - mean_of(stats)),
-                  ("ensemble", f"best {names[best]}", ensemble - stats[best])]
+        pairs += [(Contrast(naming.ENSEMBLE_VS_MEAN, naming.ensemble(len(stats)), naming.mean(len(stats))),
+                   ensemble, mean_of(stats)),
+                  (Contrast(naming.ENSEMBLE_VS_BEST, naming.ensemble(len(stats)), models[best]), ensemble,
+                   stats[best])]
     return pairs
 
 
-def best_seeds(seeds: list[int], scored: list[Scored], per_finding: dict[str, list[Contrast]],
-               positives: dict[str, int], columns: list[int]) -> list[BestSeed]:
+def best_seeds(findings: tuple[str, ...], scored: list[Scored], per_finding: dict[str, list[Tested]],
+               columns: list[int]) -> list[BestSeed]:
     out = []
-    for k, name in enumerate(FINDINGS):
-        ranked = sorted(((float(s.auroc[k]), -seed) for s, seed in zip(scored, seeds, strict=True)
-                         if not math.isnan(s.auroc[k])), reverse=True)
+    for k, name in enumerate(findings):
+        ranked = sorted(((float(s.auroc[k]), -s.model.seed) for s in scored if not math.isnan(s.auroc[k])),
+                        reverse=True)
         if not ranked:
-            out.append(BestSeed(name, positives[name], None, math.nan, False, None, False))
+            out.append(BestSeed(name, None, math.nan, False, None, False))
             continue
-        top, top_seed = ranked[0][0], -ranked[0][1]
+        top, top_seed = ranked[0][0], naming.seed(-ranked[0][1])
         if k not in columns or len(ranked) < 2 or name not in per_finding:
-            out.append(BestSeed(name, positives[name], None if k not in columns else top_seed, top,
-                                k in columns, None, False))
+            out.append(BestSeed(name, top_seed.seed if k in columns else None, top, k in columns, None, False))
             continue
-        mine = [oriented(c, f"seed {top_seed}") for c in per_finding[name]
-                if "ensemble" not in (c.first, c.second) and f"seed {top_seed}" in (c.first, c.second)]
-        lead = next(c for c in mine if c.second == f"seed {-ranked[1][1]}")
-        out.append(BestSeed(name, positives[name], top_seed, top, True, lead, all(c.beyond_noise for c in mine)))
+        mine = [oriented(t, top_seed) for t in per_finding[name]
+                if t.contrast.kind == naming.SEED_PAIR and t.contrast.involves(top_seed)]
+        lead = next(t for t in mine if t.contrast.second == naming.seed(-ranked[1][1]))
+        out.append(BestSeed(name, top_seed.seed, top, True, lead, all(t.beyond_noise for t in mine)))
     return out
 
 
@@ -197,44 +217,51 @@ def seed_study(preds: Sequence[Predictions], val_preds: Sequence[Predictions] | 
                settings: Settings) -> SeedStudy:
     """Everything the report says about uncertainty, from the seeds' test (and validation) predictions."""
     first = preds[0]
-    columns = eligible(first.labels, settings.min_positives)
-    names = [f"seed {s}" for s in seeds]
-    scored = [score(n, p, settings) for n, p in zip(names, preds, strict=True)]
-    per_seed = [summarise(s, p, columns, settings) for s, p in zip(scored, preds, strict=True)]
+    names = first.findings
+    counts = scoring.counts(names, first.labels, first.patients)
+    columns = eligible(counts, names, settings.min_positives)
+    models = [naming.seed(s) for s in seeds]
+    scored = [score(m, p, settings) for m, p in zip(models, preds, strict=True)]
+    per_seed = [summarise(s, p, columns, counts, settings) for s, p in zip(scored, preds, strict=True)]
     ens_pred, note = make_ensemble(preds)
     ensemble, ens_scored = None, None
     if ens_pred is not None:
-        ens_scored = score("ensemble", ens_pred, settings)
-        ensemble = summarise(ens_scored, ens_pred, columns, settings)
-        ensemble = _with_f1(ensemble, ens_pred, make_ensemble(val_preds)[0] if val_preds else None)
+        ens_scored = score(naming.ensemble(len(preds)), ens_pred, settings)
+        ensemble = _with_f1(summarise(ens_scored, ens_pred, columns, counts, settings), ens_pred,
+                            make_ensemble(val_preds)[0] if val_preds else None)
     means = [s.mean_over(columns) for s in scored]
-    # Differences are paired only when every seed was tested on the same images.
     paired = same_images(preds)
-    overall = contrasts(_with_ensemble(names, means, ens_scored.mean_over(columns) if ens_scored else None),
-                        settings.level) if columns and settings.resamples and paired else []
-    flat = [(FINDINGS[k], pair) for k in (columns if paired else [])
-            for pair in _with_ensemble(names, [s.finding(k) for s in scored],
-                                       ens_scored.finding(k) if ens_scored else None)]
-    tested = contrasts([pair for _, pair in flat], settings.level)
-    per_finding: dict[str, list[Contrast]] = {finding: [] for finding, _ in flat}
-    for (finding, _), c in zip(flat, tested, strict=True):
-        per_finding[finding].append(c)
-    positives = {n: int(v) for n, v in zip(FINDINGS, first.labels.sum(axis=0), strict=True)}
-    lacking = dict(zip(FINDINGS, (int(v) for v in scored[0].boot.lacking()), strict=True))
+    tested = bool(columns) and settings.resamples > 0 and paired
+    overall = paired_contrasts(_comparisons(models, means, ens_scored.mean_over(columns) if ens_scored else None),
+                             settings.level, settings.difference) if tested else []
+    flat = [(names[k], item) for k in (columns if tested else [])
+            for item in _comparisons(models, [s.finding(k) for s in scored],
+                                     ens_scored.finding(k) if ens_scored else None)]
+    pairs = {n: min(counts.patients[n], counts.negative_patients[n]) for n in names}
+    per_finding_all = family([(c, estimate_difference(a, b, settings.level, settings.difference, pairs[n]))
+                              for n, (c, a, b) in flat], settings.level)
+    per_finding: dict[str, list[Tested]] = {n: [] for n, _ in flat}
+    for (n, _), t in zip(flat, per_finding_all, strict=True):
+        per_finding[n].append(t)
+    reference = scoring.reference_brier(first.labels)
     return SeedStudy(
-        settings, list(seeds), per_seed, ensemble, note, positives, [FINDINGS[k] for k in columns],
-        lacking, len(first.images), len(set(first.patients.tolist())), overall, per_finding,
-        best_seeds(list(seeds), scored, per_finding, positives, columns),
+        settings, names, list(seeds), per_seed, ensemble, note, counts,
+        scoring.counts(names, val_preds[0].labels, val_preds[0].patients) if val_preds else None,
+        [names[k] for k in columns], dict(zip(names, (int(v) for v in scored[0].boot.lacking()), strict=True)),
+        len(first.images), len(set(first.patients.tolist())), overall, per_finding,
+        best_seeds(names, scored, per_finding, columns),
         dict(zip(seeds, rank_first(means), strict=True)) if len(seeds) > 1 and overall else {},
-        variance_components(means, settings.level) if paired else None, paired)
+        variance_components(means, settings.level, settings.seed) if paired and tested else None,
+        float(np.nanmean(reference)) if np.isfinite(reference).any() else math.nan, paired)
 
 
 def _with_f1(summary: ModelSummary, test: Predictions, val: Predictions | None) -> ModelSummary:
     """The ensemble's F1: at thresholds chosen on its validation predictions (the seeds' protocol) and tuned on the
     test set (optimistic)."""
-    tuned = float(np.nanmean(per_class_f1(test.labels, test.probs, per_class_thresholds(test.labels, test.probs))))
+    tuned = scoring.f1(test.labels, test.probs, scoring.thresholds(test.labels, test.probs))
     chosen = math.nan
     if val is not None:
-        chosen = float(np.nanmean(per_class_f1(test.labels, test.probs, per_class_thresholds(val.labels, val.probs))))
-    return ModelSummary(summary.name, summary.auroc, summary.auroc_mean, summary.mean, summary.per_class,
-                        summary.calibration, chosen, tuned)
+        f1 = scoring.f1(test.labels, test.probs, scoring.thresholds(val.labels, val.probs))
+        chosen = float(np.nanmean(f1)) if np.isfinite(f1).any() else math.nan
+    return replace(summary, f1_val_mean=chosen,
+                   f1_tuned_mean=float(np.nanmean(tuned)) if np.isfinite(tuned).any() else math.nan)

@@ -1,7 +1,7 @@
-"""The report's tables: Markdown cells (`cell`) and the seed study's tables built from the metrics and statistics.
+"""The seed study's tables, built from the metrics files and the `SeedStudy` as `Table`s of values (`cells`).
 
-A `Table` holds values, not text: `cell` formats each one (4 decimals, mean ± sd, min–max, intervals, signed
-differences), so the template only lays tables out. Numbers come from the metrics files and `cxrstudy.reporting.study`.
+Every per-finding table shows the positive patients beside the positive images; a finding under the threshold
+shows its point value only: no interval, no rank, no claim. Row and column names come from `naming`.
 """
 
 from __future__ import annotations
@@ -9,131 +9,58 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
-from cxrstudy.labels import FINDINGS
-from cxrstudy.reporting.inference import Contrast, Estimate
+from cxrstudy.reporting import naming
+from cxrstudy.reporting.caveats import PrevalenceGap
+from cxrstudy.reporting.cells import (
+    Below,
+    Diff,
+    MeanSd,
+    Span,
+    Table,
+    WithCI,
+    f1_label,
+    fmt,
+    interval,
+    percent,
+    pvalue,
+    signed,
+)
+from cxrstudy.reporting.coverage import Coverage
+from cxrstudy.reporting.inference import Tested
 from cxrstudy.reporting.results import SeedMetrics
 from cxrstudy.reporting.stats import mean_sd, min_max
 from cxrstudy.reporting.study import SeedStudy
 
-
-@dataclass(frozen=True)
-class MeanSd:
-    mean: float
-    sd: float
-
-
-@dataclass(frozen=True)
-class Span:
-    low: float
-    high: float
-
-
-@dataclass(frozen=True)
-class WithCI:
-    """A value and its interval in one cell: `0.8512 [0.8201, 0.8790]`."""
-
-    estimate: Estimate
-
-
-@dataclass(frozen=True)
-class Diff:
-    """A paired difference in one cell: `+0.0123 [-0.0100, +0.0300]`, with a marker when beyond noise."""
-
-    contrast: Contrast
-    note: str = ""
-
-
-def _zero(value: float, digits: int) -> float:
-    """A value that rounds to zero prints as 0, never as -0."""
-    return 0.0 if round(value, digits) == 0 else value
-
-
-def fmt(value: float | None, digits: int = 4) -> str:
-    """Fixed decimals; an undefined value (no positive in the test set) prints as n/a."""
-    return "n/a" if value is None or math.isnan(value) else f"{_zero(value, digits):.{digits}f}"
-
-
-def signed(value: float) -> str:
-    return "n/a" if math.isnan(value) else f"{_zero(value, 4):+.4f}"
-
-
-def interval(e: Estimate, sign: bool = False) -> str:
-    """`[low, high]`, `(exact)` after a bound for AUROC 1; n/a without an interval."""
-    if math.isnan(e.low):
-        return "n/a"
-    show = signed if sign else fmt
-    return f"[{show(e.low)}, {show(e.high)}]" + (" (exact)" if e.method == "exact" else "")
-
-
-def cell(value: Any) -> str:
-    """One Markdown table cell; no pipe or line break can break the row."""
-    if value is None:
-        return "—"
-    if isinstance(value, MeanSd):
-        return fmt(value.mean) if math.isnan(value.sd) else f"{fmt(value.mean)} ± {fmt(value.sd)}"
-    if isinstance(value, Span):
-        return "n/a" if math.isnan(value.low) else f"{fmt(value.low)}–{fmt(value.high)}"
-    if isinstance(value, Estimate):
-        return interval(value)
-    if isinstance(value, WithCI):
-        e = value.estimate
-        return fmt(e.value) if math.isnan(e.low) else f"{fmt(e.value)} {interval(e)}"
-    if isinstance(value, Diff):
-        d = value.contrast.difference
-        mark = " ✱" if value.contrast.beyond_noise else ""
-        return f"{signed(d.value)} {interval(d, sign=True)}{mark}{value.note}"
-    if isinstance(value, float):
-        return fmt(value)
-    return str(value).replace("|", "\\|").replace("\n", " ")
-
-
-def pvalue(p: float) -> str:
-    return "n/a" if math.isnan(p) else ("< 0.0001" if p < 1e-4 else f"{p:.4f}")
-
-
-@dataclass(frozen=True)
-class Table:
-    """A Markdown table: a header, an alignment per column (`l`, `r`, `c`), rows of cells."""
-
-    header: list[str]
-    align: list[str]
-    rows: list[list[Any]]
-
-    def __post_init__(self) -> None:
-        if len(self.align) != len(self.header) or any(len(r) != len(self.header) for r in self.rows):
-            raise ValueError(f"table rows must have {len(self.header)} cells, like the header {self.header}")
-
-
-def rule(align: str) -> str:
-    return {"l": ":---", "r": "---:", "c": ":---:"}[align]
-
-
-def f1_label(protocol: str) -> str:
-    """A short name for a threshold protocol, for column headers."""
-    return "validation thresholds" if "validation" in protocol else protocol
+METHOD_NAMES = {"bca": "BCa", "percentile": "percentile", "normal": "normal", "exact": "exact", "none": "none"}
 
 
 def defined(seeds: list[SeedMetrics]) -> int:
     """How many findings the metrics' mean AUROC covers (those with a positive in the test set)."""
-    return sum(not math.isnan(seeds[0].auroc[n]) for n in FINDINGS)
+    return sum(not math.isnan(v) for v in seeds[0].auroc.values())
 
 
 def eligible_header(study: SeedStudy) -> str:
     s = study.settings
-    return (f"Avg AUROC, {len(study.eligible)} findings with ≥ {s.min_positives} test positives "
-            f"[{s.level:.0%} CI]")
+    return (f"Avg AUROC, {len(study.eligible)} findings with ≥ {s.min_positives} positive patients "
+            f"[{s.level:.0%} CI, {METHOD_NAMES[s.single]}]")
+
+
+def positive_patients(study: SeedStudy | None, name: str) -> Any:
+    """The positive patients of a finding, marked when under the threshold."""
+    if study is None:
+        return None
+    count, threshold = study.counts.patients[name], study.settings.min_positives
+    return Below(count, threshold) if count < threshold else count
 
 
 def overall_table(seeds: list[SeedMetrics], study: SeedStudy | None) -> Table:
     """Per seed: loss, mean AUROC, the eligible mean with its interval, F1 under both protocols, P(ranks first);
     then mean ± sd and min–max over seeds, and the ensemble."""
-    label = f1_label(seeds[0].f1_protocol)
-    header = ["Seed", "Loss", f"Avg AUROC ({defined(seeds)} findings)",
-              eligible_header(study) if study else "Avg AUROC [CI]", f"Avg F1 ({defined(seeds)} findings, {label})",
-              f"Avg F1 ({defined(seeds)} findings, test-tuned, optimistic)"]
+    label, n = f1_label(seeds[0].f1_protocol), defined(seeds)
+    header = ["Seed", "Loss", f"Avg AUROC ({n} findings)", eligible_header(study) if study else "Avg AUROC [CI]",
+              f"Avg F1 ({n} findings, {label})", f"Avg F1 ({n} findings, test-tuned, optimistic)"]
     align = ["l", "r", "r", "c", "r", "r"]
     first = study is not None and bool(study.rank_first)
     if first:
@@ -159,16 +86,10 @@ def overall_table(seeds: list[SeedMetrics], study: SeedStudy | None) -> Table:
     return Table(header, align, rows)
 
 
-def positives(count: int | None, study: SeedStudy | None) -> str | None:
-    if count is None:
-        return None
-    low = study is not None and count < study.settings.min_positives
-    return f"{count} (< {study.settings.min_positives})" if low and study else str(count)
-
-
-def per_class_table(seeds: list[SeedMetrics], study: SeedStudy | None) -> Table:
-    """Per finding: AUROC per seed, mean ± sd and min–max over seeds, the ensemble with its interval, the test and
-    validation positives, and how many resamples drew no positive."""
+def per_class_table(seeds: list[SeedMetrics], study: SeedStudy | None, coverage: Coverage | None) -> Table:
+    """Per finding: AUROC per seed, mean ± sd and min–max over seeds, the ensemble with its interval and that
+    interval's simulated coverage, positive patients and images (test, validation), and resamples without a
+    positive."""
     header = ["Class", *[f"Seed {s.seed}" for s in seeds]]
     align = ["l", *["c"] * len(seeds)]
     if len(seeds) > 1:
@@ -176,22 +97,42 @@ def per_class_table(seeds: list[SeedMetrics], study: SeedStudy | None) -> Table:
         align += ["c", "c"]
     ensemble = study.ensemble if study else None
     if study and ensemble:
-        header += ["Ensemble", f"Ensemble {study.settings.level:.0%} CI"]
+        header += ["Ensemble", f"Ensemble {study.settings.level:.0%} CI ({METHOD_NAMES[study.settings.single]})"]
         align += ["c", "c"]
-    header += ["Test positives", "Val positives"]
-    align += ["r", "r"]
+        if coverage is not None:
+            header.append("Simulated coverage of that CI")
+            align.append("r")
+    if study:
+        header += ["Positive patients (test)", "Positive images (test)"]
+        align += ["r", "r"]
+        if study.val_counts:
+            header += ["Positive patients (val)"]
+            align += ["r"]
+    else:
+        header += ["Test positives", "Val positives"]
+        align += ["r", "r"]
     if study and study.settings.resamples:
         header.append(f"Resamples without a positive (of {study.settings.resamples})")
         align.append("r")
     rows = []
-    for name in FINDINGS:
+    for name in seeds[0].findings:
         values = [s.auroc[name] for s in seeds]
         row: list[Any] = [name, *values]
         if len(seeds) > 1:
             row += [MeanSd(*mean_sd(values)), Span(*min_max(values))]
-        if ensemble:
-            row += [ensemble.auroc[name], ensemble.per_class.get(name)]
-        row += [positives(seeds[0].test_positives.get(name), study), seeds[0].val_positives.get(name)]
+        if study and ensemble:
+            shown = ensemble.per_class.get(name)
+            row += [ensemble.auroc[name], shown]
+            if coverage is not None:
+                measured = (coverage.at("single", study.counts.patients[name], shown.value)
+                            if shown is not None and shown.has_interval else None)
+                row.append(None if measured is None else percent(measured))
+        if study:
+            row += [positive_patients(study, name), study.counts.images[name]]
+            if study.val_counts:
+                row.append(study.val_counts.patients[name])
+        else:
+            row += [seeds[0].test_positives.get(name), seeds[0].val_positives.get(name)]
         if study and study.settings.resamples:
             row.append(study.lacking[name])
         rows.append(row)
@@ -199,55 +140,58 @@ def per_class_table(seeds: list[SeedMetrics], study: SeedStudy | None) -> Table:
 
 
 def best_table(seeds: list[SeedMetrics], study: SeedStudy | None) -> Table:
-    """All 14 findings: the best seed where the counts allow a ranking, its lead over the runner-up with the paired
+    """Every finding: the best seed where the counts allow a ranking, its lead over the runner-up with the paired
     interval, and whether it beats every other seed beyond test-sampling noise."""
     rows: list[list[Any]] = []
     if study is None:
-        for name in FINDINGS:
+        for name in seeds[0].findings:
             scored = [(s.auroc[name], -s.seed) for s in seeds if not math.isnan(s.auroc[name])]
             top = max(scored) if scored else (math.nan, None)
             rows.append([name, -top[1] if top[1] is not None else "n/a", top[0]])
         return Table(["Class", "Best Seed", "Highest AUROC"], ["l", "c", "c"], rows)
+    threshold = study.settings.min_positives
     for b in study.best:
         if b.seed is None:
-            best: Any = (f"not ranked (< {study.settings.min_positives} test positives)"
-                         if not math.isnan(b.auroc) else "n/a")
+            best: Any = f"not ranked (< {threshold} positive patients)" if not math.isnan(b.auroc) else "n/a"
         else:
             best = b.seed
-        lead = Diff(b.lead, f" over seed {b.lead.second.split()[-1]}") if b.lead else None
+        lead = Diff(b.lead, f" over {naming.label(b.lead.contrast.second)}") if b.lead else None
         verdict = ("yes" if b.claimed else "no") if b.lead else None
-        rows.append([b.finding, positives(b.positives, study), best, b.auroc, lead, verdict])
-    return Table(["Class", "Test positives", "Best Seed", "Highest AUROC",
-                  f"Lead over runner-up [{study.settings.level:.0%} CI]", "Beats every other seed beyond noise"],
-                 ["l", "r", "c", "c", "c", "c"], rows)
+        rows.append([b.finding, positive_patients(study, b.finding), study.counts.images[b.finding], best, b.auroc,
+                     lead, verdict])
+    return Table(["Class", "Positive patients", "Positive images", "Best Seed", "Highest AUROC",
+                  f"Lead over runner-up [{study.settings.level:.0%} CI, paired]",
+                  "Beats every other seed beyond noise"], ["l", "r", "r", "c", "c", "c", "c"], rows)
 
 
-def contrast_table(items: list[Contrast], label: str) -> Table:
-    level = items[0].level if items else 0.95
-    rows = [[f"{c.first} − {c.second}", signed(c.difference.value), interval(c.difference, sign=True),
-             pvalue(c.p), pvalue(c.p_holm), "yes" if c.beyond_noise else "no"] for c in items]
-    return Table([label, "Difference", f"{level:.0%} CI (paired, BCa)", "p", "Holm-adjusted p",
+def difference_header(study: SeedStudy) -> str:
+    s = study.settings
+    return f"{s.level:.0%} CI (paired, {METHOD_NAMES[s.difference]})"
+
+
+def contrast_table(items: list[Tested], study: SeedStudy) -> Table:
+    rows = [[naming.contrast_label(t.contrast), signed(t.difference.value), interval(t.difference, sign=True),
+             pvalue(t.p), pvalue(t.p_holm), "yes" if t.beyond_noise else "no"] for t in items]
+    return Table(["Comparison", "Difference", difference_header(study), "p (same bootstrap)", "Holm-adjusted p",
                   "Beyond test-sampling noise"], ["l", "r", "c", "r", "r", "c"], rows)
 
 
 def per_finding_table(study: SeedStudy) -> Table:
-    """One row per eligible finding, one column per comparison (the ensemble's best seed named in its cell)."""
-    labels: list[str] = []
+    """One row per eligible finding (with its positive patients), one column per contrast; the ensemble's best seed
+    is named in its cell."""
+    columns: list[str] = []
     for items in study.per_finding.values():
-        for c in items:
-            key = "ensemble − best seed" if c.second.startswith("best") else f"{c.first} − {c.second}"
-            if key not in labels:
-                labels.append(key)
+        for t in items:
+            if naming.column_label(t.contrast) not in columns:
+                columns.append(naming.column_label(t.contrast))
     rows = []
     for finding, items in study.per_finding.items():
         cells: dict[str, Any] = {}
-        for c in items:
-            if c.second.startswith("best"):
-                cells["ensemble − best seed"] = Diff(c, f" (seed {c.second.split()[-1]})")
-            else:
-                cells[f"{c.first} − {c.second}"] = Diff(c)
-        rows.append([finding, *[cells.get(k) for k in labels]])
-    return Table(["Class", *labels], ["l", *["c"] * len(labels)], rows)
+        for t in items:
+            note = f" ({naming.label(t.contrast.second)})" if t.contrast.kind == naming.ENSEMBLE_VS_BEST else ""
+            cells[naming.column_label(t.contrast)] = Diff(t, note)
+        rows.append([finding, study.counts.patients[finding], *[cells.get(k) for k in columns]])
+    return Table(["Class", "Positive patients", *columns], ["l", "r", *["c"] * len(columns)], rows)
 
 
 def variance_table(study: SeedStudy) -> Table | None:
@@ -255,33 +199,64 @@ def variance_table(study: SeedStudy) -> Table | None:
     if v is None:
         return None
     level = f"{v.level:.0%}"
-    rows = [["between seeds, on this test set (observed)", v.observed, None],
-            ["  of which test sampling (each seed errs on different patients)", v.interaction, None],
-            ["training (seed) sd", v.seed, f"[{fmt(v.seed_low)}, {fmt(v.seed_high)}]"],
-            ["one seed's test-sampling sd (test patients redrawn)", v.test, None]]
-    return Table(["Standard deviation of the eligible mean AUROC", "sd", f"{level} interval"], ["l", "r", "c"], rows)
+    rows = [["between seeds, on this test set (observed)", v.observed, None, None],
+            ["  of which test sampling (each seed errs on different patients)", v.interaction, None, None],
+            ["training (seed) sd", v.seed, f"[{fmt(v.seed_low)}, {fmt(v.seed_high)}]", pvalue(v.p)],
+            ["one seed's test-sampling sd (test patients redrawn)", v.test, None, None]]
+    return Table(["Standard deviation of the eligible mean AUROC", "sd", f"{level} interval",
+                  "p (training variance = 0)"], ["l", "r", "c", "r"], rows)
 
 
 def calibration_table(seeds: list[SeedMetrics], study: SeedStudy | None, bins: int) -> Table:
-    rows: list[list[Any]] = [[f"seed {s.seed}", s.brier_mean, s.ece_mean, s.mean_prob, s.prevalence] for s in seeds]
-    if study and study.ensemble:
-        c = study.ensemble.calibration
-        rows.append(["ensemble", c.brier_mean, c.ece_mean, c.mean_prob, c.prevalence])
-    n = len(FINDINGS)
-    return Table(["Model", f"Brier (mean over {n} findings)", f"ECE ({bins} bins, mean over {n} findings)",
-                  "Mean predicted probability", "Prevalence (test)"], ["l", "r", "r", "r", "r"], rows)
+    """Brier, the prevalence predictor's Brier, the skill score, ECE, mean prediction and prevalence per model."""
+    n = len(seeds[0].findings)
+    if study is None:
+        rows: list[list[Any]] = [[f"seed {s.seed}", s.brier_mean, s.ece_mean, s.mean_prob, s.prevalence]
+                                 for s in seeds]
+        return Table(["Model", f"Brier (mean over {n} findings)", f"ECE ({bins} bins, mean over {n} findings)",
+                      "Mean predicted probability", "Prevalence (test)"], ["l", "r", "r", "r", "r"], rows)
+    models = [(naming.label(m.model), m) for m in study.per_seed]
+    if study.ensemble:
+        models.append((naming.label(study.ensemble.model), study.ensemble))
+    skills = {name: m for name, m in models}
+    rows = [[name, m.calibration.brier_mean, study.reference_brier, skills[name].skill, m.calibration.ece_mean,
+             m.calibration.mean_prob, m.calibration.prevalence] for name, m in models]
+    return Table(["Model", f"Brier (mean over {n} findings)", "Brier of predicting the prevalence",
+                  "Brier skill score", f"ECE ({bins} bins)", "Mean predicted probability", "Prevalence (test)"],
+                 ["l", "r", "r", "r", "r", "r", "r"], rows)
 
 
 def f1_table(seeds: list[SeedMetrics], study: SeedStudy | None) -> Table:
-    """Per finding: test and validation positives, F1 at validation thresholds and test-tuned (optimistic)."""
+    """Per finding: positive patients and images (test, validation), F1 at validation thresholds and test-tuned."""
     label = f1_label(seeds[0].f1_protocol)
     rows = []
-    for name in FINDINGS:
+    for name in seeds[0].findings:
         tuned = [s.f1_test_tuned.get(name, math.nan) for s in seeds]
-        rows.append([name, positives(seeds[0].test_positives.get(name), study), seeds[0].val_positives.get(name),
-                     MeanSd(*mean_sd([s.f1[name] for s in seeds])), MeanSd(*mean_sd(tuned))])
-    return Table(["Class", "Test positives", "Val positives", f"F1 ({label})", "F1 (test-tuned, optimistic)"],
-                 ["l", "r", "r", "c", "c"], rows)
+        counts: list[Any] = [seeds[0].test_positives.get(name), seeds[0].val_positives.get(name)]
+        if study is not None:
+            counts = [positive_patients(study, name), study.counts.images[name],
+                      study.val_counts.patients[name] if study.val_counts else None,
+                      study.val_counts.images[name] if study.val_counts else None]
+        rows.append([name, *counts, MeanSd(*mean_sd([s.f1[name] for s in seeds])), MeanSd(*mean_sd(tuned))])
+    header = (["Positive patients (test)", "Positive images (test)", "Positive patients (val)",
+               "Positive images (val)"] if study is not None else ["Test positives", "Val positives"])
+    return Table(["Class", *header, f"F1 ({label})", "F1 (test-tuned, optimistic)"],
+                 ["l", *["r"] * len(header), "c", "c"], rows)
+
+
+def coverage_table(coverage: Coverage, kind: str, counts: list[int]) -> Table:
+    """The simulated coverage of the chosen method's intervals, per positive-patient count and true AUROC."""
+    method = coverage.method(kind)
+    by_k = coverage.raw[kind][method]
+    aurocs = sorted({a for by_a in by_k.values() for a in by_a}, key=float)
+    rows = [[k, *[percent(by_k[str(k)][a]["coverage"]) for a in aurocs]] for k in counts if str(k) in by_k]
+    return Table(["Positive patients", *[f"AUROC {a}" for a in aurocs]], ["r", *["r"] * len(aurocs)], rows)
+
+
+def prevalence_table(gaps: list[PrevalenceGap], reference_name: str) -> Table:
+    rows = [[g.finding, f"{g.ours:.1%}", f"{g.reference:.1%}", f"{g.ratio:.1f}×"] for g in gaps]
+    return Table(["Class", "Prevalence (this test set)", f"Prevalence ({reference_name})", "Ratio"],
+                 ["l", "r", "r", "r"], rows)
 
 
 def describe_environment(env: Mapping[str, Any]) -> list[str]:
