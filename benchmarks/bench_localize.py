@@ -1,12 +1,12 @@
-"""What the localize stage costs beside evaluate and report, and what each Grad-CAM layer (and, optionally, a higher
-training resolution) gives.
+"""What localisation (Grad-CAM and its bootstrap, run inside the evaluate stage) costs beside evaluate and report, and
+what each Grad-CAM layer (and, optionally, a higher training resolution) gives.
 
-Run on a project that has been through `make repro` (data/, models/seed_N, predictions/, plots/train): it reruns,
-in a scratch folder and as DVC runs them (one `python -m cxrstudy ...` process each), every seed's `evaluate`, the
-`report` and every seed's `localize`, and checks the target: localize (Grad-CAM and its bootstrap) adds at most
-20 % to evaluate + report. Then, for each layer in `--layers`, it localizes every seed again and records the time and
-the pooled hit rates beside chance and shuffled boxes. With `--resolution N`, it also preprocesses the project's raw
-data at N px, trains one seed there (timed) and sweeps the layers on that model.
+Run on a project that has been through `make repro` (data/, models/seed_N, plots/train): it reruns, in a scratch
+folder and as DVC runs them (one `python -m cxrstudy ...` process each), every seed's `evaluate` and the `report`,
+and checks the target: localisation (Grad-CAM and its bootstrap, as evaluate times them) adds at most 20 % to what
+evaluate and report cost without it. Then, for each layer in `--layers`, it evaluates every seed again and records
+the time and the pooled hit rates beside chance and shuffled boxes. With `--resolution N`, it also preprocesses the
+project's raw data at N px, trains one seed there (timed) and sweeps the layers on that model.
 
     .venv/bin/python benchmarks/bench_localize.py                       # the default run, all four layers
     .venv/bin/python benchmarks/bench_localize.py --resolution 128      # + one seed trained at 128 px
@@ -29,7 +29,7 @@ import yaml
 from common import RESULTS, ROOT, machine, table, target, target_rows, write_result
 
 LAYERS = "denseblock1,denseblock2,denseblock3,denseblock4"
-GOAL = 0.20  # localize may add at most this share to evaluate + report
+GOAL = 0.20  # localisation may add at most this share to evaluate + report
 
 
 REPEATS = 1  # each command runs this many times; the fastest counts (the least disturbed by other load)
@@ -53,10 +53,10 @@ def cxrstudy(cwd: Path, params: Path, *args: str, repeats: int = 0) -> float:
 
 
 def inner_seconds(stdout: str) -> float:
-    """Grad-CAM + scores and bootstrap, as the localize stage reports them (its compute, without the process)."""
+    """Grad-CAM + scores and bootstrap, as evaluate reports them for its localisation."""
     found = re.search(r"Grad-CAM ([0-9.]+) s, scores and bootstrap ([0-9.]+) s", stdout)
     if not found:
-        raise SystemExit(f"localize did not report its times:\n{stdout[-2000:]}")
+        raise SystemExit(f"evaluate did not report its localisation times:\n{stdout[-2000:]}")
     return float(found.group(1)) + float(found.group(2))
 
 
@@ -74,69 +74,34 @@ def data_args(project: Path, processed: Path | None = None) -> list[str]:
             "--splits", str(project / "data/splits")]
 
 
+def evaluate_seed(project: Path, params: Path, seed: int, scratch: Path, processed: Path | None = None,
+                  model: Path | None = None, repeats: int = 0) -> float:
+    """One seed's evaluate stage (with its localisation) into `scratch`: its wall time."""
+    return cxrstudy(project, params, "evaluate", "--seed", str(seed), *data_args(project, processed),
+                    "--model", str(model or project / f"models/seed_{seed}"),
+                    "--metrics", str(scratch / f"metrics/eval/seed_{seed}.json"),
+                    "--predictions", str(scratch / f"predictions/seed_{seed}.csv"),
+                    "--val-predictions", str(scratch / f"predictions/val/seed_{seed}.csv"),
+                    "--localize", str(scratch / f"metrics/localize/seed_{seed}.json"),
+                    "--heatmaps", str(scratch / f"heatmaps/seed_{seed}.npz"), repeats=repeats)
+
+
 def stage_costs(project: Path, params: Path, seeds: list[int], scratch: Path) -> dict[str, Any]:
-    """Wall times of evaluate (each seed), report and localize (each seed), as separate processes."""
-    evaluate, localize = {}, {}
+    """Wall times of evaluate (each seed, localisation included) and report, as separate processes, and the share
+    that localisation adds to them."""
+    evaluate, inner = {}, {}
     for seed in seeds:
-        evaluate[seed] = cxrstudy(project, params, "evaluate", "--seed", str(seed), *data_args(project),
-                                  "--model", str(project / f"models/seed_{seed}"),
-                                  "--metrics", str(scratch / f"metrics/eval/seed_{seed}.json"),
-                                  "--predictions", str(scratch / f"predictions/seed_{seed}.csv"),
-                                  "--val-predictions", str(scratch / f"predictions/val/seed_{seed}.csv"))
+        evaluate[seed] = evaluate_seed(project, params, seed, scratch)
+        inner[seed] = inner_seconds(LAST_OUTPUT[0])
     report = cxrstudy(project, params, "report", "--metrics", str(scratch / "metrics/eval"),
                       "--predictions", str(scratch / "predictions"), "--history", str(project / "plots/train"),
                       *data_args(project), "--out", str(scratch / "report.md"), "--figures", str(scratch / "figures"),
                       "--plots", str(scratch / "plots"), "--summary", str(scratch / "report.json"))
-    inner = {}
-    for seed in seeds:
-        localize[seed] = localize_seed(project, params, seed, scratch)
-        inner[seed] = inner_seconds(LAST_OUTPUT[0])
-    base = sum(evaluate.values()) + report
-    together = one_process(project, params, seeds, scratch)
-    return {"evaluate_s": evaluate, "report_s": report, "localize_s": localize, "gradcam_and_bootstrap_s": inner,
-            "evaluate_plus_report_s": base, "localize_total_s": sum(localize.values()),
-            "localize_share": sum(localize.values()) / base,
-            "gradcam_and_bootstrap_share": sum(inner.values()) / base,
-            "all_seeds_one_process_s": together, "all_seeds_one_process_share": together / base}
-
-
-ONE_PROCESS = """
-import sys
-from pathlib import Path
-from cxrstudy import numerics
-from cxrstudy.params import load_params
-params = load_params(Path(sys.argv[1]))
-numerics.pin(params.numerics)
-from cxrstudy.learning import localize
-project, scratch = Path(sys.argv[2]), Path(sys.argv[3])
-for seed in params.seeds:
-    localize.run(params, seed, project / "data/raw", project / "data/processed", project / "data/splits",
-                 project / f"models/seed_{seed}", scratch / f"predictions/seed_{seed}.csv",
-                 scratch / f"one/metrics_{seed}.json", scratch / f"one/heatmaps_{seed}.npz")
-"""
-
-
-def one_process(project: Path, params: Path, seeds: list[int], scratch: Path) -> float:
-    """Every seed localized in one process (one interpreter start and one import of torch): the price of the
-    alternative design, a single localize stage for all seeds."""
-    best = float("inf")
-    for _ in range(REPEATS):
-        start = time.perf_counter()
-        done = subprocess.run([sys.executable, "-c", ONE_PROCESS, str(params), str(project), str(scratch)], cwd=project,
-                              capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
-        if done.returncode != 0:
-            raise SystemExit(f"localize in one process failed:\n{done.stderr[-3000:]}")
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
-def localize_seed(project: Path, params: Path, seed: int, scratch: Path, processed: Path | None = None,
-                  model: Path | None = None, predictions: Path | None = None, repeats: int = 0) -> float:
-    return cxrstudy(project, params, "localize", "--seed", str(seed), *data_args(project, processed),
-                    "--model", str(model or project / f"models/seed_{seed}"),
-                    "--predictions", str(predictions or scratch / f"predictions/seed_{seed}.csv"),
-                    "--metrics", str(scratch / f"metrics/localize/seed_{seed}.json"),
-                    "--heatmaps", str(scratch / f"heatmaps/seed_{seed}.npz"), repeats=repeats)
+    total = sum(evaluate.values()) + report
+    without = total - sum(inner.values())
+    return {"evaluate_s": evaluate, "report_s": report, "gradcam_and_bootstrap_s": inner,
+            "evaluate_plus_report_s": total, "without_localisation_s": without,
+            "gradcam_and_bootstrap_share": sum(inner.values()) / without}
 
 
 def pooled(metrics_file: Path) -> dict[str, Any]:
@@ -151,16 +116,16 @@ def pooled(metrics_file: Path) -> dict[str, Any]:
 
 
 def layer_sweep(project: Path, raw: dict[str, Any], seeds: list[int], layers: list[str], scratch: Path,
-                predictions: Path, processed: Path | None = None, models: Path | None = None) -> list[dict[str, Any]]:
-    """Each layer on each seed, once: the hit rates are deterministic, the times indicative (one run each)."""
+                processed: Path | None = None, models: Path | None = None) -> list[dict[str, Any]]:
+    """Each layer on each seed, once: the hit rates are deterministic, the times (Grad-CAM + bootstrap)
+    indicative (one run each)."""
     rows = []
     for layer in layers:
         params = with_params(raw, scratch / f"params-{layer}.yaml", localize={"layer": layer})
         for seed in seeds:
-            seconds = localize_seed(project, params, seed, scratch, processed,
-                                    (models or project / "models") / f"seed_{seed}", predictions / f"seed_{seed}.csv",
-                                    repeats=1)
-            rows.append({"layer": layer, "seed": seed, "seconds": round(seconds, 2),
+            evaluate_seed(project, params, seed, scratch, processed, (models or project / "models") / f"seed_{seed}",
+                          repeats=1)
+            rows.append({"layer": layer, "seed": seed, "seconds": round(inner_seconds(LAST_OUTPUT[0]), 2),
                          **pooled(scratch / f"metrics/localize/seed_{seed}.json")})
     return rows
 
@@ -176,14 +141,10 @@ def resolution_run(project: Path, raw: dict[str, Any], size: int, seed: int, lay
     times["train_s"] = cxrstudy(project, params, "train", "--seed", str(seed), *data_args(project, processed),
                                 "--out", str(model), "--plots", str(scratch / f"train-{size}.csv"),
                                 "--checkpoints", str(scratch / f"ckpt-{size}"))
-    preds = scratch / f"predictions-{size}"
-    times["evaluate_s"] = cxrstudy(project, params, "evaluate", "--seed", str(seed), *data_args(project, processed),
-                                   "--model", str(model), "--metrics", str(scratch / f"eval-{size}.json"),
-                                   "--predictions", str(preds / f"seed_{seed}.csv"),
-                                   "--val-predictions", str(preds / f"val/seed_{seed}.csv"))
-    auroc = json.loads((scratch / f"eval-{size}.json").read_text())["auroc_mean"]
+    times["evaluate_s"] = evaluate_seed(project, params, seed, scratch, processed, model)
+    auroc = json.loads((scratch / f"metrics/eval/seed_{seed}.json").read_text())["auroc_mean"]
     sized = yaml.safe_load(params.read_text())
-    rows = layer_sweep(project, sized, [seed], layers, scratch, preds, processed, scratch / f"models-{size}")
+    rows = layer_sweep(project, sized, [seed], layers, scratch, processed, scratch / f"models-{size}")
     return {"image_size": size, "seed": seed, **{k: round(v, 2) for k, v in times.items()}, "auroc_mean": auroc,
             "layers": rows}
 
@@ -223,28 +184,25 @@ def main() -> None:
         scratch = Path(tmp)
         params = with_params(raw, scratch / "params.yaml")
         costs = stage_costs(project, params, seeds, scratch)
-        sweep = layer_sweep(project, raw, seeds, layers, scratch, scratch / "predictions")
+        sweep = layer_sweep(project, raw, seeds, layers, scratch)
         resolution = (resolution_run(project, raw, args.resolution, seeds[0], layers, scratch)
                       if args.resolution else None)
     targets = [target("Grad-CAM and its bootstrap add at most 20 % to evaluate + report",
-                      costs["gradcam_and_bootstrap_share"], GOAL, higher_is_better=False, unit="of evaluate + report"),
-               target("the localize processes add at most 20 % to evaluate + report", costs["localize_share"], GOAL,
-                      higher_is_better=False, unit="of evaluate + report")]
+                      costs["gradcam_and_bootstrap_share"], GOAL, higher_is_better=False,
+                      unit="of evaluate + report without them")]
     settings = {"seeds": seeds, "train_image_size": raw["train"]["image_size"], "localize": raw["localize"],
                 "report": raw["report"]}
     result = {"benchmark": "localize", "repeats": REPEATS, "project_params": settings,
               "stage_costs": costs, "layers": sweep, "resolution": resolution, "targets": targets,
               "machine": machine()}
     print(table("stage wall times (s), one process each, as DVC runs them", ["stage", "seconds"],
-                [*[[f"evaluate seed {s}", fmt(v)] for s, v in costs["evaluate_s"].items()],
-                 ["report", fmt(costs["report_s"])],
-                 *[[f"localize seed {s}", fmt(v)] for s, v in costs["localize_s"].items()],
+                [*[[f"evaluate seed {s} (localisation included)", fmt(v)] for s, v in costs["evaluate_s"].items()],
                  *[[f"  of which Grad-CAM + bootstrap, seed {s}", fmt(v)]
                    for s, v in costs["gradcam_and_bootstrap_s"].items()],
-                 ["all seeds' localize in one process", fmt(costs["all_seeds_one_process_s"])],
-                 ["localize / (evaluate + report)", f"{costs['localize_share']:.1%}"],
-                 ["one process / (evaluate + report)", f"{costs['all_seeds_one_process_share']:.1%}"],
-                 ["Grad-CAM + bootstrap / (evaluate + report)", f"{costs['gradcam_and_bootstrap_share']:.1%}"]]))
+                 ["report", fmt(costs["report_s"])],
+                 ["evaluate + report without localisation", fmt(costs["without_localisation_s"])],
+                 ["Grad-CAM + bootstrap / (evaluate + report without them)",
+                  f"{costs['gradcam_and_bootstrap_share']:.1%}"]]))
     print(sweep_table(f"\nGrad-CAM layer sweep at {raw['train']['image_size']} px (pooled over all boxes)", sweep))
     if resolution:
         print(f"\nresolution {resolution['image_size']} px, seed {resolution['seed']}: preprocess "

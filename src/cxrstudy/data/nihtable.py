@@ -183,9 +183,21 @@ def to_contract(table: pd.DataFrame, train_val: Iterable[str], test: Iterable[st
 def read_bbox_list(path: Path) -> pd.DataFrame:
     """NIH's `BBox_List_2017.csv` as the contract's boxes: `image, finding, x, y, w, h`, fractions of the 1024-px
     image, Infiltrate spelt Infiltration."""
-    boxes = pd.read_csv(path).iloc[:, :6]
+    try:
+        raw = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise InputError(f"{path}: not a readable CSV ({err})") from None
+    if raw.shape[1] < 6:
+        raise InputError(f"{path}: expected NIH's columns Image Index, Finding Label, Bbox [x, y, w, h]; got "
+                         f"{list(raw.columns)}")
+    boxes = raw.iloc[:, :6].copy()
     boxes.columns = ["image", "finding", "x", "y", "w", "h"]
+    coords = boxes[["x", "y", "w", "h"]].apply(pd.to_numeric, errors="coerce")
+    bad = ~np.isfinite(coords.to_numpy()).all(axis=1) | (coords["w"] <= 0).to_numpy() | (coords["h"] <= 0).to_numpy()
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise InputError(f"{path}: line {row + 2}: a box needs numbers x, y and positive w, h; got "
+                         f"{raw.iloc[row, 2:6].tolist()}")
+    boxes[["x", "y", "w", "h"]] = coords / BBOX_SIDE
     boxes["finding"] = boxes["finding"].replace(BBOX_NAMES)
-    for column in ("x", "y", "w", "h"):
-        boxes[column] = boxes[column].astype(float) / BBOX_SIDE
     return boxes.reset_index(drop=True)
