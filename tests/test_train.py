@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -77,6 +78,22 @@ def test_the_model_and_its_predictions_carry_the_datasets_label_names(tiny_data:
         evaluate.run(tiny_params(), 1, tiny_data / "data/raw", tiny_data / "data/processed",
                      tiny_data / "data/splits", tmp_path / "model", tmp_path / "m2.json", tmp_path / "p2.csv")
     assert not (tmp_path / "m2.json").exists() and not (tmp_path / "p2.csv").exists()
+
+
+def test_the_model_file_is_the_same_wherever_the_data_lies(tiny_data: Path, tmp_path: Path) -> None:
+    """Two checkouts of one commit hold the same data in other files (other inodes, other times): the model file, a
+    DVC output whose hash dvc.lock records, must not differ between them."""
+    params = tiny_params(train={"epochs": 1})
+    models = []
+    for where in ("a", "b"):
+        shutil.copytree(tiny_data / "data", tmp_path / where / "data")
+        data = tmp_path / where / "data"
+        train.run(params, 1, data / "raw", data / "processed", data / "splits", tmp_path / where / "model",
+                  tmp_path / where / "history.csv", tmp_path / where / "ckpt")
+        models.append(torch.load(tmp_path / where / "model/model.pt", weights_only=True))
+    a, b = models
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert {k: v for k, v in a.items() if k != "model"} == {k: v for k, v in b.items() if k != "model"}
 
 
 @pytest.fixture(scope="module")
