@@ -146,6 +146,7 @@ def test_bench_scale(tmp_path: Path) -> None:
         changed = run["changed_archive"]  # one archive of the release changed: only its shard is made again
         assert changed["ingest_reran"] and changed["preprocess_reran"]
         assert (changed["shards"], changed["shards_kept"]) == (12, 11)
+        assert changed["cache_type"] == "hardlink,symlink" and 0 <= changed["shards_same_file_as_before"] <= 11
         assert changed["preprocess_command_s"] > 0 and changed["full_preprocess_command_s"] > 0
         fingerprint = run["checkpoint_fingerprint"]
         assert fingerprint["shards"] == 12 and fingerprint["processed_bytes"] > 0

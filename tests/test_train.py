@@ -1,19 +1,24 @@
 """Training: the same seed on the same machine gives the same numbers; labels really drive learning; the model carries
-the dataset's label names, and evaluation refuses a model trained on other labels."""
+the dataset's label names, evaluation refuses a model trained on other labels, and the external stage tests a model
+of site A at site B on the findings both label spaces share."""
 
 from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from cxrstudy.data import ingest, preprocess, split
-from cxrstudy.data.dataset import read_info
+from cxrstudy.data.dataset import read_info, read_table
 from cxrstudy.errors import InputError
-from cxrstudy.learning import evaluate, train
+from cxrstudy.learning import evaluate, external, train
+from cxrstudy.metrics import per_class_auroc
 from cxrstudy.params import Params
 from tests.conftest import tiny_params
 
@@ -77,6 +82,69 @@ def test_the_model_and_its_predictions_carry_the_datasets_label_names(tiny_data:
         evaluate.run(tiny_params(), 1, tiny_data / "data/raw", tiny_data / "data/processed",
                      tiny_data / "data/splits", tmp_path / "model", tmp_path / "m2.json", tmp_path / "p2.csv")
     assert not (tmp_path / "m2.json").exists() and not (tmp_path / "p2.csv").exists()
+
+
+def test_the_model_file_is_the_same_wherever_the_data_lies(tiny_data: Path, tmp_path: Path) -> None:
+    """Two checkouts of one commit hold the same data in other files (other inodes, other times): the model file, a
+    DVC output whose hash dvc.lock records, must not differ between them."""
+    params = tiny_params(train={"epochs": 1})
+    models = []
+    for where in ("a", "b"):
+        shutil.copytree(tiny_data / "data", tmp_path / where / "data")
+        data = tmp_path / where / "data"
+        train.run(params, 1, data / "raw", data / "processed", data / "splits", tmp_path / where / "model",
+                  tmp_path / where / "history.csv", tmp_path / where / "ckpt")
+        models.append(torch.load(tmp_path / where / "model/model.pt", weights_only=True))
+    a, b = models
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert {k: v for k, v in a.items() if k != "model"} == {k: v for k, v in b.items() if k != "model"}
+
+
+# NIH's findings that CheXpert also labels (resources/label_map.csv), by their name in each.
+SHARED = {"Atelectasis": "Atelectasis", "Cardiomegaly": "Cardiomegaly", "Consolidation": "Consolidation",
+          "Edema": "Edema", "Effusion": "Pleural Effusion", "Pneumonia": "Pneumonia", "Pneumothorax": "Pneumothorax"}
+
+
+def test_a_model_of_site_a_is_tested_at_site_b_on_the_shared_findings(tiny_data: Path, tmp_path: Path) -> None:
+    pytest.importorskip("cxrstudy.data.sources.chexpert_phantom", reason="site B is not in this version")
+    params = tiny_params(ingest={"external": "chexpert_phantom",
+                                 "chexpert_phantom": {"n_images": 60, "image_size": 64}}, train={"epochs": 1})
+    site_b = tmp_path / "external"
+    ingest.run(params, "external", site_b / "raw", workers=1)
+    preprocess.run(params, site_b / "raw", site_b / "processed")
+    data = tiny_data / "data"
+    train.run(params, 1, data / "raw", data / "processed", data / "splits", tmp_path / "model",
+              tmp_path / "history.csv", tmp_path / "ckpt")
+    external.run(params, 1, data / "raw", site_b / "raw", site_b / "processed", tmp_path / "model",
+                 tmp_path / "external.json", tmp_path / "external.csv")
+    result = json.loads((tmp_path / "external.json").read_text())["external"]
+    info, table = read_info(site_b / "raw"), read_table(site_b / "raw")
+    assert (result["source"], result["uncertain"]) == ("chexpert_phantom", info.uncertain) == ("chexpert_phantom",
+                                                                                             "ignore")
+    assert result["findings"] == SHARED  # the model's names -> site B's, from the label map
+    assert result["n_test"] == len(table) and result["test_patients"] == table["patient"].nunique()
+    for ours, theirs in SHARED.items():  # site B's own labels: positives counted, uncertain ones masked
+        assert result["test_positives"][ours] == int((table[theirs] == "1").sum())
+        assert result["masked"][ours] == int((table[theirs] == "-1").sum())
+    predictions = pd.read_csv(tmp_path / "external.csv", dtype={"patient": str})
+    assert list(predictions.columns) == ["image", "patient", *(f"label_{n}" for n in SHARED),
+                                         *(f"prob_{n}" for n in SHARED)]
+    assert predictions["image"].tolist() == table["image"].tolist()
+    labels = predictions[[f"label_{n}" for n in SHARED]].to_numpy(np.float32)  # a masked cell is empty: NaN
+    assert int(np.isnan(labels).sum()) == sum(result["masked"].values())
+    auroc = per_class_auroc(labels, predictions[[f"prob_{n}" for n in SHARED]].to_numpy(np.float32))
+    assert result["auroc"] == {n: None if np.isnan(v) else pytest.approx(v, abs=1e-6)
+                               for n, v in zip(SHARED, auroc, strict=True)}
+
+
+def test_without_an_external_site_the_stage_says_so(tiny_data: Path, tmp_path: Path) -> None:
+    params = tiny_params()  # ingest.external: none
+    ingest.run(params, "external", tmp_path / "external/raw")
+    external.run(params, 1, tiny_data / "data/raw", tmp_path / "external/raw", tmp_path / "external/processed",
+                 tmp_path / "no-model", tmp_path / "external.json", tmp_path / "external.csv")
+    assert json.loads((tmp_path / "external.json").read_text()) == {
+        "seed": 1, "external": None, "reason": "no external test set (ingest.external: none)"}
+    assert (tmp_path / "external.csv").read_text() == "image,patient\n"
 
 
 @pytest.fixture(scope="module")
