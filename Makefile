@@ -7,8 +7,11 @@ STAMP := $(if $(VENV),$(VENV),.)/.cxrstudy-installed
 DEV_STAMP := $(if $(VENV),$(VENV),.)/.cxrstudy-dev-installed
 BASE ?= origin/main
 export PATH := $(if $(VENV),$(abspath $(VENV))/bin:,)$(PATH)
+# The interpreter of the pipeline's stages (scripts/python) when make runs them: this environment's, whatever else
+# is active.
+repro study: export CXRSTUDY_PYTHON := $(if $(VENV),$(abspath $(VENV))/bin/python,python)
 
-.PHONY: setup dev repro test test-fast lint lock study metrics-diff clean-checkpoints
+.PHONY: setup dev repro test test-all test-fast lint lock study metrics-diff clean-checkpoints
 
 setup: $(if $(VENV),$(STAMP),)
 # The locks are installed by docker/install-deps.sh, as in the images: every package checked against its hash. With
@@ -32,11 +35,14 @@ $(DEV_STAMP): $(STAMP) requirements-dev.lock
 repro: setup  ## run the whole pipeline on the embedded sample
 	$(BIN)dvc repro
 
-test: dev  ## the whole test suite (end-to-end runs included); lists the 20 slowest tests
+test: dev  ## the test suite but the infrastructure tests (end-to-end runs included); lists the 20 slowest tests
+	$(BIN)python -m pytest -m "not infra" --durations=20
+
+test-all: dev  ## every test, the infrastructure ones too (image builds, act jobs, emulated CPUs, ...): what CI runs
 	$(BIN)python -m pytest --durations=20
 
-test-fast: dev  ## the unit tests only
-	$(BIN)python -m pytest -m "not slow"
+test-fast: dev  ## the unit tests only (neither slow nor infra)
+	$(BIN)python -m pytest -m "not slow and not infra"
 
 lint: dev
 	$(BIN)ruff check src tests benchmarks

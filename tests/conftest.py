@@ -105,10 +105,12 @@ def find_tool(name: str) -> str | None:
 
 
 def command_env(**extra: str) -> dict[str, str]:
-    """This environment with the venv's tools first on PATH, progress bars off and a git identity, plus `extra`."""
+    """This environment with the venv's tools first on PATH, this interpreter for the pipeline's stages
+    (scripts/python), progress bars off and a git identity, plus `extra`."""
     return {
         **os.environ,
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "CXRSTUDY_PYTHON": sys.executable,
         "TQDM_DISABLE": "1",
         "GIT_AUTHOR_NAME": "t",
         "GIT_AUTHOR_EMAIL": "t@example.invalid",
@@ -288,5 +290,31 @@ def _quiet_progress(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TQDM_DISABLE", "1")
 
 
+# --------------------------------------------------------------------------------------------------------------------
+# System tools: `@pytest.mark.tools("gh", "jq")` skips a test, naming what is missing, unless every tool is found
+# (beside this interpreter or on PATH; "a|b" takes either). In CI (CXR_REQUIRE_TOOLS=1, set by .ci/run) a missing
+# tool fails the test instead: CI must run everything.
+
+REQUIRE_TOOLS = "CXR_REQUIRE_TOOLS"
+
+
+def missing_tools(names: Iterable[str]) -> list[str]:
+    return [name for name in names if not any(find_tool(alt) for alt in name.split("|"))]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    missing = missing_tools(name for mark in item.iter_markers("tools") for name in mark.args)
+    if not missing:
+        return
+    message = f"needs {', '.join(missing)}, not found (.ci/run names the Debian package of each and installs them)"
+    if os.environ.get(REQUIRE_TOOLS) == "1":
+        pytest.fail(f"{message}; {REQUIRE_TOOLS}=1 makes a missing tool a failure", pytrace=False)
+    pytest.skip(message)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("TQDM_DISABLE", "1")
+    if os.environ.get(REQUIRE_TOOLS) == "1":
+        # tests/containers.py's own switch for the image and act tests.
+        os.environ.setdefault("CXR_REQUIRE_CONTAINERS", "1")
