@@ -262,6 +262,27 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+# The project's recorded results (for its own parameters): a copy with the tiny parameters makes its own.
+RESULTS = ("dvc.lock", "data", "models", "metrics", "predictions", "plots", "reports")
+
+
+@pytest.fixture(scope="session")
+def repro_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the project with the tiny parameters and none of its recorded results, after `dvc repro`, all
+    committed on `main` (the pipeline runs once per test session). Tests change a copy: `copy_repro`."""
+    root = copy_project(tmp_path_factory.mktemp("repro") / "project", drop=RESULTS, params=tiny_raw())
+    sh(["dvc", "repro"], root)
+    git(root, "add", "-A")
+    git(root, "commit", "-qm", "dvc repro")
+    return root
+
+
+def copy_repro(repro_project: Path, dest: Path) -> Path:
+    """A copy of `repro_project` (its git history and DVC cache included) at `dest`."""
+    shutil.copytree(repro_project, dest, symlinks=True)
+    return dest
+
+
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Callable[[int], Path]]:
     """`mount(size_bytes)` mounts a tmpfs of that size and returns its folder; unmounted afterwards."""

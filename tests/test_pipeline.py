@@ -12,17 +12,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import ROOT, UP_TO_DATE, copy_project, git, sh, shown, table_rows, tiny_raw, write_params
+from tests.conftest import ROOT, UP_TO_DATE, copy_repro, git, sh, shown, table_rows, tiny_raw, write_params
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = copy_project(tmp_path_factory.mktemp("project"), drop=("dvc.lock", "reports/report.md", "metrics"),
-                        params=tiny_raw())
-    sh(["dvc", "repro"], root)
-    return root
+def project(repro_project: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The project with the tiny parameters after `dvc repro`, its results committed (conftest.repro_project)."""
+    return copy_repro(repro_project, tmp_path_factory.mktemp("pipeline") / "project")
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -62,7 +60,7 @@ def test_the_readme_quick_start_works_as_typed_each_block_in_a_new_shell(project
     """The Quick start's blocks, each in a new bash (no profile, no venv on PATH), on the project as published
     (its results committed), then nothing for git to see. `make test` runs as typed, on one quick test file
     (PYTEST_ADDOPTS), so as not to run this suite inside itself."""
-    _commit(project, "results")
+    _commit(project, "as published")
     with_the_venv(project)
     blocks = readme_blocks("Quick start")
     assert blocks and "make repro" in blocks[0] and "source .venv/bin/activate" in blocks[1], blocks
