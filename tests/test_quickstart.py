@@ -15,7 +15,7 @@ import yaml
 
 from cxrstudy.atomic import atomic_dir, atomic_file
 from cxrstudy.learning.train import MACHINE_FILE
-from tests.conftest import ROOT, find_tool, leftovers, shown
+from tests.conftest import REQUIRE_TOOLS, ROOT, find_tool, leftovers, pytest_runtest_setup, shown
 
 LAUNCHER = ROOT / "scripts" / "python"
 
@@ -154,3 +154,28 @@ def test_the_machine_record_is_beside_the_model_but_outside_its_dvc_hash() -> No
     tests/test_pipeline.py checks it on a real run."""
     record = f"models/seed_12/{MACHINE_FILE}"
     assert _dvc_ignores(record, "models/seed_12/model.pt") == [record]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# A test that needs a system tool: skipped with the reason on a newcomer's machine, failed in CI
+
+
+class _Marked:
+    """A test item carrying `@pytest.mark.tools(*names)`, as the setup hook sees it."""
+
+    def __init__(self, *names: str) -> None:
+        self.marks = [pytest.mark.tools(*names).mark]
+
+    def iter_markers(self, name: str) -> list[pytest.Mark]:
+        return [mark for mark in self.marks if mark.name == name]
+
+
+def test_a_missing_tool_skips_naming_it_and_in_ci_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(REQUIRE_TOOLS, raising=False)
+    with pytest.raises(pytest.skip.Exception, match=r"needs no-such-tool-a, not found \(\.ci/run names"):
+        pytest_runtest_setup(_Marked("git", "no-such-tool-a"))
+    pytest_runtest_setup(_Marked("git", "no-such-tool-a|sh"))  # either of the two will do
+
+    monkeypatch.setenv(REQUIRE_TOOLS, "1")
+    with pytest.raises(pytest.fail.Exception, match=f"needs no-such-tool-a, not found.*{REQUIRE_TOOLS}=1"):
+        pytest_runtest_setup(_Marked("no-such-tool-a"))
