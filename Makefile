@@ -35,14 +35,19 @@ $(DEV_STAMP): $(STAMP) requirements-dev.lock
 repro: setup  ## run the whole pipeline on the embedded sample
 	$(BIN)dvc repro
 
+# The test files are shared out over TEST_WORKERS processes (pytest-xdist; --dist loadfile: a file's tests stay in one
+# process, in their order). Most tests run one thread; TEST_WORKERS=0 runs everything in one process.
+TEST_WORKERS ?= 2
+PYTEST = $(BIN)python -m pytest -n $(TEST_WORKERS) --dist loadfile
+
 test: dev  ## the test suite but the infrastructure tests (end-to-end runs included); lists the 20 slowest tests
-	$(BIN)python -m pytest -m "not infra" --durations=20
+	$(PYTEST) -m "not infra" --durations=20
 
 test-all: dev  ## every test, the infrastructure ones too (image builds, act jobs, emulated CPUs, ...): what CI runs
-	$(BIN)python -m pytest --durations=20
+	$(PYTEST) --durations=20
 
 test-fast: dev  ## the unit tests only (neither slow nor infra)
-	$(BIN)python -m pytest -m "not slow and not infra"
+	$(PYTEST) -m "not slow and not infra"
 
 lint: dev
 	$(BIN)ruff check src tests benchmarks
@@ -57,8 +62,8 @@ metrics-diff: setup  ## DVC metrics against $(BASE), as Markdown
 
 # requirements.lock / requirements-dev.lock: every package pinned with its hashes (pip-tools), for CPython 3.11 on
 # Linux x86_64, from PyPI. Edit requirements.txt / requirements-dev.txt, then `make lock`.
-LOCK_FLAGS = --quiet --allow-unsafe --generate-hashes --strip-extras --no-emit-index-url --no-emit-find-links \
-	--custom-compile-command "make lock"
+LOCK_FLAGS = --quiet --allow-unsafe --generate-hashes --strip-extras --no-emit-index-url --no-emit-find-links
+lock: export CUSTOM_COMPILE_COMMAND = make lock
 lock: dev  ## regenerate the lock files from requirements.txt and requirements-dev.txt
 	$(BIN)pip-compile $(LOCK_FLAGS) -o requirements.lock requirements.txt
 	$(BIN)pip-compile $(LOCK_FLAGS) -o requirements-dev.lock requirements-dev.txt

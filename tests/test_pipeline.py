@@ -58,13 +58,13 @@ def new_shell(home: Path, **extra: str) -> dict[str, str]:
 
 def test_the_readme_quick_start_works_as_typed_each_block_in_a_new_shell(project: Path, tmp_path: Path) -> None:
     """The Quick start's blocks, each in a new bash (no profile, no venv on PATH), on the project as published
-    (its results committed), then nothing for git to see. `make test` runs as typed, on one quick test file
-    (PYTEST_ADDOPTS), so as not to run this suite inside itself."""
+    (its results committed), then nothing for git to see. `make test` runs as typed, on one quick test file in one
+    process (PYTEST_ADDOPTS, TEST_WORKERS), so as not to run this suite inside itself."""
     _commit(project, "as published")
     with_the_venv(project)
     blocks = readme_blocks("Quick start")
     assert blocks and "make repro" in blocks[0] and "source .venv/bin/activate" in blocks[1], blocks
-    env = new_shell(tmp_path / "home", PYTEST_ADDOPTS="-p no:cacheprovider tests/test_losses.py")
+    env = new_shell(tmp_path / "home", PYTEST_ADDOPTS="-p no:cacheprovider tests/test_losses.py", TEST_WORKERS="0")
 
     for block in blocks:
         done = subprocess.run(["bash", "--noprofile", "--norc", "-e", "-x", "-c", block], cwd=project, env=env,

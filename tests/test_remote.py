@@ -214,6 +214,11 @@ def test_push_then_pull_into_a_fresh_clone(tmp_path: Path, base_env: dict[str, s
     model = "models/seed_1/model.pt"
     assert (clone / model).is_file()
     assert (clone / model).read_bytes() == (origin / model).read_bytes()
+    # The machine that trained a model is recorded beside it but is not DVC's (.dvcignore): it stays on that machine.
+    for seed in (1, 2):
+        machine = f"models/seed_{seed}/machine.json"
+        assert (origin / machine).is_file() and not (clone / machine).exists()
+        (origin / machine).unlink()
     for out_path in OUTS:
         expected = digest(origin, out_path)
         assert expected, f"{out_path} is empty in the original"
