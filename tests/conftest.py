@@ -4,6 +4,7 @@ command line and git run in a fresh process, copies of the project, snapshots of
 from __future__ import annotations
 
 import copy
+import fcntl
 import os
 import re
 import shutil
@@ -269,11 +270,21 @@ RESULTS = ("dvc.lock", "data", "models", "metrics", "predictions", "plots", "rep
 @pytest.fixture(scope="session")
 def repro_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy of the project with the tiny parameters and none of its recorded results, after `dvc repro`, all
-    committed on `main` (the pipeline runs once per test session). Tests change a copy: `copy_repro`."""
-    root = copy_project(tmp_path_factory.mktemp("repro") / "project", drop=RESULTS, params=tiny_raw())
-    sh(["dvc", "repro"], root)
-    git(root, "add", "-A")
-    git(root, "commit", "-qm", "dvc repro")
+    committed on `main`: the pipeline runs once per test run, whatever the number of test processes (pytest-xdist's
+    workers share the temporary folder above their own). Tests change a copy: `copy_repro`."""
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    root, done = shared / "repro" / "project", shared / "repro" / "done"
+    root.parent.mkdir(exist_ok=True)
+    with (shared / "repro" / "lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # the other workers wait for the first one's run
+        if not done.exists():
+            shutil.rmtree(root, ignore_errors=True)  # what a failed run in another worker left
+            copy_project(root, drop=RESULTS, params=tiny_raw())
+            sh(["dvc", "repro"], root)
+            git(root, "add", "-A")
+            git(root, "commit", "-qm", "dvc repro")
+            done.touch()
     return root
 
 
