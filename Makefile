@@ -7,8 +7,11 @@ STAMP := $(if $(VENV),$(VENV),.)/.cxrstudy-installed
 DEV_STAMP := $(if $(VENV),$(VENV),.)/.cxrstudy-dev-installed
 BASE ?= origin/main
 export PATH := $(if $(VENV),$(abspath $(VENV))/bin:,)$(PATH)
+# The interpreter of the pipeline's stages (scripts/python) when make runs them: this environment's, whatever else
+# is active.
+repro study: export CXRSTUDY_PYTHON := $(if $(VENV),$(abspath $(VENV))/bin/python,python)
 
-.PHONY: setup dev repro test test-fast lint lock study metrics-diff clean-checkpoints
+.PHONY: setup dev repro test test-all test-fast lint lock study metrics-diff clean-checkpoints
 
 setup: $(if $(VENV),$(STAMP),)
 # The locks are installed by docker/install-deps.sh, as in the images: every package checked against its hash. With
@@ -30,13 +33,24 @@ $(DEV_STAMP): $(STAMP) requirements-dev.lock
 	touch $@
 
 repro: setup  ## run the whole pipeline on the embedded sample
+	# manifest looks at what a configured local copy holds outside the project; it is re-run first, every time, and
+	# writes the same bytes when nothing changed (an always_changed stage would leave `dvc status` never clean).
+	$(BIN)dvc repro --force --single-item manifest
 	$(BIN)dvc repro
 
-test: dev  ## the whole test suite (end-to-end runs included); lists the 20 slowest tests
-	$(BIN)python -m pytest --durations=20
+# The test files are shared out over TEST_WORKERS processes (pytest-xdist; --dist loadfile: a file's tests stay in one
+# process, in their order). Most tests run one thread; TEST_WORKERS=0 runs everything in one process.
+TEST_WORKERS ?= 2
+PYTEST = $(BIN)python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
-test-fast: dev  ## the unit tests only
-	$(BIN)python -m pytest -m "not slow"
+test: dev  ## the test suite but the infrastructure tests (end-to-end runs included); lists the 20 slowest tests
+	$(PYTEST) -m "not infra" --durations=20
+
+test-all: dev  ## every test, the infrastructure ones too (image builds, act jobs, emulated CPUs, ...): what CI runs
+	$(PYTEST) --durations=20
+
+test-fast: dev  ## the unit tests only (neither slow nor infra)
+	$(PYTEST) -m "not slow and not infra"
 
 lint: dev
 	$(BIN)ruff check src tests benchmarks
@@ -51,11 +65,11 @@ metrics-diff: setup  ## DVC metrics against $(BASE), as Markdown
 
 # requirements.lock / requirements-dev.lock: every package pinned with its hashes (pip-tools), for CPython 3.11 on
 # Linux x86_64, from PyPI. Edit requirements.txt / requirements-dev.txt, then `make lock`.
-# The header's command comes from CUSTOM_COMPILE_COMMAND (pip-tools 7.6 has no --custom-compile-command option).
 LOCK_FLAGS = --quiet --allow-unsafe --generate-hashes --strip-extras --no-emit-index-url --no-emit-find-links
+lock: export CUSTOM_COMPILE_COMMAND = make lock
 lock: dev  ## regenerate the lock files from requirements.txt and requirements-dev.txt
-	CUSTOM_COMPILE_COMMAND="make lock" $(BIN)pip-compile $(LOCK_FLAGS) -o requirements.lock requirements.txt
-	CUSTOM_COMPILE_COMMAND="make lock" $(BIN)pip-compile $(LOCK_FLAGS) -o requirements-dev.lock requirements-dev.txt
+	$(BIN)pip-compile $(LOCK_FLAGS) -o requirements.lock requirements.txt
+	$(BIN)pip-compile $(LOCK_FLAGS) -o requirements-dev.lock requirements-dev.txt
 
 clean-checkpoints:
 	rm -rf checkpoints

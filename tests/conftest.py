@@ -4,6 +4,7 @@ command line and git run in a fresh process, copies of the project, snapshots of
 from __future__ import annotations
 
 import copy
+import fcntl
 import os
 import re
 import shutil
@@ -107,10 +108,12 @@ def find_tool(name: str) -> str | None:
 
 
 def command_env(**extra: str) -> dict[str, str]:
-    """This environment with the venv's tools first on PATH, progress bars off and a git identity, plus `extra`."""
+    """This environment with the venv's tools first on PATH, this interpreter for the pipeline's stages
+    (scripts/python), progress bars off and a git identity, plus `extra`."""
     return {
         **os.environ,
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "CXRSTUDY_PYTHON": sys.executable,
         "TQDM_DISABLE": "1",
         "GIT_AUTHOR_NAME": "t",
         "GIT_AUTHOR_EMAIL": "t@example.invalid",
@@ -262,6 +265,37 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+# The project's recorded results (for its own parameters): a copy with the tiny parameters makes its own.
+RESULTS = ("dvc.lock", "data", "models", "metrics", "predictions", "plots", "reports")
+
+
+@pytest.fixture(scope="session")
+def repro_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the project with the tiny parameters and none of its recorded results, after `dvc repro`, all
+    committed on `main`: the pipeline runs once per test run, whatever the number of test processes (pytest-xdist's
+    workers share the temporary folder above their own). Tests change a copy: `copy_repro`."""
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    root, done = shared / "repro" / "project", shared / "repro" / "done"
+    root.parent.mkdir(exist_ok=True)
+    with (shared / "repro" / "lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # the other workers wait for the first one's run
+        if not done.exists():
+            shutil.rmtree(root, ignore_errors=True)  # what a failed run in another worker left
+            copy_project(root, drop=RESULTS, params=tiny_raw())
+            sh(["dvc", "repro"], root)
+            git(root, "add", "-A")
+            git(root, "commit", "-qm", "dvc repro")
+            done.touch()
+    return root
+
+
+def copy_repro(repro_project: Path, dest: Path) -> Path:
+    """A copy of `repro_project` (its git history and DVC cache included) at `dest`."""
+    shutil.copytree(repro_project, dest, symlinks=True)
+    return dest
+
+
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Callable[[int], Path]]:
     """`mount(size_bytes)` mounts a tmpfs of that size and returns its folder; unmounted afterwards."""
@@ -290,5 +324,31 @@ def _quiet_progress(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TQDM_DISABLE", "1")
 
 
+# --------------------------------------------------------------------------------------------------------------------
+# System tools: `@pytest.mark.tools("gh", "jq")` skips a test, naming what is missing, unless every tool is found
+# (beside this interpreter or on PATH; "a|b" takes either). In CI (CXR_REQUIRE_TOOLS=1, set by .ci/run) a missing
+# tool fails the test instead: CI must run everything.
+
+REQUIRE_TOOLS = "CXR_REQUIRE_TOOLS"
+
+
+def missing_tools(names: Iterable[str]) -> list[str]:
+    return [name for name in names if not any(find_tool(alt) for alt in name.split("|"))]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    missing = missing_tools(name for mark in item.iter_markers("tools") for name in mark.args)
+    if not missing:
+        return
+    message = f"needs {', '.join(missing)}, not found (.ci/run names the Debian package of each and installs them)"
+    if os.environ.get(REQUIRE_TOOLS) == "1":
+        pytest.fail(f"{message}; {REQUIRE_TOOLS}=1 makes a missing tool a failure", pytrace=False)
+    pytest.skip(message)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("TQDM_DISABLE", "1")
+    if os.environ.get(REQUIRE_TOOLS) == "1":
+        # tests/containers.py's own switch for the image and act tests.
+        os.environ.setdefault("CXR_REQUIRE_CONTAINERS", "1")

@@ -30,7 +30,7 @@ from tests.containers import require
 from tests.fake_github import REPO, Served, gh_available, serve
 
 # Each job makes its venv and the repro job runs the reduced pipeline (about 2 minutes each with pip's cache).
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
+pytestmark = [pytest.mark.slow, pytest.mark.infra, pytest.mark.timeout(1800)]
 
 WORKFLOWS = ROOT / ".github" / "workflows"
 STANDINS = ROOT / "tests" / "act"

@@ -256,20 +256,6 @@ def test_a_writer_killed_between_the_two_renames_of_atomic_dir_gets_the_earlier_
 
 @needs_dev_full
 @pytest.mark.slow
-def test_a_full_disk_in_a_stage_keeps_its_earlier_output(tiny_data: Path, tmp_path: Path) -> None:
-    ws = workspace(tiny_data, tmp_path)
-    before = snapshot(ws / "data/splits")
-
-    proc = run_patched(ws, FULL_DISK_PATCH.format(prefix=".summary.json.tmp-"), "split")
-
-    assert proc.returncode != 0, shown(proc)
-    assert "No space left on device" in proc.stderr, shown(proc)
-    assert changed(before, snapshot(ws / "data/splits")) == []
-    assert leftovers(ws) == []
-
-
-@needs_dev_full
-@pytest.mark.slow
 def test_a_full_disk_in_a_stage_is_a_message_naming_the_output(tiny_data: Path, tmp_path: Path) -> None:
     ws = workspace(tiny_data, tmp_path)
 

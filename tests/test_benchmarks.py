@@ -127,7 +127,7 @@ def test_bench_bombs(tmp_path: Path) -> None:
     assert not list(tmp_path.glob("bench-bombs-*"))  # the scratch folder is gone
 
 
-@pytest.mark.slow
+@pytest.mark.infra  # the scale smoke run: a synthetic NIH-sized release through DVC, about 1 minute
 def test_bench_scale(tmp_path: Path) -> None:
     out = tmp_path / "scale.json"
     stdout, r = run_script("bench_scale.py", "--n", "40,60", "--size", "64", "--stored", "32", "--workers", "2",

@@ -81,7 +81,8 @@ def run_all(commands: list[list[str]], cwd: Path, env: dict[str, str]) -> subpro
     return subprocess.CompletedProcess(commands[0], code, stdout, stderr)
 
 
-@pytest.fixture(scope="module", params=["processes", "nodes"])
+# The multi-node launch (two torchrun agents, a c10d rendezvous) is launch infrastructure: make test-all.
+@pytest.fixture(scope="module", params=["processes", pytest.param("nodes", marks=pytest.mark.infra)])
 def ddp_run(request: pytest.FixtureRequest, tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> DdpRun:
     root = tmp_path_factory.mktemp(f"ddp-{request.param}")
     splits = root / "splits"

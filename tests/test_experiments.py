@@ -221,6 +221,7 @@ def test_a_file_that_is_not_exp_show_output_is_an_error(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.infra  # the experiment grid: DVC experiments queued and run, about 1.5 minutes
 def test_a_two_arm_grid_runs_end_to_end(tmp_path: Path) -> None:
     """queue -> run -> compare -> render, at toy size: CLAHE on (the baseline) and off, through `dvc exp`."""
     root = copy_project(tmp_path / "project",

@@ -160,7 +160,7 @@ def test_a_disk_filling_up_while_checkpointing_is_named_and_keeps_the_previous_c
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("where", ["checkpoints", "out"])
+@pytest.mark.parametrize("where", ["checkpoints"])
 def test_a_really_full_disk_under_the_train_stage_is_one_line_naming_the_output(
     where: str, tiny_data: Path, tmp_path: Path, small_disk: Callable[[int], Path]
 ) -> None:

@@ -26,7 +26,7 @@ from tests.containers import build, build_env, podman, require
 
 # The first test builds the base and the cpu image (about 7.5 minutes on a fresh machine), the cuda build fetches
 # the CUDA wheels.
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
+pytestmark = [pytest.mark.slow, pytest.mark.infra, pytest.mark.timeout(3600)]
 
 CPU = "localhost/cxrstudy:test-cpu"
 CUDA = "localhost/cxrstudy:test-cuda"

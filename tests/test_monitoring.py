@@ -346,6 +346,7 @@ def pushgateway(tmp_path: Path) -> Iterator[str]:
     pytest.fail(f"Pushgateway did not become ready on 127.0.0.1 after 3 tries; last log:\n{last_log}")
 
 
+@pytest.mark.tools("prometheus-pushgateway|pushgateway")
 def test_pushes_reach_a_real_pushgateway(pushgateway: str) -> None:
     params = section("monitor", pushgateway=pushgateway, job="cxrstudy_test", push_timeout_s=2.0)
     for seed in (12, 22):

@@ -123,17 +123,16 @@ def test_unpinned_run_changes_with_the_core_count(tiny_data: Path, tmp_path: Pat
     assert one_core.weights != unpinned.weights
 
 
-QEMU = shutil.which("qemu-x86_64")
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(QEMU is None or os.uname().machine != "x86_64",
-                    reason="needs qemu-x86_64 (Debian's qemu-user) on an x86-64 machine")
+@pytest.mark.infra  # about 3 minutes: every instruction emulated
+@pytest.mark.tools("qemu-x86_64")  # Debian's qemu-user
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="emulates an x86-64 CPU on an x86-64 machine")
 def test_pinned_run_is_identical_on_an_emulated_intel_haswell(tiny_data: Path, tmp_path: Path, pinned: Run) -> None:
     """A different vendor (GenuineIntel), no AVX-512 and other cache sizes: oneDNN and MKL choose their kernels
     from exactly these, and the weights must not change."""
-    other = run_seed(tiny_data, tmp_path / "haswell", PINNED, prefix=(str(QEMU), "-cpu", "Haswell"),
-                     evaluate=False)
+    qemu = shutil.which("qemu-x86_64")
+    assert qemu is not None
+    other = run_seed(tiny_data, tmp_path / "haswell", PINNED, prefix=(qemu, "-cpu", "Haswell"), evaluate=False)
     assert other.weights == pinned.weights
 
 

@@ -3,22 +3,109 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
-from tests.conftest import UP_TO_DATE, copy_project, git, sh, table_rows, tiny_raw, write_params
+from tests.conftest import ROOT, UP_TO_DATE, copy_repro, git, sh, shown, table_rows, tiny_raw, write_params
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = copy_project(tmp_path_factory.mktemp("project"), drop=("dvc.lock", "reports/report.md", "metrics"),
-                        params=tiny_raw())
-    sh(["dvc", "repro"], root)
-    return root
+def project(repro_project: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The project with the tiny parameters after `dvc repro`, its results committed (conftest.repro_project)."""
+    return copy_repro(repro_project, tmp_path_factory.mktemp("pipeline") / "project")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The README's commands, as a newcomer types them: in a new shell, with nothing but what the README says
+
+VENV = Path(sys.prefix)  # the environment `make` made, which a copy of the project links to as its own .venv
+MAKE_STAMPS = (".cxrstudy-installed", ".cxrstudy-dev-installed")
+
+
+def readme_blocks(section: str) -> list[str]:
+    """The ```bash blocks of a section (`## section`) of README.md, in order."""
+    text = (ROOT / "README.md").read_text().split(f"\n## {section}\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"^```bash\n(.*?)^```$", text, flags=re.MULTILINE | re.DOTALL)
+
+
+def with_the_venv(project: Path) -> Path:
+    """`project` with this environment as its `.venv`, as `make` left it: the files its installs depend on are older
+    than its stamps, so `make` installs nothing (pip is off: were it to, the command would fail, not download)."""
+    if not all((VENV / stamp).is_file() for stamp in MAKE_STAMPS):
+        pytest.skip(f"the tests do not run in an environment that `make` made ({VENV} has no {MAKE_STAMPS[0]})")
+    if not (project / ".venv").exists():
+        (project / ".venv").symlink_to(VENV)
+    made = min((VENV / stamp).stat().st_mtime for stamp in MAKE_STAMPS) - 60
+    for name in ("requirements.lock", "requirements-dev.lock", "pyproject.toml", "docker/install-deps.sh"):
+        os.utime(project / name, (made, made))
+    return project
+
+
+def new_shell(home: Path, **extra: str) -> dict[str, str]:
+    """The environment of a new login on a bare machine: a home, the system's PATH, nothing of this test run's."""
+    home.mkdir(exist_ok=True)
+    return {"HOME": str(home), "PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "PIP_NO_INDEX": "1",
+            **extra}
+
+
+def test_the_readme_quick_start_works_as_typed_each_block_in_a_new_shell(project: Path, tmp_path: Path) -> None:
+    """The Quick start's blocks, each in a new bash (no profile, no venv on PATH), on the project as published
+    (its results committed), then nothing for git to see. `make test` runs as typed, on one quick test file in one
+    process (PYTEST_ADDOPTS, TEST_WORKERS), so as not to run this suite inside itself."""
+    _commit(project, "as published")
+    with_the_venv(project)
+    blocks = readme_blocks("Quick start")
+    assert blocks and "make repro" in blocks[0] and "source .venv/bin/activate" in blocks[1], blocks
+    env = new_shell(tmp_path / "home", PYTEST_ADDOPTS="-p no:cacheprovider tests/test_losses.py", TEST_WORKERS="0")
+
+    for block in blocks:
+        done = subprocess.run(["bash", "--noprofile", "--norc", "-e", "-x", "-c", block], cwd=project, env=env,
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, f"README block\n{block}\n{shown(done)}"
+
+    assert (project / "dvc_plots/index.html").is_file()
+    assert git(project, "status", "--porcelain") == ""
+
+
+def test_the_venvs_dvc_runs_the_stages_with_the_projects_python_without_the_venv_on_path(
+        project: Path, tmp_path: Path) -> None:
+    """`.venv/bin/dvc repro` in a shell that did not activate `.venv`: `python` there is the system's (no cxrstudy),
+    and DVC does not put its own interpreter on PATH; the stages' scripts/python takes the project's `.venv`."""
+    _commit(project, "before a run without the venv on PATH")
+    with_the_venv(project)
+    env = new_shell(tmp_path / "home")
+
+    done = subprocess.run([".venv/bin/dvc", "repro", "--force", "--single-item", "split"], cwd=project, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+    assert done.returncode == 0, shown(done)
+    assert "Running stage 'split'" in done.stdout
+    assert git(project, "status", "--porcelain") == ""  # the same splits, the same dvc.lock
+
+
+def test_another_machines_record_changes_neither_dvc_nor_git(project: Path) -> None:
+    """models/seed_N/machine.json names the CPU that trained the model: kept beside it, outside its DVC hash, so a
+    run on another machine (the same numbers, another CPU) changes neither `dvc status`, dvc.lock, nor git."""
+    _commit(project, "before another machine")
+    record = project / "models/seed_1/machine.json"
+    assert json.loads(record.read_text())["cpu_model"]
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    (digest,) = [out["md5"] for out in lock["stages"]["train@1"]["outs"] if out["path"] == "models/seed_1"]
+    listing = json.loads((project / ".dvc/cache/files/md5" / digest[:2] / digest[2:]).read_text())
+    assert sorted(entry["relpath"] for entry in listing) == ["model.pt", "summary.json"]
+
+    record.write_text(json.dumps({"cpu_model": "another vendor's CPU", "cpu_flags": ["amx_tile", "avx2"]}))
+
+    assert_up_to_date(project)
+    assert git(project, "status", "--porcelain") == ""
 
 
 def test_repro_writes_metrics_for_every_seed_and_the_report(project: Path) -> None:

@@ -177,11 +177,14 @@ def test_negative_control_on_shuffled_labels_stays_near_chance(control_data: tup
     assert abs(metrics["auroc_mean"] - 0.5) < 0.08  # type: ignore[operator]
 
 
-def test_cli_refuses_a_seed_not_in_params(tmp_path: Path) -> None:
+def test_cli_refuses_a_seed_not_in_params(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from cxrstudy.cli import main
     from tests.conftest import tiny_raw, write_params
 
     params = write_params(tmp_path / "params.yaml", tiny_raw())
-    assert main(["--params", str(params), "train", "--seed", "99"]) == 2
+    assert main(["--params", str(params), "train", "--seed", "99", "--out", str(tmp_path / "model")]) == 2
+    err = capsys.readouterr().err
+    assert "--seed 99" in err and "not in params.yaml seeds [1, 2]" in err and "add it there first" in err, err
+    assert not (tmp_path / "model").exists()
 
 

@@ -524,6 +524,7 @@ def upsert(served: Served, *args: str, token: str = "t0ken") -> subprocess.Compl
     )
 
 
+@pytest.mark.tools("gh", "jq", "openssl")  # the real gh against the fake GitHub API
 def test_upsert_comment_creates_then_updates_in_place(fake_github, tmp_path):
     api = fake_github.api
     api.pulls[7] = {"number": 7, "head": {"sha": SHA}}
@@ -551,6 +552,7 @@ def test_upsert_comment_creates_then_updates_in_place(fake_github, tmp_path):
     assert api.auth == {"token t0ken"}
 
 
+@pytest.mark.tools("gh", "jq", "openssl")  # the real gh against the fake GitHub API
 def test_upsert_comment_adds_the_marker_and_follows_pagination(fake_github, tmp_path):
     api = fake_github.api
     for i in range(150):
@@ -567,6 +569,7 @@ def test_upsert_comment_adds_the_marker_and_follows_pagination(fake_github, tmp_
     assert api.requests.count(("GET", "/repos/o/r/issues/3/comments")) == 2
 
 
+@pytest.mark.tools("gh", "jq", "openssl")  # the real gh against the fake GitHub API
 def test_upsert_comment_skips_a_superseded_or_foreign_head(fake_github, tmp_path):
     api = fake_github.api
     api.pulls[9] = {"number": 9, "head": {"sha": "f" * 40}}
@@ -583,6 +586,7 @@ def test_upsert_comment_skips_a_superseded_or_foreign_head(fake_github, tmp_path
     assert ("POST", "/repos/o/r/issues/9/comments") not in api.requests
 
 
+@pytest.mark.tools("gh", "jq", "openssl")  # the real gh against the fake GitHub API
 @pytest.mark.parametrize("number", ["0", "-3", "7; curl evil", "1e3", True, None, "x" * 5, 12.5, "007", [7]])
 def test_upsert_comment_rejects_a_tampered_pr_number(fake_github, tmp_path, number):
     api = fake_github.api
@@ -596,6 +600,7 @@ def test_upsert_comment_rejects_a_tampered_pr_number(fake_github, tmp_path, numb
     assert api.requests == []
 
 
+@pytest.mark.tools("gh", "jq", "openssl")  # the real gh against the fake GitHub API
 def test_upsert_comment_rejects_a_pr_file_that_is_not_an_object(fake_github, tmp_path):
     pr = tmp_path / "pr.json"
     pr.write_text("[7]")
@@ -606,6 +611,7 @@ def test_upsert_comment_rejects_a_pr_file_that_is_not_an_object(fake_github, tmp
     assert fake_github.api.requests == []
 
 
+@pytest.mark.tools("gh", "jq", "openssl")  # the real gh against the fake GitHub API
 def test_upsert_comment_needs_a_token_and_a_sane_sha(fake_github, tmp_path):
     body = tmp_path / "body.md"
     body.write_text("x")
@@ -664,6 +670,7 @@ def publish(work: Path, served: Served, tmp_path: Path, *paths: str) -> subproce
     )
 
 
+@pytest.mark.tools("gh", "jq", "openssl")  # the real gh against the fake GitHub API
 def test_publish_study_pushes_a_branch_opens_a_pr_and_comments(fake_github, study_checkout, tmp_path):
     api = fake_github.api
     origin, work = study_checkout
@@ -688,6 +695,7 @@ def test_publish_study_pushes_a_branch_opens_a_pr_and_comments(fake_github, stud
     assert (tmp_path / "github_output").read_text().splitlines() == ["changed=true", "pr=1"]
 
 
+@pytest.mark.tools("gh", "jq", "openssl")  # the real gh against the fake GitHub API
 def test_publish_study_reuses_the_open_pr_of_a_rerun(fake_github, study_checkout, tmp_path):
     api = fake_github.api
     _, work = study_checkout
@@ -701,6 +709,7 @@ def test_publish_study_reuses_the_open_pr_of_a_rerun(fake_github, study_checkout
     assert (tmp_path / "github_output").read_text().splitlines() == ["changed=true", "pr=4"]
 
 
+@pytest.mark.tools("gh", "jq", "openssl")  # the real gh against the fake GitHub API
 def test_publish_study_does_nothing_without_changes(fake_github, study_checkout, tmp_path):
     api = fake_github.api
     origin, work = study_checkout

@@ -208,7 +208,8 @@ def environment(cfg: NumericsParams, device: torch.device | None = None) -> dict
 
 
 def machine() -> dict[str, Any]:
-    """What this machine is, beyond what decides the numbers: kept beside the model (DVC-tracked), not in git."""
+    """What this machine is, beyond what decides the numbers: kept beside the model, outside its DVC hash (.dvcignore),
+    not in git."""
     flags = cpu_flags()
     return {
         "cpu_model": cpu_model(),

@@ -61,6 +61,8 @@ from cxrstudy.learning.predict import MODEL_FILE, pick_device, predict, seed_eve
 from cxrstudy.metrics import per_class_auroc
 from cxrstudy.params import Params, TrainParams
 
+# The machine that trained the model (CPU model and flags, cores, OS), beside it. .dvcignore keeps it out of the
+# model's DVC hash (it differs between machines whose numbers are identical) and DVC's cache; git ignores the folder.
 MACHINE_FILE = "machine.json"
 # Debugging distributed runs: a folder where every rank appends one JSON line per epoch (rank<R>.jsonl).
 RANK_LOG_ENV = "CXRSTUDY_RANK_LOG"
@@ -290,13 +292,15 @@ def run(params: Params, seed: int, raw_dir: Path, processed_dir: Path, splits_di
         sweep_stale(ckpt_path)  # what a run killed while checkpointing left behind
         print(f"train seed {seed}: best epoch {state.best_epoch} (val AUROC {state.best_auroc:.4f}), "
               f"{seconds:.1f} s -> {out_dir}")
+        print(f"train seed {seed}: the machine (CPU: {numerics.cpu_model()}) is recorded in {out_dir / MACHINE_FILE}")
     close_distributed(where)
 
 
 def _write_outputs(state: TrainState, seed: int, fp: str, labels: tuple[str, ...], out_dir: Path, plots_file: Path,
                    environment: dict[str, Any]) -> None:
     """The model folder and the history, both or neither: everything is written and synced before either is
-    renamed into place. The model folder records the environment that trained it, and the machine."""
+    renamed into place. The model folder records the environment that trained it, and the machine (MACHINE_FILE,
+    outside the model's DVC hash)."""
     with atomic_dir(out_dir) as tmp, atomic_file(plots_file) as handle:
         with atomic_file(tmp / MODEL_FILE, "wb") as model_out:  # a Python file: a full disk is an OSError
             save_torch({"model": state.best_model, "seed": seed, "epoch": state.best_epoch,
