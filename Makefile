@@ -30,6 +30,7 @@ $(DEV_STAMP): $(STAMP) requirements-dev.lock
 	touch $@
 
 repro: setup  ## run the whole pipeline on the embedded sample
+	$(BIN)python -m cxrstudy check-params
 	$(BIN)dvc repro
 
 test: dev  ## the whole test suite (end-to-end runs included); lists the 20 slowest tests
@@ -43,6 +44,7 @@ lint: dev
 	$(BIN)mypy src
 
 study: setup  ## the real NIH study: apply configs/nih-study.yaml (only what it changes) as a DVC experiment
+	$(BIN)python -m cxrstudy check-params --profile configs/nih-study.yaml
 	$(BIN)dvc config --local cache.type hardlink,symlink
 	$(BIN)python -m cxrstudy profile configs/nih-study.yaml --run
 

@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 
 from cxrstudy import numerics
-from cxrstudy.atomic import atomic_file, check_writable, sync
+from cxrstudy.atomic import all_or_nothing, atomic_file, check_writable
 from cxrstudy.calibration import calibration
 from cxrstudy.labels import FINDINGS
 from cxrstudy.learning.loader import SplitData, XrayDataset, eval_transform, load_parts, make_loader
@@ -110,14 +110,13 @@ def run(params: Params, seed: int, raw_dir: Path, processed_dir: Path, splits_di
     test_probs, val_probs = sigmoid(test_logits), sigmoid(val_logits)
     metrics = compute_metrics(seed, loss, (val_labels, val_probs), (test_labels, test_probs),
                               numerics.environment(params.numerics, device), params.evaluate.calibration_bins)
-    # All three files or none: each is written and synced before any replaces its earlier version.
-    with (atomic_file(metrics_file) as metrics_out, atomic_file(predictions_file) as predictions_out,
-          atomic_file(val_predictions_file) as val_out):
+    # All three files or none (cxrstudy.atomic.all_or_nothing): a failed rename undoes the others and is named.
+    with all_or_nothing() as out:
+        metrics_out = out.file(metrics_file)
         json.dump(metrics, metrics_out, indent=2, sort_keys=True)
         metrics_out.write("\n")
-        write_predictions(predictions_out, test_part.names, test_part.patients, test_labels, test_probs)
-        write_predictions(val_out, val_part.names, val_part.patients, val_labels, val_probs)
-        sync(metrics_out, predictions_out, val_out)
+        write_predictions(out.file(predictions_file), test_part.names, test_part.patients, test_labels, test_probs)
+        write_predictions(out.file(val_predictions_file), val_part.names, val_part.patients, val_labels, val_probs)
     print(f"evaluate seed {seed}: test loss {metrics['loss']}, mean AUROC {metrics['auroc_mean']}, "
           f"mean F1 {metrics['f1_mean']} -> {metrics_file}")
 

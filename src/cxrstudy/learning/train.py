@@ -29,8 +29,9 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 from cxrstudy import numerics
-from cxrstudy.atomic import atomic_dir, atomic_file, check_writable, sweep_stale, sync, write_json
-from cxrstudy.errors import Interrupted, TrainingError
+from cxrstudy.atomic import all_or_nothing, atomic_file, check_writable, sweep_stale, write_json
+from cxrstudy.data.preprocess import IMAGES_FILE
+from cxrstudy.errors import InputError, Interrupted, TrainingError
 from cxrstudy.learning.checkpoint import (
     CHECKPOINT_FILE,
     EpochRecord,
@@ -137,12 +138,26 @@ class Training:
     loader_gen: torch.Generator  # the training order (and the workers' seeds), checkpointed with the RNG states
 
 
+def check_stored_size(processed_dir: Path, stored: int, preprocess_size: int, train_size: int) -> None:
+    """The processed images must have the size `preprocess.image_size` gives them: others were made with other
+    parameters (a stale or copied data/processed), and smaller ones would be silently upsampled."""
+    if stored == preprocess_size:
+        return
+    effect = (f"upsample them to train.image_size ({train_size} px)" if stored < train_size
+              else "train on images preprocessed otherwise than params.yaml says")
+    raise InputError(f"{processed_dir / IMAGES_FILE}: holds {stored} px images, but preprocess.image_size is "
+                     f"{preprocess_size}: they were made with other parameters, and training would {effect}; re-run "
+                     "the preprocess stage (dvc repro preprocess, or python -m cxrstudy preprocess)")
+
+
 def build_loaders(cfg: TrainParams, seed: int, where: Dist, device: torch.device, raw_dir: Path, processed_dir: Path,
-                  splits_dir: Path) -> tuple[Loader, Loader, np.ndarray, torch.Generator]:
+                  splits_dir: Path, preprocess_size: int) -> tuple[Loader, Loader, np.ndarray, torch.Generator]:
     """The training loader (a new order every epoch from the seed; on N processes each rank takes its share of every
     batch), the validation loader (this rank's shard, in order), the training labels (shuffled with
-    `train.shuffle_labels`, the negative control) and the generator of the training order."""
+    `train.shuffle_labels`, the negative control) and the generator of the training order. The processed images
+    must be `preprocess_size` px (`check_stored_size`)."""
     images, parts = load_parts(raw_dir, processed_dir, splits_dir, ("train", "val"))
+    check_stored_size(processed_dir, int(images.shape[-1]), preprocess_size, cfg.image_size)
     train_labels = parts["train"].labels
     if cfg.shuffle_labels:  # negative control: break the image-label link, keep the label distribution
         train_labels = train_labels[np.random.default_rng(seed).permutation(len(train_labels))]
@@ -168,10 +183,10 @@ def build_loaders(cfg: TrainParams, seed: int, where: Dist, device: torch.device
 
 
 def build_training(cfg: TrainParams, seed: int, where: Dist, device: torch.device, raw_dir: Path,
-                   processed_dir: Path, splits_dir: Path) -> Training:
+                   processed_dir: Path, splits_dir: Path, preprocess_size: int) -> Training:
     """The loaders, then the model (initialised from the seeded generator), loss, optimizer and scheduler."""
     train_loader, val_loader, train_labels, loader_gen = build_loaders(cfg, seed, where, device, raw_dir,
-                                                                       processed_dir, splits_dir)
+                                                                       processed_dir, splits_dir, preprocess_size)
     model: nn.Module = build_model(train_labels.shape[1], cfg.pretrained).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -266,7 +281,7 @@ def run(params: Params, seed: int, raw_dir: Path, processed_dir: Path, splits_di
         check_writable(out_dir, plots_file, ckpt_path)
     numerics.apply_threads(params.numerics)
     seed_everything(seed, cfg.deterministic)
-    t = build_training(cfg, seed, where, device, raw_dir, processed_dir, splits_dir)
+    t = build_training(cfg, seed, where, device, raw_dir, processed_dir, splits_dir, params.preprocess.image_size)
 
     inputs = fingerprint(params, seed, raw_dir, processed_dir, splits_dir, where.world_size)
     state = load_checkpoint(ckpt_path, inputs, t.model, t.opt, t.sched, t.loader_gen,
@@ -279,8 +294,9 @@ def run(params: Params, seed: int, raw_dir: Path, processed_dir: Path, splits_di
     try:
         with signals_to_exceptions():
             train_epochs(t, state, cfg, seed, where, device, ckpt_path, inputs, monitor)
+            monitor.close()  # the last push, waited for at most monitor.push_timeout_s; a signal still stops it
     finally:
-        monitor.close()
+        monitor.abort()  # after a failure or a signal: no push; the endpoint stops
     seconds = time.perf_counter() - started
     if where.is_main:
         _write_outputs(state, seed, fingerprint_id(inputs), out_dir, plots_file,
@@ -296,7 +312,8 @@ def _write_outputs(state: TrainState, seed: int, fp: str, out_dir: Path, plots_f
                    environment: dict[str, Any]) -> None:
     """The model folder and the history, both or neither: everything is written and synced before either is
     renamed into place. The model folder records the environment that trained it, and the machine."""
-    with atomic_dir(out_dir) as tmp, atomic_file(plots_file) as handle:
+    with all_or_nothing() as out:
+        tmp, handle = out.dir(out_dir), out.file(plots_file)
         with atomic_file(tmp / MODEL_FILE, "wb") as model_out:  # a Python file: a full disk is an OSError
             save_torch({"model": state.best_model, "seed": seed, "epoch": state.best_epoch,
                         "val_auroc": state.best_auroc, "fingerprint": fp}, model_out)
@@ -309,4 +326,3 @@ def _write_outputs(state: TrainState, seed: int, fp: str, out_dir: Path, plots_f
         for r in state.history:
             writer.writerow([r.epoch, f"{r.train_loss:.6f}", f"{r.val_loss:.6f}", f"{r.val_auroc:.6f}",
                              f"{r.lr:.8g}"])
-        sync(handle)
