@@ -337,7 +337,7 @@ class PrometheusMonitor:
             self._server.shutdown()
             self._server.server_close()
             self._thread.join()
-            self._server = self._thread = None
+            self._thread = None  # stopped (the port stays known)
 
     def _set(self, **values: float) -> None:
         """Set the named gauges, and the time of this update."""
