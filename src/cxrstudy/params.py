@@ -202,7 +202,7 @@ class MonitorParams(_Section):
     ``port``: the HTTP endpoint serving ``/metrics``; ``null`` serves none, ``0`` picks a free port. ``bind``: the
     address it listens on, loopback unless you widen it. ``pushgateway``: ``host:port`` or ``http(s)://host:port``
     of a Pushgateway, pushed to at each epoch's end and at close; ``null`` pushes nothing. ``job``: the Pushgateway
-    ``job`` label (the grouping key adds ``seed``). ``push_timeout_s``: how long one push may block training.
+    ``job`` label (the grouping key adds ``seed``). ``push_timeout_s``: how long one push may take in all.
     """
 
     port: Annotated[int, Field(ge=0, le=65535)] | None
