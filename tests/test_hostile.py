@@ -815,13 +815,18 @@ def test_make_validates_params_before_it_starts_dvc(target: str) -> None:
 
 # The train stage, killed (SIGKILL) the moment its outputs are written in full, before they are renamed into place.
 KILLED_BEFORE_THE_RENAMES = """
-    import os, signal
-    from cxrstudy import atomic
+    import contextlib, os, signal
+    import cxrstudy.learning.train as train
 
-    def commit(self):
-        os.kill(os.getpid(), signal.SIGKILL)
+    _all_or_nothing = train.all_or_nothing
 
-    atomic.Outputs.commit = commit
+    @contextlib.contextmanager
+    def all_or_nothing():
+        with _all_or_nothing() as out:
+            yield out
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    train.all_or_nothing = all_or_nothing
 """
 
 
@@ -841,6 +846,7 @@ def test_a_killed_runs_temporaries_go_when_dvc_restores_the_stage_from_its_run_c
     assert killed.returncode == -signal.SIGKILL, shown(killed)
     left = leftovers(project)
     assert any(name.startswith("models/.seed_1.tmp-") for name in left), left
+    assert any(name.startswith("plots/train/.seed_1.csv.tmp-") for name in left), left
 
     done = sh(["dvc", "repro", "train@1"], project)
 
