@@ -28,6 +28,7 @@ import pytest
 import torch
 import yaml
 
+from cxrstudy.cli import OUTPUT_FOLDERS
 from cxrstudy.data import nih
 from cxrstudy.data.preprocess import load_processed
 from cxrstudy.errors import InputError, Interrupted, shown_address
@@ -852,6 +853,12 @@ def test_a_killed_runs_temporaries_go_when_dvc_restores_the_stage_from_its_run_c
 
     assert "Stage 'train@1' is cached - skipping run, checking out outputs" in done.stdout, done.stdout
     assert leftovers(project) == []
+
+
+def test_every_stage_output_lies_under_a_folder_that_every_stage_sweeps() -> None:
+    """A new output elsewhere would keep its killed writer's temporaries after a run-cache restore."""
+    swept = {str(folder) for folder in OUTPUT_FOLDERS}
+    assert all(Path(path).parts[0] in swept for path in _stage_outputs()), sorted(_stage_outputs())
 
 
 # --------------------------------------------------------------------------------------------------------------------
