@@ -33,6 +33,7 @@ $(DEV_STAMP): $(STAMP) requirements-dev.lock
 	touch $@
 
 repro: setup  ## run the whole pipeline on the embedded sample
+	$(BIN)python -m cxrstudy check-params
 	# manifest looks at what a configured local copy holds outside the project; it is re-run first, every time, and
 	# writes the same bytes when nothing changed (an always_changed stage would leave `dvc status` never clean).
 	$(BIN)dvc repro --force --single-item manifest
@@ -57,6 +58,7 @@ lint: dev
 	$(BIN)mypy src
 
 study: setup  ## the real NIH study: apply configs/nih-study.yaml (only what it changes) as a DVC experiment
+	$(BIN)python -m cxrstudy check-params --profile configs/nih-study.yaml
 	$(BIN)dvc config --local cache.type hardlink,symlink
 	$(BIN)python -m cxrstudy profile configs/nih-study.yaml --run
 

@@ -18,7 +18,8 @@ import sys
 import tempfile
 import textwrap
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -405,3 +406,239 @@ def test_write_json_is_stable(tmp_path: Path) -> None:
     write_json(tmp_path / "a.json", {"b": 1, "a": [1.5, None]})
     assert (tmp_path / "a.json").read_text() == '{\n  "a": [\n    1.5,\n    null\n  ],\n  "b": 1\n}\n'
     assert json.loads((tmp_path / "a.json").read_text()) == {"a": [1.5, None], "b": 1}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# all_or_nothing: several outputs replaced together, or none
+
+
+def _earlier_outputs(root: Path) -> tuple[Path, Path, Path, dict[str, bytes]]:
+    """An earlier model folder, history file and figure under `root`, and a snapshot of all three."""
+    model, history, figure = root / "models/seed_1", root / "plots/train/seed_1.csv", root / "figures/roc.png"
+    _earlier_dir(model)
+    history.parent.mkdir(parents=True)
+    history.write_text("epoch,loss\n1,0.5\n")
+    figure.parent.mkdir(parents=True)
+    figure.write_bytes(b"an earlier figure")
+    return model, history, figure, snapshot(root)
+
+
+def _write_all(model: Path, history: Path, figure: Path, hook: Callable[[], None] = lambda: None) -> None:
+    with atomic.all_or_nothing() as out:
+        folder = out.dir(model)
+        (folder / "model.pt").write_bytes(b"new weights")
+        out.file(history).write("epoch,loss\n1,0.4\n")
+        out.path(figure).write_bytes(b"a new figure")
+        hook()
+
+
+def test_all_or_nothing_replaces_every_output_together(tmp_path: Path) -> None:
+    model, history, figure, _ = _earlier_outputs(tmp_path)
+
+    _write_all(model, history, figure)
+
+    assert snapshot(model) == {"model.pt": b"new weights"}
+    assert history.read_text() == "epoch,loss\n1,0.4\n" and figure.read_bytes() == b"a new figure"
+    assert leftovers(tmp_path) == []
+
+
+def test_an_error_in_an_all_or_nothing_block_replaces_none_of_its_outputs(tmp_path: Path) -> None:
+    model, history, figure, before = _earlier_outputs(tmp_path)
+
+    def fail() -> None:
+        raise ValueError("the last figure failed")
+
+    with pytest.raises(ValueError, match="last figure"):
+        _write_all(model, history, figure, fail)
+
+    assert changed(before, snapshot(tmp_path)) == []
+    assert leftovers(tmp_path) == []
+
+
+def skip_unless_chattr(scratch: Path) -> None:
+    """Skip the test unless `chattr +i` works under `scratch` (root, and a file system with Linux attributes)."""
+    if shutil.which("chattr") is None:
+        pytest.skip("needs chattr (e2fsprogs)")
+    probe = scratch / "chattr-probe"
+    probe.mkdir()
+    done = subprocess.run(["chattr", "+i", str(probe)], capture_output=True, text=True)
+    subprocess.run(["chattr", "-i", str(probe)], capture_output=True)
+    probe.rmdir()
+    if done.returncode != 0:
+        pytest.skip(f"chattr +i is not possible here ({done.stderr.strip()}): needs root and Linux file attributes")
+
+
+def skip_unless_mount(scratch: Path) -> None:
+    """Skip the test unless a folder under `scratch` can be bind-mounted (root on Linux)."""
+    if not sys.platform.startswith("linux") or os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("a mount point needs root on Linux (mount --bind)")
+    probe = scratch / "mount-probe"
+    probe.mkdir()
+    done = subprocess.run(["mount", "--bind", str(probe), str(probe)], capture_output=True, text=True)
+    subprocess.run(["umount", str(probe)], capture_output=True)
+    probe.rmdir()
+    if done.returncode != 0:
+        pytest.skip(f"cannot bind-mount here: {done.stderr.strip()}")
+
+
+@contextmanager
+def protecting(scratch: Path) -> Iterator[Callable[[Path, str], None]]:
+    """`protect(path, "i")` makes `path` immutable (`"a"`: append-only) with chattr, undone at the end; skips the test
+    where chattr cannot work (tried under `scratch`)."""
+    skip_unless_chattr(scratch)
+    done: list[tuple[Path, str]] = []
+
+    def protect(path: Path, flag: str = "i") -> None:
+        subprocess.run(["chattr", f"+{flag}", str(path)], check=True, capture_output=True)
+        done.append((path, flag))
+
+    try:
+        yield protect
+    finally:
+        for path, flag in reversed(done):
+            subprocess.run(["chattr", f"-{flag}", str(path)], capture_output=True)
+
+
+@contextmanager
+def mounting(scratch: Path) -> Iterator[Callable[[Path], None]]:
+    """`mount_point(folder)` bind-mounts `folder` onto itself, as a container volume is mounted, undone at the end;
+    skips the test where that is not possible (tried under `scratch`)."""
+    skip_unless_mount(scratch)
+    mounted: list[Path] = []
+
+    def mount_point(folder: Path) -> None:
+        subprocess.run(["mount", "--bind", str(folder), str(folder)], check=True, capture_output=True)
+        mounted.append(folder)
+
+    try:
+        yield mount_point
+    finally:
+        for folder in reversed(mounted):
+            subprocess.run(["umount", str(folder)], capture_output=True)
+
+
+@pytest.fixture
+def protect(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[Path, str], None]]:
+    with protecting(tmp_path_factory.mktemp("chattr")) as make:
+        yield make
+
+
+@pytest.fixture
+def mount_point(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[Path], None]]:
+    with mounting(tmp_path_factory.mktemp("mount")) as make:
+        yield make
+
+
+@pytest.mark.parametrize("flag", ["i", "a"], ids=["immutable", "append-only"])
+@pytest.mark.parametrize("which", ["model", "history"])
+def test_a_protected_output_is_named_before_any_work(
+    which: str, flag: str, tmp_path: Path, protect: Callable[[Path, str], None]
+) -> None:
+    model, history, _, before = _earlier_outputs(tmp_path)
+    target = model if which == "model" else history
+    protect(target, flag)
+
+    with pytest.raises(atomic.OutputError) as err:
+        atomic.check_writable(history, model)
+
+    assert err.value.filename == str(target)
+    kind = "immutable" if flag == "i" else "append-only"
+    assert f"{target} is {kind}" in err.value.strerror and f"chattr -{flag}" in err.value.strerror
+    assert changed(before, snapshot(tmp_path)) == [] and leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("which", ["model", "history"])
+def test_a_rename_refused_at_the_end_undoes_the_others_and_names_the_output(
+    which: str, tmp_path: Path, protect: Callable[[Path, str], None]
+) -> None:
+    """The output turns immutable while the stage works: checked at the start, refused at the rename. The history is
+    staged (and renamed) after the model folder: either way nothing is replaced and no temporary stays."""
+    model, history, figure, before = _earlier_outputs(tmp_path)
+    target = model if which == "model" else history
+
+    with pytest.raises(atomic.OutputError) as err:
+        _write_all(model, history, figure, lambda: protect(target, "i"))
+
+    assert err.value.errno == errno.EPERM and err.value.filename == str(target)
+    assert "immutable" in err.value.strerror
+    assert changed(before, snapshot(tmp_path)) == []
+    assert leftovers(tmp_path) == []
+
+
+def test_an_output_folder_that_is_a_mount_point_is_named_before_any_work_and_at_the_rename(
+    tmp_path: Path, mount_point: Callable[[Path], None]
+) -> None:
+    """A container volume mounted on the output folder: renaming it is EBUSY, which used to be a traceback."""
+    model, history, figure, before = _earlier_outputs(tmp_path)
+    mount_point(model)
+    assert not os.path.ismount(model), "a bind mount on the same file system: os.path.ismount cannot tell"
+
+    with pytest.raises(atomic.OutputError) as early:
+        atomic.check_writable(history, model)
+    with pytest.raises(atomic.OutputError) as late, atomic.all_or_nothing() as out:
+        out.file(history).write("new")
+        out.dir(model)
+
+    for err in (early.value, late.value):
+        assert err.errno == errno.EBUSY and err.filename == str(model)
+        assert "mount point" in err.strerror and "mount the folder above it" in err.strerror
+    assert changed(before, snapshot(tmp_path)) == [] and leftovers(tmp_path) == []
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Temporaries: a dead writer's are swept wherever the next run starts, a live writer's never
+
+
+LIVE_WRITER = """
+import sys
+from pathlib import Path
+from cxrstudy.atomic import all_or_nothing
+
+model, history = map(Path, sys.argv[1:3])
+with all_or_nothing() as out:
+    (out.dir(model) / "model.pt").write_bytes(bytes(1 << 20))
+    out.file(history).write("epoch,loss\\n")
+    print("written", flush=True)
+    sys.stdin.readline()
+"""
+
+
+def test_a_live_writers_temporaries_are_kept_and_a_killed_ones_swept(tmp_path: Path) -> None:
+    model, history, _, before = _earlier_outputs(tmp_path)
+    writer = subprocess.Popen([sys.executable, "-c", LIVE_WRITER, str(model), str(history)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout is not None and writer.stdout.readline() == "written\n"
+        staged = leftovers(tmp_path)
+        assert len(staged) == 2, staged
+
+        atomic.sweep_tree(tmp_path)  # what the next stage does first, while this writer still lives
+        atomic.sweep_stale(model)
+        atomic.sweep_stale(history)
+
+        assert leftovers(tmp_path) == staged
+    finally:
+        writer.kill()
+        writer.wait()
+    assert writer.returncode == -signal.SIGKILL
+
+    atomic.sweep_tree(tmp_path)
+
+    assert leftovers(tmp_path) == []
+    assert changed(before, snapshot(tmp_path)) == []
+
+
+def test_sweep_tree_puts_back_an_output_that_a_killed_writer_had_moved_aside(tmp_path: Path) -> None:
+    target = tmp_path / "models" / "seed_1"
+    before = _earlier_dir(target)
+    os.replace(target, target.parent / ".seed_1.old-abcd1234")
+    (target.parent / ".seed_1.tmp-abcd1234").mkdir()
+    (tmp_path / "plots").mkdir()
+    (tmp_path / "plots" / ".seed_1.csv.tmp-x1y2z3w4").write_text("half")
+    unrelated = tmp_path / "plots" / ".seed_1.csv.tmp-backup"  # not a name the writers give: left alone
+    unrelated.write_text("mine")
+
+    atomic.sweep_tree(tmp_path)
+
+    assert changed(before, snapshot(target)) == []
+    assert leftovers(tmp_path) == ["plots/.seed_1.csv.tmp-backup"]

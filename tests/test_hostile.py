@@ -13,13 +13,12 @@ import http.server
 import json
 import os
 import re
+import resource
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
-import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -29,21 +28,34 @@ import pytest
 import torch
 import yaml
 
+from cxrstudy.cli import OUTPUT_FOLDERS
 from cxrstudy.data import nih
 from cxrstudy.data.preprocess import load_processed
-from cxrstudy.errors import InputError, Interrupted
+from cxrstudy.errors import InputError, Interrupted, shown_address
 from cxrstudy.labels import FINDINGS
 from cxrstudy.learning import monitoring
 from cxrstudy.learning.evaluate import compute_metrics, save_predictions
-from cxrstudy.learning.train import TrainState, make_optimizer, make_scheduler, save_checkpoint, sigmoid
-from cxrstudy.params import parse_params
+from cxrstudy.learning.model import build_model
+from cxrstudy.learning.train import (
+    TrainState,
+    make_optimizer,
+    make_scheduler,
+    save_checkpoint,
+    sigmoid,
+    signals_to_exceptions,
+)
+from cxrstudy.params import load_params, parse_params
 from cxrstudy.reporting import report
 from tests.conftest import (
     ROOT,
+    cli,
+    copy_project,
     leftovers,
     patched_cli,
     run_cli,
+    run_patched,
     section,
+    sh,
     shown,
     snapshot,
     tiny_params,
@@ -52,12 +64,15 @@ from tests.conftest import (
     write_params,
 )
 from tests.synthetic import write_coverage, write_split
+from tests.test_atomic import mounting, protecting, skip_unless_chattr, skip_unless_mount
+from tests.test_monitoring import SlowGateway
 from tests.test_resume import (
     CHECKPOINT,
     assert_same_results,
     run_train,
     start_train,
     wait_for_checkpoint,
+    wait_until,
 )
 from tests.test_resume import workspace as train_workspace
 
@@ -84,6 +99,20 @@ def read_only() -> Iterator[Callable[[Path], None]]:
     yield make
     for step in reversed(undo):
         step()
+
+
+@pytest.fixture
+def protect(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[Path, str], None]]:
+    """`protect(path, "i")`: chattr +i, undone afterwards (`tests.test_atomic.protecting`)."""
+    with protecting(tmp_path_factory.mktemp("chattr")) as make:
+        yield make
+
+
+@pytest.fixture
+def mount_point(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[Path], None]]:
+    """`mount_point(folder)`: a bind mount of the folder onto itself, undone afterwards."""
+    with mounting(tmp_path_factory.mktemp("mount")) as make:
+        yield make
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -218,60 +247,210 @@ def test_train_with_a_read_only_out_folder_stops_before_the_first_epoch(
     assert not (ws / "checkpoints").exists() and not (ws / "plots").exists()
 
 
+def _earlier_training(ws: Path) -> dict[str, bytes]:
+    """An earlier model folder and history for seed 1 in `ws`, and a snapshot of both."""
+    (ws / "models/seed_1").mkdir(parents=True)
+    (ws / "models/seed_1/model.pt").write_bytes(b"an earlier model")
+    (ws / "plots/train").mkdir(parents=True)
+    (ws / "plots/train/seed_1.csv").write_text("epoch,train_loss,val_loss,val_auroc,lr\n1,0.5,0.5,0.6,0.001\n")
+    return {**snapshot(ws / "models"), **snapshot(ws / "plots")}
+
+
+def _training_outputs(ws: Path) -> dict[str, bytes]:
+    return {**snapshot(ws / "models"), **snapshot(ws / "plots")}
+
+
+@pytest.mark.slow
+def test_an_immutable_model_folder_stops_train_before_the_first_epoch(
+    tiny_data: Path, tmp_path: Path, protect: Callable[[Path, str], None]
+) -> None:
+    """`chattr +i models/seed_12`: every epoch trained (517 s), then "nothing was replaced", though the history had
+    been, and a 28 MB models/.seed_12.tmp-* stayed."""
+    ws = workspace(tiny_data, tmp_path / "ws")
+    before = _earlier_training(ws)
+    protect(ws / "models/seed_1", "i")
+
+    done = run_cli(ws, "train", "--seed", "1")
+
+    assert done.returncode == 1, shown(done)
+    assert "error: models/seed_1: cannot write this output there (Operation not permitted: models/seed_1 is " \
+           "immutable (lsattr -d shows it; chattr -i undoes it))" in done.stderr, shown(done)
+    assert "epoch" not in done.stdout and "Traceback" not in done.stderr, shown(done)
+    assert _training_outputs(ws) == before
+    assert leftovers(ws) == []
+
+
+# Train as usual, but its model folder turns immutable (or becomes a mount point) once the epochs are done: the
+# check at the start passes, the rename at the end is refused.
+PROTECTED_AT_THE_END = """
+    import subprocess
+    import cxrstudy.learning.train as train
+
+    _write_outputs = train._write_outputs
+
+    def write_outputs(state, seed, fp, out_dir, *args):
+        subprocess.run({command!r} + [str(out_dir)], check=True)
+        return _write_outputs(state, seed, fp, out_dir, *args)
+
+    train._write_outputs = write_outputs
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["immutable", "mount-point"])
+def test_a_model_folder_refused_at_the_end_replaces_nothing_and_leaves_no_temporary(
+    how: str, tiny_data: Path, tmp_path: Path
+) -> None:
+    """The model folder could not be renamed into place: the history used to be replaced all the same, the
+    message said "nothing was replaced", the model's temporary stayed (28 MB), and a mount point was a traceback."""
+    ws = workspace(tiny_data, tmp_path / "ws")
+    before = _earlier_training(ws)
+    model = ws / "models/seed_1"
+    if how == "immutable":
+        skip_unless_chattr(tmp_path)
+        command = ["chattr", "+i"]
+    else:
+        skip_unless_mount(tmp_path)
+        command = ["mount", "--bind", str(model)]
+    try:
+        done = run_patched(ws, PROTECTED_AT_THE_END.format(command=command), "train", "--seed", "1")
+    finally:
+        subprocess.run(["chattr", "-i", str(model)] if how == "immutable" else ["umount", str(model)],
+                       capture_output=True)
+
+    assert done.returncode == 1, shown(done)
+    assert "epoch 2/2" in done.stdout, shown(done)
+    why = "Operation not permitted: models/seed_1 is immutable" if how == "immutable" else \
+        "Device or resource busy: it is a mount point"
+    assert f"error: models/seed_1: cannot write this output there ({why}" in done.stderr, shown(done)
+    assert "Traceback" not in done.stderr, shown(done)
+    assert _training_outputs(ws) == before, "an output was replaced"
+    assert leftovers(ws) == []
+    assert (ws / CHECKPOINT).is_file(), "the finished training is kept for the re-run"
+
+
+@pytest.mark.slow
+def test_an_output_folder_that_is_a_mount_point_stops_train_before_the_first_epoch(
+    tiny_data: Path, tmp_path: Path, mount_point: Callable[[Path], None]
+) -> None:
+    """An output folder that is a container volume: renaming it is EBUSY, which was a traceback at the end."""
+    ws = workspace(tiny_data, tmp_path / "ws")
+    before = _earlier_training(ws)
+    mount_point(ws / "models/seed_1")
+
+    done = run_cli(ws, "train", "--seed", "1")
+
+    assert done.returncode == 1, shown(done)
+    assert "error: models/seed_1: cannot write this output there (Device or resource busy: it is a mount point (a " \
+           "container volume, say), and an output is replaced whole by a rename; mount the folder above it instead)" \
+           in done.stderr, shown(done)
+    assert "epoch" not in done.stdout and "Traceback" not in done.stderr, shown(done)
+    assert _training_outputs(ws) == before and leftovers(ws) == []
+
+
+# Evaluate as usual, but its metrics file turns immutable once the metrics are computed.
+METRICS_PROTECTED_AT_THE_END = """
+    import subprocess
+    import cxrstudy.learning.evaluate as evaluate
+
+    _compute_metrics = evaluate.compute_metrics
+
+    def compute_metrics(*args, **kwargs):
+        subprocess.run(["chattr", "+i", "metrics/eval/seed_1.json"], check=True)
+        return _compute_metrics(*args, **kwargs)
+
+    evaluate.compute_metrics = compute_metrics
+"""
+
+
+@pytest.mark.slow
+def test_evaluate_with_a_metrics_file_refused_at_the_end_replaces_no_prediction_and_names_it(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    """Evaluate used to replace both prediction files, then fail on the metrics file, say "nothing was replaced",
+    and could name another file than the one that failed."""
+    ws = workspace(tiny_data, tmp_path / "ws")
+    torch.manual_seed(0)
+    (ws / "models/seed_1").mkdir(parents=True)
+    torch.save({"model": build_model(len(FINDINGS), pretrained=False).state_dict()}, ws / "models/seed_1/model.pt")
+    for path, text in (("metrics/eval/seed_1.json", '{"earlier": true}\n'), ("predictions/seed_1.csv", "image\n"),
+                       ("predictions/val/seed_1.csv", "image\n")):
+        (ws / path).parent.mkdir(parents=True, exist_ok=True)
+        (ws / path).write_text(text)
+    before = {**snapshot(ws / "metrics"), **snapshot(ws / "predictions")}
+    skip_unless_chattr(tmp_path)
+
+    try:
+        done = run_patched(ws, METRICS_PROTECTED_AT_THE_END, "evaluate", "--seed", "1")
+    finally:
+        subprocess.run(["chattr", "-i", str(ws / "metrics/eval/seed_1.json")], capture_output=True)
+
+    assert done.returncode == 1, shown(done)
+    assert "error: metrics/eval/seed_1.json: cannot write this output there (Operation not permitted: " \
+           "metrics/eval/seed_1.json is immutable" in done.stderr, shown(done)
+    assert "predictions" not in done.stderr and "Traceback" not in done.stderr, shown(done)
+    assert {**snapshot(ws / "metrics"), **snapshot(ws / "predictions")} == before
+    assert leftovers(ws) == []
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # 4. Signals are never swallowed by monitoring
 
 
-def test_a_signal_during_a_push_goes_through_the_monitor(monkeypatch: pytest.MonkeyPatch) -> None:
-    """`Interrupted` was an `Exception`, and the push's `except Exception` turned SIGTERM into a warning."""
-    def push_interrupted(*args: object, **kwargs: object) -> None:
-        raise Interrupted(signal.SIGTERM, "training stopped by SIGTERM")
-
-    monkeypatch.setattr(monitoring, "push_to_gateway", push_interrupted)
-    params = section("monitor", pushgateway="127.0.0.1:9", port=None)
-    monitor = monitoring.PrometheusMonitor(params, seed=1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", monitoring.MonitorWarning)
-        with pytest.raises(Interrupted):
-            monitor.push("end of epoch 1")
-
-
-@pytest.fixture
-def silent_gateway() -> Iterator[tuple[str, socket.socket]]:
-    """A Pushgateway address that accepts connections and never answers: a push blocks until its timeout."""
-    server = socket.create_server(("127.0.0.1", 0))
-    server.settimeout(1.0)
-    yield f"127.0.0.1:{server.getsockname()[1]}", server
-    server.close()
+def test_a_signal_while_a_push_hangs_goes_through_at_once_and_nothing_more_is_pushed() -> None:
+    """The push's `except Exception` used to turn SIGTERM into a warning; then `close()` pushed again, and the
+    signal waited a whole push timeout more."""
+    gateway = SlowGateway(None, on_push=lambda: os.kill(os.getpid(), signal.SIGTERM))  # silent, once a push is in
+    monitor = monitoring.PrometheusMonitor(section("monitor", pushgateway=gateway.address, push_timeout_s=120.0),
+                                           seed=1)
+    try:
+        with pytest.raises(Interrupted), signals_to_exceptions():
+            monitor.epoch_end(epoch=1, val_loss=0.5, val_auroc=0.6)
+            monitor.close()  # the last push waits behind the hanging one: the signal ends the wait
+        monitor.abort()
+        assert monitor.flush(timeout=10), "the push in flight was not cut by abort"
+    finally:
+        gateway.close()
+    assert gateway.pushes == 1 and gateway.unanswered == 1, "pushed after the signal, or the push was not cut"
 
 
 @pytest.mark.slow
-def test_sigterm_while_a_push_hangs_stops_training_with_its_checkpoint(
-    tiny_data: Path, tmp_path: Path, silent_gateway: tuple[str, socket.socket]
+@pytest.mark.parametrize("answer", [None, 2.0], ids=["silent", "one-byte-every-2-s"])
+def test_sigterm_while_a_push_hangs_stops_training_at_once_with_its_checkpoint(
+    answer: float | None, tiny_data: Path, tmp_path: Path
 ) -> None:
-    """Used to print "push failed: Interrupted: training stopped by SIGTERM; training continues", then exit 0."""
-    address, server = silent_gateway
+    """A gateway answering one byte every 2 s held the end of epoch 1 forever (the timeout was per receive) and
+    SIGTERM for 45 s and more; a silent one held the exit a whole push_timeout_s, because `close()` pushed again,
+    with the message "training continues"."""
+    gateway = SlowGateway(answer)
     ws = train_workspace(tiny_data, tmp_path / "ws")
-    write_params(ws / "params.yaml", tiny_raw(train={"epochs": 3},
-                                              monitor={"pushgateway": address, "push_timeout_s": 120.0}))
-    running = start_train(ws)
-    while True:  # until the push at the end of epoch 1 connects (and waits for an answer that never comes)
-        try:
-            connection, _ = server.accept()
-            break
-        except TimeoutError:
-            if running.proc.poll() is not None:
-                pytest.fail(f"training ended before its first push\n{running.shown()}")
-    server.close()  # later pushes (the one at close) are refused at once
-    running.proc.send_signal(signal.SIGTERM)
-    running.proc.wait(timeout=120)
-    connection.close()
+    write_params(ws / "params.yaml", tiny_raw(train={"epochs": 4},
+                                              monitor={"pushgateway": gateway.address, "push_timeout_s": 120.0}))
+    try:
+        running = start_train(ws)
+        wait_until(lambda: _checkpoint_epoch(ws) >= 2, running, "epoch 2's checkpoint while the first push hangs")
+        assert gateway.pushes == 1 and not gateway.cut.is_set(), "the first push is not in flight"
+        running.proc.send_signal(signal.SIGTERM)
+        running.proc.wait(timeout=30)  # before: a whole push_timeout_s (120 s) and more
+    finally:
+        if running.proc.poll() is None:
+            running.proc.kill()
+        gateway.close()
 
     assert running.proc.returncode == 128 + signal.SIGTERM, running.shown()
     _, err = running.output()
     assert "training stopped by SIGTERM" in err and "Interrupted" not in err, running.shown()
-    assert torch.load(ws / CHECKPOINT, map_location="cpu", weights_only=True)["epoch"] == 1
+    assert "training continues" not in err and "Traceback" not in err, running.shown()
+    assert gateway.pushes == 1, "a push after the signal"
+    assert 2 <= _checkpoint_epoch(ws) < 4
     assert not (ws / "models").exists()
+
+
+def _checkpoint_epoch(ws: Path) -> int:
+    try:
+        return int(torch.load(ws / CHECKPOINT, map_location="cpu", weights_only=True)["epoch"])
+    except (FileNotFoundError, RuntimeError, EOFError):
+        return 0
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -315,6 +494,36 @@ def test_a_value_of_the_wrong_shape_is_not_echoed(value: object) -> None:
     with pytest.raises(InputError) as err:
         parse_params(tiny_raw(monitor={"pushgateway": value}))
     assert SECRET not in str(err.value) and "monitor.pushgateway" in str(err.value)
+
+
+BRACKETED = "http://alice:S[3cr3t]PW@127.0.0.1:9091"  # urlsplit's own error quoted the part in brackets
+
+
+@pytest.mark.parametrize("where", ["monitor.pushgateway", "ingest.nih.base_url", "ingest.nih.metadata_url"])
+def test_a_password_with_brackets_is_never_echoed(where: str, tmp_path: Path) -> None:
+    """Used to be refused with "'3cr3t' does not appear to be an IPv4 or IPv6 address"."""
+    section_name, *middle, key = where.split(".")
+    raw = tiny_raw()
+    node = raw[section_name]
+    for name in middle:
+        node = node[name]
+    node[key] = BRACKETED
+    write_params(tmp_path / "params.yaml", raw)
+
+    done = run_cli(tmp_path, "check-params")
+
+    assert done.returncode == 2, shown(done)
+    assert where in done.stderr and "must not embed credentials" in done.stderr, shown(done)
+    for part in ("3cr3t", "S[", "alice"):
+        assert part not in done.stdout + done.stderr, shown(done)
+
+
+def test_a_bracketed_address_without_a_password_is_refused_without_echoing_it() -> None:
+    with pytest.raises(InputError) as err:
+        parse_params(tiny_raw(ingest={"nih": {"base_url": "https://[t0ken]/images/"}}))
+    assert "t0ken" not in str(err.value) and "ingest.nih.base_url: Value error, the address is not a valid address" \
+        in str(err.value)
+    assert "3cr3t" not in shown_address(BRACKETED) and "alice" not in shown_address(BRACKETED, keep_name=True)
 
 
 def test_shown_address_keeps_scheme_host_port_and_with_keep_name_the_file_name() -> None:
@@ -533,3 +742,148 @@ def test_ctrl_c_during_preprocess_is_one_line_and_keeps_the_earlier_output(tiny_
     assert len(messages) == 1 and messages[0].startswith("interrupted by SIGINT"), err
     assert snapshot(ws / "data/processed") == before
     assert leftovers(ws / "data") == []
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# 8. A YAML alias bomb in params.yaml, which DVC parses before any stage runs
+
+BOMB = "".join([
+    'lol_a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]\n',
+    *(f"lol_{b}: &{b} [{', '.join([f'*{a}'] * 9)}]\n" for a, b in zip("abcdefgh", "bcdefghi", strict=True)),
+])  # nine levels: 9**9 = 387,420,489 strings once expanded
+
+
+def _limited_memory(megabytes: int) -> Callable[[], None]:
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (megabytes << 20, megabytes << 20))
+
+    return limit
+
+
+@pytest.mark.parametrize("command", [["check-params"], ["train", "--seed", "1"],
+                                     ["profile", "configs/nih-study.yaml", "--run"]], ids=["check", "stage", "profile"])
+def test_a_yaml_alias_bomb_is_refused_before_anything_expands_it(command: list[str], tmp_path: Path) -> None:
+    """Our loader refused it only because its keys are unknown (after building the aliases); DVC, which reads
+    params.yaml first, took 3.8 GB in 70 s. It is now refused while parsing, in 512 MB of address space at most;
+    the profile command (`make study`) refuses it before it starts `dvc exp run`."""
+    (tmp_path / "configs").mkdir()
+    shutil.copy(ROOT / "configs/nih-study.yaml", tmp_path / "configs")
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text() + BOMB)
+
+    done = subprocess.run(cli(*command), cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                          preexec_fn=_limited_memory(512), env={**os.environ, "TQDM_DISABLE": "1"})
+
+    assert done.returncode == 2, shown(done)
+    assert "error: params.yaml: not valid YAML: alias *a names a list or a mapping; aliases may name single values " \
+           "only" in done.stderr, shown(done)
+    second_level = len((ROOT / "params.yaml").read_text().splitlines()) + 2  # the first alias of a list
+    assert f"line {second_level}, column" in done.stderr, shown(done)
+    assert "dvc exp run" not in done.stdout, shown(done)
+
+
+def test_an_alias_of_a_single_value_is_still_accepted(tmp_path: Path) -> None:
+    text = (ROOT / "params.yaml").read_text()
+    text = text.replace("  image_size: 64             # stored", "  image_size: &size 64       # stored")
+    text = text.replace("\n  image_size: 64\n", "\n  image_size: *size\n")
+    assert "*size" in text
+    (tmp_path / "params.yaml").write_text(text)
+    assert load_params(tmp_path / "params.yaml").train.image_size == 64
+
+
+@pytest.mark.parametrize("text", ["a: &a [1, *a]\n", "a: &a {b: *a}\n"], ids=["list", "mapping"])
+def test_a_recursive_alias_is_refused(text: str, tmp_path: Path) -> None:
+    (tmp_path / "params.yaml").write_text(text)
+    with pytest.raises(InputError, match=r"alias \*a names a list or a mapping"):
+        load_params(tmp_path / "params.yaml")
+
+
+def test_a_huge_or_deeply_nested_params_file_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "big.yaml").write_text("x: [" + "1, " * 200_000 + "1]\n")
+    (tmp_path / "deep.yaml").write_text("x: " + "[" * 50_000 + "]" * 50_000 + "\n")
+    with pytest.raises(InputError, match=r"big\.yaml: [\d,]+ bytes; a parameters file is a few KB"):
+        load_params(tmp_path / "big.yaml")
+    with pytest.raises(InputError, match=r"deep\.yaml: nested too deeply"):
+        load_params(tmp_path / "deep.yaml")
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+@pytest.mark.parametrize("target", ["repro", "study"])
+def test_make_validates_params_before_it_starts_dvc(target: str) -> None:
+    """make's recipes, as make would run them (`make -n`): the check comes before the first dvc command."""
+    recipe = sh(["make", "-n", "--no-print-directory", target, "VENV="], ROOT).stdout.splitlines()
+    checks = [i for i, line in enumerate(recipe) if "python -m cxrstudy check-params" in line]
+    starts = [i for i, line in enumerate(recipe) if re.search(r"(^|[ /])dvc ", line)
+              or "cxrstudy profile" in line and "--run" in line]
+    assert checks and starts and checks[0] < min(starts), "\n".join(recipe)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# 9. What a killed run leaves behind goes, whatever the next run does
+
+
+# The train stage, killed (SIGKILL) the moment its outputs are written in full, before they are renamed into place.
+KILLED_BEFORE_THE_RENAMES = """
+    import contextlib, os, signal
+    import cxrstudy.learning.train as train
+
+    _all_or_nothing = train.all_or_nothing
+
+    @contextlib.contextmanager
+    def all_or_nothing():
+        with _all_or_nothing() as out:
+            yield out
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    train.all_or_nothing = all_or_nothing
+"""
+
+
+@pytest.mark.slow
+def test_a_killed_runs_temporaries_go_when_dvc_restores_the_stage_from_its_run_cache(tmp_path: Path) -> None:
+    """DVC restored the killed stage's outputs from its run cache without running it, and nothing swept its
+    temporaries (a 28 MB model folder per seed at the study's size)."""
+    project = copy_project(tmp_path / "project", drop=("dvc.lock", "metrics", "predictions", "reports", "plots"),
+                           params=tiny_raw(seeds=[1]))
+    sh(["dvc", "repro", "train@1"], project)  # configuration A: its run goes into the run cache
+    first = (project / "params.yaml").read_text()
+    write_params(project / "params.yaml", tiny_raw(seeds=[1], train={"epochs": 1}))
+    sh(["dvc", "repro", "train@1"], project)  # B: dvc.lock now records B
+    write_params(project / "params.yaml", tiny_raw(seeds=[1]))
+    assert (project / "params.yaml").read_text() == first
+    killed = run_patched(project, KILLED_BEFORE_THE_RENAMES, "train", "--seed", "1")  # A again, killed
+    assert killed.returncode == -signal.SIGKILL, shown(killed)
+    left = leftovers(project)
+    assert any(name.startswith("models/.seed_1.tmp-") for name in left), left
+    assert any(name.startswith("plots/train/.seed_1.csv.tmp-") for name in left), left
+
+    done = sh(["dvc", "repro", "train@1"], project)
+
+    assert "Stage 'train@1' is cached - skipping run, checking out outputs" in done.stdout, done.stdout
+    assert leftovers(project) == []
+
+
+def test_every_stage_output_lies_under_a_folder_that_every_stage_sweeps() -> None:
+    """A new output elsewhere would keep its killed writer's temporaries after a run-cache restore."""
+    swept = {str(folder) for folder in OUTPUT_FOLDERS}
+    assert all(Path(path).parts[0] in swept for path in _stage_outputs()), sorted(_stage_outputs())
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# 10. Processed images of another size than params.yaml says
+
+
+def test_train_refuses_processed_images_smaller_than_preprocess_image_size(tiny_data: Path, tmp_path: Path) -> None:
+    """A 16 px images.npy with preprocess.image_size 64 used to be upsampled to 64 px without a word."""
+    ws = workspace(tiny_data, tmp_path / "ws", preprocess={"image_size": 64}, train={"image_size": 64})
+    images = np.load(ws / "data/processed/images.npy")
+    np.save(ws / "data/processed/images.npy", images[:, ::2, ::2])  # 32 px -> 16 px
+    assert np.load(ws / "data/processed/images.npy", mmap_mode="r").shape[1:] == (16, 16)
+
+    done = run_cli(ws, "train", "--seed", "1")
+
+    assert done.returncode == 2, shown(done)
+    assert done.stderr.strip() == (
+        "error: data/processed/images.npy: holds 16 px images, but preprocess.image_size is 64: they were made with "
+        "other parameters, and training would upsample them to train.image_size (64 px); re-run the preprocess stage "
+        "(dvc repro preprocess, or python -m cxrstudy preprocess)"), shown(done)
+    assert not (ws / "checkpoints").exists() and not (ws / "models").exists()

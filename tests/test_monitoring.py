@@ -1,22 +1,24 @@
-"""Tests for `cxrstudy.learning.monitoring`: the metrics endpoint, pushes to a real Pushgateway, failure handling,
-params.
+"""Tests for `cxrstudy.learning.monitoring`: the metrics endpoint, pushes to a real Pushgateway, failure handling
+(a refusing, a silent and a slow gateway), params.
 
-The Pushgateway test needs Debian's ``prometheus-pushgateway`` binary (installed by .ci/run); without it, that test
-skips and says so. Everything binds to 127.0.0.1 on free ports and finishes in a few seconds.
+The Pushgateway tests need Debian's ``prometheus-pushgateway`` binary (installed by .ci/run); without it, they skip
+and say so. Everything binds to 127.0.0.1 on free ports and finishes in a few seconds.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
 import socket
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -257,14 +259,102 @@ def test_port_in_use_warns_and_training_continues() -> None:
 # -- pushes that fail ------------------------------------------------------------------------------------------------
 
 
+class SlowGateway:
+    """A loopback server posing as a Pushgateway: it reads each push, then answers one byte every `interval` seconds
+    (None: never answers). `pushes` counts the connections; `unanswered` those whose client went away before the
+    answer was complete. Stopped by `close`."""
+
+    ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+
+    def __init__(self, interval: float | None, on_push: Callable[[], None] = lambda: None) -> None:
+        self.interval, self.on_push = interval, on_push
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.address = f"127.0.0.1:{self.server.getsockname()[1]}"
+        self.pushes = self.unanswered = 0
+        self.pushed = threading.Event()  # a whole request has arrived
+        self.cut = threading.Event()  # a client went away before its answer was complete
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._accept, daemon=True)]
+        self._threads[0].start()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            self.pushes += 1
+            thread = threading.Thread(target=self._answer, args=(conn,), daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(60)
+            try:
+                request = b""
+                while b"\r\n\r\n" not in request:
+                    request += conn.recv(65536) or b"\r\n\r\n"
+                self.pushed.set()
+                self.on_push()
+                if self.interval is None:
+                    while not self._stop.is_set() and conn.recv(65536):
+                        pass  # until the client goes away
+                    self._gone()
+                    return
+                for byte in self.ANSWER:
+                    if self._stop.wait(self.interval):
+                        return
+                    conn.setblocking(False)
+                    try:
+                        if conn.recv(1, socket.MSG_PEEK) == b"":  # the client went away
+                            self._gone()
+                            return
+                    except BlockingIOError:
+                        pass
+                    conn.setblocking(True)
+                    conn.sendall(bytes([byte]))
+            except OSError:
+                self._gone()
+
+    def _gone(self) -> None:
+        self.unanswered += 1
+        self.cut.set()
+
+    def close(self) -> None:
+        self._stop.set()
+        with contextlib.suppress(OSError):
+            self.server.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept (closing alone does not)
+        self.server.close()
+        for thread in self._threads:
+            thread.join(timeout=10)
+
+
+@pytest.fixture
+def silent_gateway() -> Iterator[SlowGateway]:
+    """A gateway that takes every push and never answers."""
+    gateway = SlowGateway(None)
+    yield gateway
+    gateway.close()
+
+
+@pytest.fixture
+def dripping_gateway() -> Iterator[SlowGateway]:
+    """A gateway that answers one byte every 2 s: a timeout per receive (prometheus_client's) never fires."""
+    gateway = SlowGateway(2.0)
+    yield gateway
+    gateway.close()
+
+
 def test_push_to_refusing_gateway_warns_and_does_not_raise() -> None:
     gateway = f"127.0.0.1:{_free_port()}"  # nothing listens there: connection refused
     monitor = open_monitor(section("monitor", pushgateway=gateway, push_timeout_s=1.0), seed=3)
     assert isinstance(monitor, PrometheusMonitor)
     assert monitor.port is None  # a gateway alone serves no endpoint
     monitor.step(epoch=0, step=0, loss=0.5, images=4, seconds=0.01, lr=0.1)
+    monitor.epoch_end(epoch=0, val_loss=0.5, val_auroc=0.6)
     with pytest.warns(MonitorWarning, match=r"push to Pushgateway http://127\.0\.0\.1:\d+ failed \(end of epoch 0\)"):
-        monitor.epoch_end(epoch=0, val_loss=0.5, val_auroc=0.6)
+        assert monitor.flush()
     with pytest.warns(MonitorWarning, match="at close"):
         monitor.close()
     assert monitor.registry.get_sample_value("cxr_train_push_failures_total", {"seed": "3"}) == 2
@@ -275,21 +365,55 @@ def test_push_failure_never_raises_even_with_warnings_as_errors(caplog: pytest.L
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         monitor.epoch_end(epoch=0, val_loss=0.5, val_auroc=0.6)
+        monitor.flush()
         monitor.close()
     assert sum("push to Pushgateway" in r.getMessage() for r in caplog.records) == 2
 
 
-@pytest.mark.timeout(60)  # a push without its timeout would wait for the silent gateway forever
-def test_push_to_silent_gateway_times_out_with_a_warning() -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as silent:
-        silent.bind(("127.0.0.1", 0))
-        silent.listen(4)  # accepts connections in the kernel, never answers
-        gateway = f"127.0.0.1:{silent.getsockname()[1]}"
-        monitor = PrometheusMonitor(section("monitor", pushgateway=gateway, push_timeout_s=0.3), seed=4)
-        with pytest.warns(MonitorWarning, match=r"failed \(end of epoch 0\): .*timed out"):
-            monitor.epoch_end(epoch=0, val_loss=0.5, val_auroc=0.6)
-        with pytest.warns(MonitorWarning):
-            monitor.close()
+def test_a_push_failure_never_says_that_training_continues(silent_gateway: SlowGateway) -> None:
+    """At close, or after a signal, training does not continue: the warning used to say it did."""
+    monitor = PrometheusMonitor(section("monitor", pushgateway=silent_gateway.address, push_timeout_s=0.5), seed=7)
+    with pytest.warns(MonitorWarning) as caught:
+        monitor.close()
+    assert "(at close)" in str(caught[0].message) and "training continues" not in str(caught[0].message)
+
+
+def test_push_to_silent_gateway_is_cut_at_push_timeout_s_with_a_warning(silent_gateway: SlowGateway) -> None:
+    monitor = PrometheusMonitor(section("monitor", pushgateway=silent_gateway.address, push_timeout_s=0.3), seed=4)
+    monitor.epoch_end(epoch=0, val_loss=0.5, val_auroc=0.6)
+    with pytest.warns(MonitorWarning, match=r"failed \(end of epoch 0\): no complete answer within 0\.3 s"):
+        assert monitor.flush(timeout=30)
+    with pytest.warns(MonitorWarning, match=r"\(at close\)"):
+        monitor.close()
+
+
+def test_a_push_never_holds_the_training_loop(dripping_gateway: SlowGateway) -> None:
+    """`epoch_end` used to push in the training loop: a slow gateway held training for as long as it liked."""
+    params = section("monitor", pushgateway=dripping_gateway.address, push_timeout_s=60.0)
+    monitor = PrometheusMonitor(params, seed=8)
+    try:
+        monitor.epoch_end(epoch=1, val_loss=0.5, val_auroc=0.6)  # returns while the push is in flight
+
+        assert dripping_gateway.pushed.wait(timeout=30), "the push never arrived"
+        assert not monitor.flush(timeout=0), "the push ended: the gateway answers one byte every 2 s"
+        monitor.epoch_end(epoch=2, val_loss=0.4, val_auroc=0.7)  # waits behind it; training does not
+        assert dripping_gateway.pushes == 1
+    finally:
+        monitor.abort()
+
+
+def test_a_gateway_answering_one_byte_every_2_s_is_cut_at_push_timeout_s(dripping_gateway: SlowGateway) -> None:
+    """The timeout used to apply to each receive: 2 s apart, the 38 bytes of an answer took 76 s, and a longer
+    answer longer still. Now the whole push gets push_timeout_s, then its connection is cut."""
+    monitor = PrometheusMonitor(section("monitor", pushgateway=dripping_gateway.address, push_timeout_s=3.0), seed=9)
+    monitor.epoch_end(epoch=1, val_loss=0.5, val_auroc=0.6)
+
+    with pytest.warns(MonitorWarning, match=r"\(end of epoch 1\): no complete answer within 3 s"):
+        ended = monitor.flush(timeout=30)  # per receive, the push would last 76 s
+
+    assert ended
+    assert dripping_gateway.cut.wait(timeout=10), "the push was not cut before its answer was complete"
+    monitor.abort()
 
 
 # -- a real Pushgateway ----------------------------------------------------------------------------------------------
@@ -354,6 +478,7 @@ def test_pushes_reach_a_real_pushgateway(pushgateway: str) -> None:
         assert isinstance(monitor, PrometheusMonitor)
         _run_steps(monitor, epoch=0, n=3, batch=8, start_step=0)
         monitor.epoch_end(epoch=0, val_loss=0.7, val_auroc=0.6 + seed / 1000)
+        assert monitor.flush()
 
         after_epoch = _samples(_get(f"{pushgateway}/metrics"))
         labels = {"job": "cxrstudy_test", "seed": str(seed), "instance": ""}
@@ -380,6 +505,27 @@ def test_pushes_reach_a_real_pushgateway(pushgateway: str) -> None:
         assert _value(samples, "cxr_train_finished", **labels) == 1
         assert _value(samples, "cxr_train_push_failures_total", **labels) == 0
         assert _value(samples, "push_time_seconds", **labels) > 0  # the gateway's own record of the push
+
+
+def test_after_abort_nothing_more_reaches_a_real_pushgateway(pushgateway: str) -> None:
+    """A run that fails or is interrupted pushes nothing more: neither the epoch it was in nor a last push."""
+    monitor = PrometheusMonitor(section("monitor", pushgateway=pushgateway, push_timeout_s=2.0), seed=32)
+    _run_steps(monitor, epoch=1, n=3, batch=8, start_step=0)
+    monitor.epoch_end(epoch=1, val_loss=0.7, val_auroc=0.6)
+    assert monitor.flush()
+    labels = {"job": "cxrstudy_train", "seed": "32", "instance": ""}
+    before = _samples(_get(f"{pushgateway}/metrics"))
+    assert _value(before, "cxr_train_steps_total", **labels) == 3
+
+    monitor.abort()
+    _run_steps(monitor, epoch=2, n=2, batch=8, start_step=3)
+    monitor.epoch_end(epoch=2, val_loss=0.5, val_auroc=0.7)
+    monitor.close()
+
+    after = _samples(_get(f"{pushgateway}/metrics"))
+    assert _value(after, "cxr_train_steps_total", **labels) == 3
+    assert _value(after, "cxr_train_finished", **labels) == 0
+    assert _value(after, "push_time_seconds", **labels) == _value(before, "push_time_seconds", **labels)
 
 
 # -- monitoring/ stack -----------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
-"""Command line: one sub-command per DVC stage (`python -m cxrstudy <stage> --help`), and three tools: `profile`,
-`experiments` (a comparison of DVC experiments) and `compare` (head against base on the same test patients).
+"""Command line: one sub-command per DVC stage (`python -m cxrstudy <stage> --help`), and four tools: `check-params`
+(validate params.yaml before DVC reads it), `profile`, `experiments` (a comparison of DVC experiments) and `compare`
+(head against base on the same test patients).
 
 Every stage validates the whole `params.yaml` first, then pins the numerics (`cxrstudy.numerics`) before its module,
 and with it torch, NumPy or OpenCV, is imported. Bad input exits with status 2 and a message that names the
@@ -16,7 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from cxrstudy import numerics
-from cxrstudy.atomic import DISK_FULL, OutputError
+from cxrstudy.atomic import DISK_FULL, OutputError, sweep_tree
 from cxrstudy.errors import InputError, Interrupted, TrainingError
 from cxrstudy.params import DEFAULT_PARAMS, Params, load_params
 
@@ -25,6 +26,10 @@ PROCESSED = Path("data/processed")
 SPLITS = Path("data/splits")
 EXTERNAL_RAW = Path("data/external/raw")
 EXTERNAL_PROCESSED = Path("data/external/processed")
+# Where the stages write (every output of dvc.yaml, and the checkpoints): each stage sweeps there first what killed
+# writers left, whatever stage they were, since DVC may restore a killed stage's output from its run cache instead.
+OUTPUT_FOLDERS = tuple(map(Path, ("data", "models", "checkpoints", "plots", "metrics", "predictions", "reports")))
+STAGES = ("manifest", "ingest", "preprocess", "split", "train", "evaluate", "external", "coverage", "report")
 
 
 def _manifest(p: Params, a: argparse.Namespace) -> None:
@@ -114,6 +119,14 @@ def _compare(p: Params, a: argparse.Namespace) -> None:
         raise InputError("compare: give exactly one of --base REV (predictions in git) or --base-dir DIR")
     compare.run(p, a.head, a.out, base_rev=a.base, base_dir=a.base_dir, repo=a.repo, splits_dir=a.splits,
                 coverage_file=a.coverage)
+
+
+def _check_params(p: Params, a: argparse.Namespace) -> None:
+    from cxrstudy import profile
+
+    if a.profile is not None:
+        profile.load(a.profile, a.params)
+    print(f"{a.params}{f' with {a.profile}' if a.profile else ''}: valid")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -230,6 +243,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the coverage stage's output, which chooses the interval method (default: %(default)s)")
     p.add_argument("--out", type=Path, default=Path("-"), help="Markdown file (default: - for standard output)")
 
+    p = stage("check-params", _check_params, "validate params.yaml (and a profile laid over it) and exit: run it "
+                                             "before any dvc command, which reads params.yaml with no limits")
+    p.add_argument("--profile", type=Path, default=None, help="a profile (e.g. configs/nih-study.yaml) to check too")
+
     p = sub.add_parser("profile", help="apply a profile (only the keys it changes) with `dvc exp run --set-param`",
                        description="Validate params.yaml + PROFILE with the schema and print the --set-param "
                                    "overrides that apply it; with --run, run `dvc exp run` with them (arguments "
@@ -248,6 +265,8 @@ def _run_stage(args: argparse.Namespace) -> int:
         return profile.run(args.profile, args.params, args.run, args.dvc_args)
     params = load_params(args.params)
     numerics.pin(params.numerics)
+    if args.stage in STAGES:
+        sweep_tree(*(folder for folder in OUTPUT_FOLDERS if folder.is_dir()))
     args.func(params, args)
     return 0
 

@@ -83,9 +83,14 @@ class ChexpertParams(_Section):
 
 
 def _no_credentials(value: str | None, what: str) -> str | None:
-    if value is not None and "@" in urlsplit(value if "://" in value else f"//{value}").netloc:
+    # '@' checked before any parsing: urlsplit's own error quotes a password with brackets
+    if value is not None and "@" in value:
         raise ValueError(f"{what} must not embed credentials (user:password@): params.yaml is committed to git and "
                          "the address appears in log messages")
+    try:
+        _ = value and urlsplit(value if "://" in value else f"//{value}").port  # a bad host or port: ValueError
+    except ValueError:
+        raise ValueError(f"{what} is not a valid address (scheme://host[:port]/path)") from None
     return value
 
 
@@ -274,7 +279,7 @@ class MonitorParams(_Section):
     ``port``: the HTTP endpoint serving ``/metrics``; ``null`` serves none, ``0`` picks a free port. ``bind``: the
     address it listens on, loopback unless you widen it. ``pushgateway``: ``host:port`` or ``http(s)://host:port``
     of a Pushgateway, pushed to at each epoch's end and at close; ``null`` pushes nothing. ``job``: the Pushgateway
-    ``job`` label (the grouping key adds ``seed``). ``push_timeout_s``: how long one push may block training.
+    ``job`` label (the grouping key adds ``seed``). ``push_timeout_s``: how long one push may take in all.
     """
 
     port: Annotated[int, Field(ge=0, le=65535)] | None
@@ -376,7 +381,17 @@ def _redact(value: Any, where: str = "") -> Any:
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """YAML's safe loader, but a key given twice in one mapping is an error (plain YAML keeps the last silently)."""
+    """YAML's safe loader, but a key given twice in one mapping is an error (plain YAML keeps the last silently), and
+    an alias (*name) may name a single value only: with aliases of lists or mappings a few lines expand to billions
+    of values (an alias bomb); with these, what is built stays the size of the file."""
+
+    def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node | None:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            if not isinstance(self.anchors.get(event.anchor), yaml.ScalarNode | None):
+                raise yaml.composer.ComposerError(None, None, f"alias *{event.anchor} names a list or a mapping; "
+                                                  "aliases may name single values only", event.start_mark)
+        return super().compose_node(parent, index)
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: dict[Any, int] = {}
@@ -390,11 +405,16 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 
 def read_yaml(path: Path) -> Any:
-    """Parse a YAML file, refusing repeated keys; `InputError` names the file and the line."""
+    """Parse a YAML file of at most 256 KiB, refusing repeated keys and aliases of a list or a mapping (an alias bomb:
+    refused before anything is expanded); `InputError` names the file and the line."""
+    if path.stat().st_size > 256 << 10:  # params.yaml is a few KB
+        raise InputError(f"{path}: {path.stat().st_size:,} bytes; a parameters file is a few KB (at most 256 KiB)")
     try:
         return yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as err:
         raise InputError(f"{path}: not valid YAML: {err}") from None
+    except RecursionError:
+        raise InputError(f"{path}: nested too deeply to be a parameters file") from None
 
 
 def _accepted_keys(loc: tuple[int | str, ...]) -> list[str]:

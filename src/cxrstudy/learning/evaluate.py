@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 
 from cxrstudy import numerics
-from cxrstudy.atomic import atomic_file, check_writable, sync
+from cxrstudy.atomic import all_or_nothing, atomic_file, check_writable
 from cxrstudy.calibration import calibration
 from cxrstudy.data.dataset import read_boxes
 from cxrstudy.errors import InputError
@@ -149,17 +149,17 @@ def run(params: Params, seed: int, raw_dir: Path, processed_dir: Path, splits_di
                               params.evaluate.calibration_bins, names, (val_part.patients, test_part.patients))
     where, heatmaps = localize(params, seed, read_boxes(raw_dir), images, test_part, model_dir / MODEL_FILE, names)
     where["environment"] = numerics.environment(params.numerics, torch.device("cpu"))
-    # All five files or none: each is written and synced before any replaces its earlier version.
-    with (atomic_file(metrics_file) as metrics_out, atomic_file(predictions_file) as predictions_out,
-          atomic_file(val_predictions_file) as val_out, atomic_file(localize_file) as where_out,
-          atomic_file(heatmaps_file, "wb") as heatmaps_out):
-        for payload, out in ((metrics, metrics_out), (where, where_out)):
-            json.dump(payload, out, indent=2, sort_keys=True)
-            out.write("\n")
-        write_predictions(predictions_out, test_part.names, test_part.patients, test_labels, test_probs, names)
-        write_predictions(val_out, val_part.names, val_part.patients, val_labels, val_probs, names)
-        write_npz(heatmaps_out, heatmaps)
-        sync(metrics_out, predictions_out, val_out, where_out, heatmaps_out)
+    # All five files or none (cxrstudy.atomic.all_or_nothing): a failed rename undoes the others and is named.
+    with all_or_nothing() as out:
+        for payload, target in ((metrics, metrics_file), (where, localize_file)):
+            handle = out.file(target)
+            json.dump(payload, handle, indent=2, sort_keys=True)
+            handle.write("\n")
+        write_predictions(out.file(predictions_file), test_part.names, test_part.patients, test_labels, test_probs,
+                          names)
+        write_predictions(out.file(val_predictions_file), val_part.names, val_part.patients, val_labels, val_probs,
+                          names)
+        write_npz(out.file(heatmaps_file, "wb"), heatmaps)
     print(f"evaluate seed {seed}: test loss {metrics['loss']}, mean AUROC {metrics['auroc_mean']}, "
           f"mean F1 {metrics['f1_mean']} -> {metrics_file}")
 

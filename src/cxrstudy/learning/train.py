@@ -29,8 +29,8 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 from cxrstudy import numerics
-from cxrstudy.atomic import atomic_dir, atomic_file, check_writable, sweep_stale, sync, write_json
-from cxrstudy.errors import Interrupted, TrainingError
+from cxrstudy.atomic import all_or_nothing, atomic_file, check_writable, sweep_stale, write_json
+from cxrstudy.errors import InputError, Interrupted, TrainingError
 from cxrstudy.learning.checkpoint import (
     CHECKPOINT_FILE,
     EpochRecord,
@@ -140,12 +140,27 @@ class Training:
     labels: tuple[str, ...]  # the label names, in the order of the model's outputs (from the dataset)
 
 
+def check_stored_size(processed_dir: Path, stored: int, preprocess_size: int, train_size: int) -> None:
+    """The processed images must have the size `preprocess.image_size` gives them: others were made with other
+    parameters (a stale or copied data/processed), and smaller ones would be silently upsampled."""
+    if stored == preprocess_size:
+        return
+    effect = (f"upsample them to train.image_size ({train_size} px)" if stored < train_size
+              else "train on images preprocessed otherwise than params.yaml says")
+    raise InputError(f"{processed_dir}: holds {stored} px images, but preprocess.image_size is "
+                     f"{preprocess_size}: they were made with other parameters, and training would {effect}; re-run "
+                     "the preprocess stage (dvc repro preprocess, or python -m cxrstudy preprocess)")
+
+
 def build_loaders(cfg: TrainParams, seed: int, where: Dist, device: torch.device, raw_dir: Path, processed_dir: Path,
-                  splits_dir: Path) -> tuple[Loader, Loader, np.ndarray, torch.Generator, tuple[str, ...]]:
+                  splits_dir: Path, preprocess_size: int
+                  ) -> tuple[Loader, Loader, np.ndarray, torch.Generator, tuple[str, ...]]:
     """The training loader (a new order every epoch from the seed; on N processes each rank takes its share of every
     batch), the validation loader (this rank's shard, in order), the training labels (shuffled with
-    `train.shuffle_labels`, the negative control), the generator of the training order and the label names."""
+    `train.shuffle_labels`, the negative control), the generator of the training order and the label names. The
+    processed images must be `preprocess_size` px (`check_stored_size`)."""
     images, parts = load_parts(raw_dir, processed_dir, splits_dir, ("train", "val"))
+    check_stored_size(processed_dir, int(images.shape[-1]), preprocess_size, cfg.image_size)
     train_labels = parts["train"].labels
     if cfg.shuffle_labels:  # negative control: break the image-label link, keep the label distribution
         train_labels = train_labels[np.random.default_rng(seed).permutation(len(train_labels))]
@@ -171,10 +186,10 @@ def build_loaders(cfg: TrainParams, seed: int, where: Dist, device: torch.device
 
 
 def build_training(cfg: TrainParams, seed: int, where: Dist, device: torch.device, raw_dir: Path,
-                   processed_dir: Path, splits_dir: Path) -> Training:
+                   processed_dir: Path, splits_dir: Path, preprocess_size: int) -> Training:
     """The loaders, then the model (initialised from the seeded generator), loss, optimizer and scheduler."""
-    train_loader, val_loader, train_labels, loader_gen, labels = build_loaders(cfg, seed, where, device, raw_dir,
-                                                                               processed_dir, splits_dir)
+    train_loader, val_loader, train_labels, loader_gen, labels = build_loaders(
+        cfg, seed, where, device, raw_dir, processed_dir, splits_dir, preprocess_size)
     model: nn.Module = build_model(train_labels.shape[1], cfg.pretrained).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -269,7 +284,7 @@ def run(params: Params, seed: int, raw_dir: Path, processed_dir: Path, splits_di
         check_writable(out_dir, plots_file, ckpt_path)
     numerics.apply_threads(params.numerics)
     seed_everything(seed, cfg.deterministic)
-    t = build_training(cfg, seed, where, device, raw_dir, processed_dir, splits_dir)
+    t = build_training(cfg, seed, where, device, raw_dir, processed_dir, splits_dir, params.preprocess.image_size)
 
     inputs = fingerprint(params, seed, raw_dir, processed_dir, splits_dir, where.world_size)
     state = load_checkpoint(ckpt_path, inputs, t.model, t.opt, t.sched, t.loader_gen,
@@ -282,8 +297,9 @@ def run(params: Params, seed: int, raw_dir: Path, processed_dir: Path, splits_di
     try:
         with signals_to_exceptions():
             train_epochs(t, state, cfg, seed, where, device, ckpt_path, inputs, monitor)
+            monitor.close()  # the last push, waited for at most monitor.push_timeout_s; a signal still stops it
     finally:
-        monitor.close()
+        monitor.abort()  # after a failure or a signal: no push; the endpoint stops
     seconds = time.perf_counter() - started
     if where.is_main:
         _write_outputs(state, seed, fingerprint_id(inputs), t.labels, out_dir, plots_file,
@@ -301,7 +317,8 @@ def _write_outputs(state: TrainState, seed: int, fp: str, labels: tuple[str, ...
     """The model folder and the history, both or neither: everything is written and synced before either is
     renamed into place. The model folder records the environment that trained it, and the machine (MACHINE_FILE,
     outside the model's DVC hash)."""
-    with atomic_dir(out_dir) as tmp, atomic_file(plots_file) as handle:
+    with all_or_nothing() as out:
+        tmp, handle = out.dir(out_dir), out.file(plots_file)
         with atomic_file(tmp / MODEL_FILE, "wb") as model_out:  # a Python file: a full disk is an OSError
             save_torch({"model": state.best_model, "seed": seed, "epoch": state.best_epoch,
                         "val_auroc": state.best_auroc, "fingerprint": fp, "labels": list(labels)}, model_out)
@@ -314,4 +331,3 @@ def _write_outputs(state: TrainState, seed: int, fp: str, labels: tuple[str, ...
         for r in state.history:
             writer.writerow([r.epoch, f"{r.train_loss:.6f}", f"{r.val_loss:.6f}", f"{r.val_auroc:.6f}",
                              f"{r.lr:.8g}"])
-        sync(handle)
