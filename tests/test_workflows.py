@@ -18,6 +18,8 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -951,3 +953,85 @@ def test_runner_gpus_from_the_runner_name(tmp_path, name, devices):
                           env={**os.environ, "RUNNER_NAME": name, "GITHUB_ENV": str(github_env)}, timeout=30)
     assert proc.returncode == 0, proc.stderr
     assert github_env.read_text() == (f"CUDA_VISIBLE_DEVICES={devices}\n" if devices else "")
+
+
+def _seen_devices(root: Path, done: threading.Event, seen: dict[str, set[str]]) -> None:
+    """What CUDA_VISIBLE_DEVICES each DVC queue worker and each training under `root` (processes this test started)
+    had, by the worker's node name or `train --seed N`."""
+    while not done.is_set():
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            try:
+                args = (proc / "cmdline").read_bytes().split(b"\0")
+                cwd = os.readlink(proc / "cwd")
+                environ = (proc / "environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if not cwd.startswith(str(root)):
+                continue
+            device = next((e.split(b"=", 1)[1].decode() for e in environ if e.startswith(b"CUDA_VISIBLE_DEVICES=")),
+                          "(unset)")
+            if b"queue-worker" in args:
+                seen.setdefault(args[args.index(b"queue-worker") + 1].decode(), set()).add(device)
+            elif b"cxrstudy" in args and b"train" in args:
+                seen.setdefault(" ".join(a.decode() for a in args[args.index(b"train"):][:3]), set()).add(device)
+        time.sleep(0.1)
+
+
+@pytest.mark.slow
+@pytest.mark.infra
+@pytest.mark.timeout(1800)
+def test_fanout_local_one_queue_worker_per_gpu_joins_without_training(tmp_path):
+    """One machine, two "GPUs" (device ids only: none is needed): DVC's queue runs one experiment per seed, each
+    worker with its own CUDA_VISIBLE_DEVICES; the join restores both seeds' stages from the run cache, and the
+    results equal one `dvc repro` of the same commit (`make study`'s command) byte for byte."""
+    from tests.conftest import copy_project, tiny_raw
+
+    project = copy_project(tmp_path / "project", params=tiny_raw(),
+                           drop=("dvc.lock", "metrics", "plots", "predictions", "models", "data", "reports"))
+    (project / "configs" / "local-study.yaml").write_text("train:\n  epochs: 3\n")
+    git(project, "add", "-A")
+    git(project, "commit", "-q", "-m", "a profile")
+    env = {k: v for k, v in dvc_env().items() if k not in {"CUDA_VISIBLE_DEVICES", "PYTHONPATH"}}
+    env.update({"TQDM_DISABLE": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.invalid",
+                "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.invalid"})
+    reference = tmp_path / "reference"
+    git(tmp_path, "clone", "-q", str(project), str(reference))
+    ref = subprocess.run([sys.executable, "-m", "cxrstudy", "profile", "configs/local-study.yaml", "--run"],
+                         cwd=reference, capture_output=True, text=True, env=env, timeout=1200)
+    assert ref.returncode == 0, ref.stdout[-3000:] + ref.stderr[-3000:]
+
+    seen: dict[str, set[str]] = {}
+    done = threading.Event()
+    watcher = threading.Thread(target=_seen_devices, args=(project, done, seen), daemon=True)
+    watcher.start()
+    try:
+        proc = fanout("local", "--gpus", "7,5", "--profile", "configs/local-study.yaml", "--poll", "1",
+                      "--logs", str(tmp_path / "logs"), cwd=project, env={**env, "PYTHONPATH": str(project / "src")},
+                      timeout=1500)
+    finally:
+        done.set()
+        watcher.join(timeout=10)
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+    workers = {name: devices for name, devices in seen.items() if name.startswith("dvc-exp-")}
+    assert sorted(d for devices in workers.values() for d in devices) == ["5", "7"], seen
+    trainings = {name: devices for name, devices in seen.items() if name.startswith("train")}
+    assert set(trainings) == {"train --seed 1", "train --seed 2"}, seen
+    assert all(len(devices) == 1 and devices <= {"5", "7"} for devices in trainings.values()), seen
+    log = (tmp_path / "logs" / "join-study.log").read_text()
+    for stage in ("train@1", "train@2", "evaluate@1", "evaluate@2"):
+        assert f"Stage '{stage}' is cached - skipping run, checking out outputs" in log, log[-4000:]
+    assert re.findall(r"Running stage '([^']+)'", log) == ["manifest", "report"], log[-4000:]
+    for path in ("dvc.lock", "metrics", "predictions", "plots", "reports"):
+        mine, theirs = project / path, reference / path
+        files = [mine] if mine.is_file() else sorted(p for p in mine.rglob("*") if p.is_file())
+        assert files, path
+        for f in files:
+            other = theirs / f.relative_to(mine) if mine.is_dir() else theirs
+            assert f.read_bytes() == other.read_bytes(), f"{f.relative_to(project)} differs from one machine's run"
+        if mine.is_dir():
+            assert len(files) == len([p for p in theirs.rglob("*") if p.is_file()]), path
+    listed = subprocess.run([sys.executable, "-m", "dvc", "exp", "list", "--name-only"], cwd=project,
+                            capture_output=True, text=True, env=env, timeout=120).stdout
+    assert "fanout-" not in listed, "the per-seed helper experiments are removed after the join"

@@ -102,9 +102,9 @@ def git(*args: str, check: bool = True) -> str:
 @contextlib.contextmanager
 def repo_locked() -> Iterator[Any]:
     """The DVC repository of the working directory, locked as a DVC command locks it."""
-    from dvc.repo import Repo
+    from dvc.repo import Repo, lock_repo
 
-    with Repo() as repo, repo.lock:
+    with Repo() as repo, lock_repo(repo):
         yield repo
 
 
@@ -323,7 +323,7 @@ def _checkpoint_targets(seed: int) -> list[tuple[str, Path]]:
 
 
 def _remote_checkpoint(repo: Any, key: str) -> tuple[Any, str]:
-    remote = repo.cloud.get_remote_odb(None, "checkpoint")
+    remote = repo.cloud.get_remote_odb(None, "checkpoint", hash_name="md5-dos2unix")  # the remote's root
     return remote.fs, remote.fs.join(remote.path, REMOTE_CHECKPOINTS, key[:2], key, CHECKPOINT_FILE)
 
 
@@ -471,11 +471,16 @@ def precheck(receipts: list[dict[str, Any]]) -> None:
     """Before the join's full `dvc repro`: each per-seed stage whose dependencies are all here (the first ones,
     e.g. train) has the run key of its receipt, so DVC will find the pushed run instead of running the stage."""
     stages = {name: entry for r in receipts for name, entry in r["stages"].items()}
+    produced = {o["path"] for entry in stages.values() for o in entry["lock"].get("outs", [])}
+    checked = []
     with repo_locked() as repo:
         for name, entry in stages.items():
+            reads = [d["path"] for d in entry["lock"].get("deps", [])]
+            if any(p == o or p.startswith(o.rstrip("/") + "/") for p in reads for o in produced):
+                continue  # reads another per-seed stage's outputs: keyed right once that one is restored
             stage = _stage(repo, name)
-            if not all(d.exists for d in stage.deps):
-                continue  # depends on another per-seed stage's outputs: keyed once that one is restored
+            if not (all(d.exists for d in stage.deps) and _can_hash(stage)):
+                raise Failed(f"{name}: its inputs are not all here after the data stages; nothing was run")
             stage.save_deps()
             key = run_key(stage)
             if key != entry["key"]:
@@ -488,18 +493,26 @@ def precheck(receipts: list[dict[str, Any]]) -> None:
                               "params") else []) + (["cmd"] if here.get("cmd") != theirs.get("cmd") else [])
                 raise Failed(f"{name}: the join's inputs differ from those of the pushed run ({', '.join(differ)}): "
                              "restoring it would run it instead; nothing was run")
-    say(f"the run keys of {len(stages)} per-seed stage(s) match their receipts")
+            checked.append(name)
+    say(f"the run keys of {', '.join(checked)} match their jobs' runs (the stages after them read their outputs)")
+
+
+def lock_stages(text: str) -> dict[str, Any]:
+    """The stages of a dvc.lock, read as DVC reads it (YAML 1.2: `5e-05` is a number), as JSON values."""
+    from dvc.utils.serialize import parse_yaml
+
+    return dict(json.loads(json.dumps(parse_yaml(text, str(DVC_LOCK))["stages"])))
 
 
 def verify(log: str, receipts: list[dict[str, Any]]) -> None:
     """The proof: DVC's log says every per-seed stage was restored from the run cache and none ran, and each one's
     dvc.lock entry is the one its job pushed."""
-    lock = yaml.safe_load(DVC_LOCK.read_text())["stages"]
+    lock = lock_stages(DVC_LOCK.read_text())
     rows, bad = [], []
     for receipt in receipts:
         for name, entry in receipt["stages"].items():
             restored, ran = RESTORED.format(name) in log, RAN.format(name) in log
-            same = json.loads(json.dumps(lock.get(name))) == entry["lock"]
+            same = lock.get(name) == entry["lock"]
             rows.append(f"| `{name}` | {'yes' if restored else 'no'} | {'yes' if ran else 'no'} | "
                         f"{'yes' if same else 'no'} |")
             if ran or not restored or not same:
@@ -601,7 +614,7 @@ def exp_lock(name: str) -> dict[str, Any]:
     revs = [rev for rev, ref in refs if ref.rsplit("/", 1)[-1] == name]
     if not revs:
         raise Failed(f"experiment {name}: no commit (its queue task failed?)")
-    return dict(yaml.safe_load(git("show", f"{revs[0]}:{DVC_LOCK}"))["stages"])
+    return lock_stages(git("show", f"{revs[0]}:{DVC_LOCK}"))
 
 
 def cmd_local(args: argparse.Namespace) -> None:
@@ -619,8 +632,9 @@ def cmd_local(args: argparse.Namespace) -> None:
     jobs = {f"fanout-{a['arm']}-s{s}": (a["arm"], s) for a in plan["arms"] for s in a["seeds"]}
     for name, (arm, seed) in jobs.items():
         dvc("exp", "remove", name, check=False)
-        sets = [x for o in arm_overrides(plan, arm) for x in ("--set-param", o)]
-        dvc("exp", "run", "--queue", "--name", name, *sets, *seed_stages(seed))
+        apply_arm(plan, arm)  # queued with the workspace's params.yaml (`--set-param` would write YAML 1.2 floats)
+        dvc("exp", "run", "--queue", "--name", name, *seed_stages(seed))
+    reset_workspace()
     start_workers(gpus, list(jobs))
     while True:
         tasks, _ = queue_status()
