@@ -324,7 +324,7 @@ def training_process(workspace: Path, seed: int) -> int | None:
             continue
         wanted = [b"train", b"--seed", str(seed).encode()]
         if b"cxrstudy" in args and b"train" in args and args[args.index(b"train"):][:3] == wanted \
-                and cwd == str(workspace):
+                and cwd == os.path.realpath(workspace):
             return int(proc.name)
     return None
 

@@ -968,7 +968,7 @@ def _seen_devices(root: Path, done: threading.Event, seen: dict[str, set[str]]) 
                 environ = (proc / "environ").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if not cwd.startswith(str(root)):
+            if not cwd.startswith(os.path.realpath(root)):
                 continue
             device = next((e.split(b"=", 1)[1].decode() for e in environ if e.startswith(b"CUDA_VISIBLE_DEVICES=")),
                           "(unset)")

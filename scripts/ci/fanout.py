@@ -85,6 +85,7 @@ def dvc(*args: str, log: Path | None = None, env: dict[str, str] | None = None, 
     code = proc.wait()
     text = "".join(lines)
     if log is not None:
+        log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("a") as handle:
             handle.write(text)
     if check and code != 0:
