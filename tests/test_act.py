@@ -266,8 +266,8 @@ def test_pr_comment_job_drops_a_superseded_run(project, repro_run, fake_github, 
 # dvc.lock, metrics, predictions, plots and report equal byte for byte a single-machine run of the same commit.
 
 FANOUT_PROFILE = "configs/act-study.yaml"
-# Over the tiny params.yaml's 2 epochs: the profile is really applied, and a kill after epoch 1 leaves 2 to resume.
-FANOUT_PROFILE_TEXT = "train:\n  epochs: 3\n"
+# Over the tiny params.yaml's 2 epochs: the profile is really applied, and a kill after epoch 1 leaves epochs to resume.
+FANOUT_PROFILE_TEXT = "train:\n  epochs: 5\n"
 RESULTS = ("dvc.lock", "metrics", "predictions", "plots", "reports")
 BUCKET = "cxrstudy-fanout"
 KEY_ID, SECRET = "AKIAFANOUTTEST000000", "fanout-test-secret"
@@ -374,9 +374,17 @@ def run_fanout(f: FanOut, name: str, extra: tuple[str, ...] = (), kill_seed: int
     return proc
 
 
-def job_lines(proc: subprocess.CompletedProcess[str], job: str) -> str:
-    """act's output lines of one job (act prefixes each with `[WORKFLOW/JOB NAME]`)."""
-    return "\n".join(line for line in proc.stdout.splitlines() if re.match(rf"\[gpu-study/{re.escape(job)}", line))
+def job_lines(proc: subprocess.CompletedProcess[str], marker: str) -> str:
+    """act's output lines of the job whose output holds `marker` first (act prefixes each line with `[WORKFLOW/JOB]`);
+    empty when no job printed it."""
+    lines = proc.stdout.splitlines()
+    first = next((line for line in lines if marker in line), None)
+    prefix = re.match(r"\[[^\]]+\]", first) if first else None
+    return "\n".join(line for line in lines if line.startswith(prefix.group(0))) if prefix else ""
+
+
+SEED_JOB = "+ dvc repro --pull --single-item train@{}"
+JOIN_JOB = "Every seed's runs are on the remote"
 
 
 @pytest.fixture(scope="module")
@@ -431,10 +439,11 @@ def test_fanout_a_failed_seed_names_it_publishes_nothing_and_pushes_its_checkpoi
     proc = failed_run
     assert proc.returncode != 0, tail(proc)
     assert fanout.killed.get("pid"), "seed 2's training was never seen running after its first epoch\n" + tail(proc)
-    seed2, join = job_lines(proc, "study seed 2"), job_lines(proc, "join")
+    seed1, seed2, join = (job_lines(proc, SEED_JOB.format(1)), job_lines(proc, SEED_JOB.format(2)),
+                          job_lines(proc, JOIN_JOB))
     assert "interrupted" in seed2 and "Job failed" in seed2, seed2[-4000:]
     assert "checkpoint checkpoints/seed_2/last.pt pushed to the remote" in seed2, seed2[-4000:]
-    assert "seed 1" in job_lines(proc, "study seed 1") and "Job succeeded" in job_lines(proc, "study seed 1")
+    assert "receipt ->" in seed1 and "Job succeeded" in seed1, seed1[-4000:]
     # The join ran after the failure, named the missing seed and stopped before restoring or training anything.
     assert "missing runs" in join and "seed 2: train@2, evaluate@2" in join and "Job failed" in join, join[-4000:]
     assert "seed 1:" not in join
@@ -460,16 +469,18 @@ def rerun(fanout: FanOut, failed_run: subprocess.CompletedProcess[str]) -> subpr
 def test_fanout_rerun_of_the_failed_seed_resumes_and_the_join_trains_nothing(fanout, rerun):
     proc = rerun
     assert job_succeeded(proc), tail(proc)
-    assert "[gpu-study/study seed 1" not in proc.stdout, "only the failed job runs again"
-    seed2 = job_lines(proc, "study seed 2")
+    assert SEED_JOB.format(1) not in proc.stdout, "only the failed job runs again"
+    seed2 = job_lines(proc, SEED_JOB.format(2))
     assert "checkpoint of this run fetched from the remote" in seed2, seed2[-4000:]
-    assert "train seed 2: resuming after epoch 1" in seed2, seed2[-4000:]
+    resumed = re.search(r"train seed 2: resuming after epoch (\d+)", seed2)
+    assert resumed and 1 <= int(resumed.group(1)) < 5, seed2[-4000:]
+    assert "seed 2 epoch 1/5" not in seed2, "the re-run trained the finished epochs again"
     # The join: every per-seed stage restored from the run cache, none run (DVC's own log lines, in its log).
     log = (fanout.artifacts / "join-logs" / "join-study.log").read_text()
     for stage in ("train@1", "train@2", "evaluate@1", "evaluate@2"):
         assert f"Stage '{stage}' is cached - skipping run, checking out outputs" in log, log[-4000:]
         assert f"Running stage '{stage}'" not in log
-    join = job_lines(proc, "join")
+    join = job_lines(proc, JOIN_JOB)
     assert "Running stage 'train@" not in join and "Running stage 'evaluate@" not in join
     assert re.findall(r"Running stage '([^']+)'", log) == ["manifest", "report"], log[-4000:]
     assert "| `train@2` | yes | no | yes |" in join

@@ -1035,3 +1035,44 @@ def test_fanout_local_one_queue_worker_per_gpu_joins_without_training(tmp_path):
     listed = subprocess.run([sys.executable, "-m", "dvc", "exp", "list", "--name-only"], cwd=project,
                             capture_output=True, text=True, env=env, timeout=120).stdout
     assert "fanout-" not in listed, "the per-seed helper experiments are removed after the join"
+
+
+@pytest.mark.slow
+@pytest.mark.infra
+@pytest.mark.timeout(1800)
+def test_fanout_local_grid_saves_each_arm_as_an_experiment_and_compares_them(tmp_path):
+    """The grid on one machine: 2 arms (focal, BCE) × 2 seeds on DVC's queue; each arm joined without training and
+    saved as a DVC experiment; `python -m cxrstudy experiments` compares them; the workspace's results as committed."""
+    from tests.conftest import copy_project, tiny_raw
+
+    project = copy_project(tmp_path / "project", params=tiny_raw(),
+                           drop=("dvc.lock", "metrics", "plots", "predictions", "models", "data", "reports"))
+    env = {k: v for k, v in dvc_env().items() if k not in {"CUDA_VISIBLE_DEVICES", "PYTHONPATH"}}
+    env.update({"TQDM_DISABLE": "1", "PYTHONPATH": str(project / "src"), "GIT_AUTHOR_NAME": "t",
+                "GIT_AUTHOR_EMAIL": "t@example.invalid", "GIT_COMMITTER_NAME": "t",
+                "GIT_COMMITTER_EMAIL": "t@example.invalid"})
+    proc = fanout("local", "--gpus", "0,1", "--grid", "train.loss.name=focal,bce", "--poll", "1",
+                  "--logs", str(tmp_path / "logs"), cwd=project, env=env, timeout=1500)
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+    for arm in ("a1", "a2"):
+        log = (tmp_path / "logs" / f"join-{arm}.log").read_text()
+        for stage in ("train@1", "train@2", "evaluate@1", "evaluate@2"):
+            assert f"Stage '{stage}' is cached - skipping run, checking out outputs" in log, (arm, log[-3000:])
+        assert "Running stage 'train@" not in log and "Running stage 'evaluate@" not in log
+    listed = subprocess.run([sys.executable, "-m", "dvc", "exp", "list", "--name-only"], cwd=project,
+                            capture_output=True, text=True, env=env, timeout=120).stdout.split()
+    assert sorted(listed) == ["arm-a1", "arm-a2"], listed
+    refs = dict(reversed(line.split()) for line in git(project, "for-each-ref", "--format=%(objectname) %(refname)",
+                                                        "refs/exps").splitlines())
+    losses = {}
+    for ref, rev in refs.items():
+        params = yaml.safe_load(git(project, "show", f"{rev}:params.yaml"))
+        lock = yaml.safe_load(git(project, "show", f"{rev}:dvc.lock"))["stages"]
+        losses[ref.rsplit("/", 1)[-1]] = (params["train"]["loss"]["name"],
+                                          lock["train@1"]["params"]["params.yaml"]["train"]["loss"]["name"])
+    assert losses == {"arm-a1": ("focal", "focal"), "arm-a2": ("bce", "bce")}
+    report = (project / "reports" / "experiments.md").read_text()
+    assert "arm-a1" in report and "arm-a2" in report
+    assert not (project / "metrics").exists() and not (project / "predictions").exists(), \
+        "the workspace's tracked results are left as committed (here: none)"
+    assert git(project, "status", "--porcelain", "--", "params.yaml") == ""

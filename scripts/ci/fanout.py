@@ -148,7 +148,6 @@ def apply_to(path: Path, overrides: list[str]) -> None:
         return
     from dvc.exceptions import InvalidArgumentError
     from dvc.utils.hydra import apply_overrides
-
     from dvc.utils.serialize import load_yaml
 
     try:
@@ -312,7 +311,8 @@ def push_stages(names: Sequence[str]) -> dict[str, Any]:
             pushed += len(result.transferred)
         remote = repo.cloud.get_remote_odb(None, "push --run-cache", hash_name="md5-dos2unix")
         for key, value in entries:
-            remote.fs.put_file(cache._get_cache_path(key, value), remote.fs.join(remote.path, "runs", key[:2], key, value))
+            target = remote.fs.join(remote.path, "runs", key[:2], key, value)
+            remote.fs.put_file(cache._get_cache_path(key, value), target)
     say(f"pushed {len(entries)} run-cache entr{'y' if len(entries) == 1 else 'ies'} ({', '.join(receipt)}) and "
         f"{pushed} new object(s)")
     return receipt
@@ -520,7 +520,8 @@ def verify(log: str, receipts: list[dict[str, Any]]) -> None:
                 bad.append(name)
     ran_here = re.findall(r"^Running stage '([^']+)'", log, flags=re.MULTILINE)
     lines = ["### Joined through DVC's run cache", "",
-             "| stage | restored from the run cache | run by the join | lock entry = the job's |", "| --- | --- | --- | --- |",
+             "| stage | restored from the run cache | run by the join | lock entry = the job's |",
+             "| --- | --- | --- | --- |",
              *rows, "", f"Stages the join ran: {', '.join(f'`{s}`' for s in ran_here) or 'none'}."]
     say("\n".join(lines))
     summary(lines)
@@ -556,7 +557,9 @@ def join_all(plan: dict[str, Any], receipts: dict[tuple[str, int], dict[str, Any
             dvc("exp", "save", "--force", "--name", f"arm-{arm['arm']}", *untracked)
     if len(arms) > 1:
         reset_workspace()
-        git("checkout", "HEAD", "--", *[p for p in TRACKED_OUTPUTS if git("ls-files", "--", p).strip()])
+        tracked = [p for p in TRACKED_OUTPUTS if git("ls-files", "--", p).strip()]
+        if tracked:
+            git("checkout", "HEAD", "--", *tracked)
         git("clean", "-fdq", "--", *TRACKED_OUTPUTS)
         dvc("checkout", "--force", check=False)
         command = [sys.executable, "-m", "cxrstudy", "experiments", "--baseline", f"arm-{arms[0]['arm']}",
