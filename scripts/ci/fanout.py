@@ -70,16 +70,19 @@ def say(text: str) -> None:
     print(text, flush=True)
 
 
-def dvc(*args: str, log: Path | None = None, env: dict[str, str] | None = None, check: bool = True) -> str:
-    """`dvc ARGS` with this interpreter; its output shown as it comes, returned, and appended to `log`."""
+def dvc(*args: str, log: Path | None = None, env: dict[str, str] | None = None, check: bool = True,
+        quiet: bool = False) -> str:
+    """`dvc ARGS` with this interpreter; its output shown as it comes (standard output only, and not shown, with
+    `quiet`), returned, and appended to `log`."""
     command = [sys.executable, "-m", "dvc", *args]
     say("+ dvc " + " ".join(shlex.quote(a) for a in args))
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=None if quiet else subprocess.STDOUT, text=True,
                             env={**os.environ, **(env or {})})
     lines: list[str] = []
     assert proc.stdout is not None
     for line in proc.stdout:
-        sys.stdout.write(line)
+        if not quiet:
+            sys.stdout.write(line)
         lines.append(line)
     sys.stdout.flush()
     code = proc.wait()
@@ -561,9 +564,16 @@ def join_all(plan: dict[str, Any], receipts: dict[tuple[str, int], dict[str, Any
         if tracked:
             git("checkout", "HEAD", "--", *tracked)
         git("clean", "-fdq", "--", *TRACKED_OUTPUTS)
-        dvc("checkout", "--force", check=False)
-        command = [sys.executable, "-m", "cxrstudy", "experiments", "--baseline", f"arm-{arms[0]['arm']}",
-                   "--out", "reports/experiments.md"]
+        # The commit the grid ran on holds the committed (sample) results, not one of the grid's arms: its metrics
+        # are left out of what `cxrstudy experiments` compares, so that only the arms are paired.
+        shown = json.loads(dvc("exp", "show", "--json", quiet=True))
+        for entry in shown:
+            if entry.get("rev") != "workspace" and isinstance(entry.get("data"), dict):
+                entry["data"]["metrics"] = {}
+        exp_show = logs / "exp-show.json"
+        exp_show.write_text(json.dumps(shown))
+        command = [sys.executable, "-m", "cxrstudy", "experiments", "--exp-show", str(exp_show),
+                   "--baseline", f"arm-{arms[0]['arm']}", "--out", "reports/experiments.md"]
         say("+ " + " ".join(command))
         if subprocess.run(command, check=False).returncode != 0:
             raise Failed("python -m cxrstudy experiments failed")
@@ -597,20 +607,28 @@ def queue_status() -> tuple[dict[str, str], int]:
     return tasks, (int(workers.group(1)) + int(workers.group(2))) if workers else 0
 
 
-def start_workers(gpus: list[str], names: list[str]) -> None:
-    """Worker k of DVC's queue is started by `dvc queue start -j k` with its own CUDA_VISIBLE_DEVICES (a worker keeps
-    the environment it was started with), once worker k-1 is up: one GPU per worker."""
-    for k, gpu in enumerate(gpus, 1):
-        dvc("queue", "start", "-j", str(k), env={"CUDA_VISIBLE_DEVICES": gpu})
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            tasks, workers = queue_status()
-            if workers >= k or not any(tasks.get(n) == "Queued" for n in names):
-                break
-            time.sleep(1)
-        else:
-            raise Failed(f"DVC's queue worker {k} (CUDA_VISIBLE_DEVICES={gpu}) did not come up in 120 s")
-        say(f"queue worker {k}: CUDA_VISIBLE_DEVICES={gpu}")
+def start_workers(gpus: list[str]) -> None:
+    """One DVC queue worker per GPU: worker k is spawned as `dvc queue start` spawns it (DVC's own function), with
+    CUDA_VISIBLE_DEVICES set to the k-th id in its environment, which it keeps (and hands to every experiment it
+    runs). DVC's workers take one experiment at a time and prefetch none (dvc/repo/experiments/queue/celery.py)."""
+    from dvc.repo import Repo
+
+    before = os.environ.get("CUDA_VISIBLE_DEVICES")
+    with Repo() as repo:
+        queue = repo.experiments.celery_queue
+        if queue.worker_status():
+            raise Failed("DVC queue workers already run in this repository (`dvc queue status`): stop them first "
+                         "(`dvc queue stop`), so that each worker has its own GPU")
+        try:
+            for k, gpu in enumerate(gpus, 1):
+                os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+                queue._spawn_worker(k)
+                say(f"queue worker {k}: CUDA_VISIBLE_DEVICES={gpu}")
+        finally:
+            if before is None:
+                os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+            else:
+                os.environ["CUDA_VISIBLE_DEVICES"] = before
 
 
 def exp_lock(name: str) -> dict[str, Any]:
@@ -639,7 +657,7 @@ def cmd_local(args: argparse.Namespace) -> None:
         apply_arm(plan, arm)  # queued with the workspace's params.yaml (`--set-param` would write YAML 1.2 floats)
         dvc("exp", "run", "--queue", "--name", name, *seed_stages(seed))
     reset_workspace()
-    start_workers(gpus, list(jobs))
+    start_workers(gpus)
     while True:
         tasks, _ = queue_status()
         waiting = [n for n in jobs if tasks.get(n) in {"Queued", "Running"}]
@@ -652,8 +670,8 @@ def cmd_local(args: argparse.Namespace) -> None:
                      "restored:\n  " + "\n  ".join(failed))
     receipts = {(a, s): {"arm": a, "seed": s, "stages": {st: {"lock": exp_lock(n)[st]} for st in seed_stages(s)}}
                 for n, (a, s) in jobs.items()}
+    dvc("exp", "remove", *jobs)  # their runs are in the run cache (and their lock entries above): not arms
     join_all(plan, receipts, Path(args.logs), pull=False)
-    dvc("exp", "remove", *jobs, check=False)  # their runs are in the run cache; the arms are what remains
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -729,6 +747,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except Failed as err:
         print(f"error: {err}", file=sys.stderr)
+        return 1
+    except Exception as err:  # DVC's own errors (no remote, a transfer that failed, ...): its message, not a trace
+        from dvc.exceptions import DvcException
+
+        if not isinstance(err, DvcException):
+            raise
+        print(f"error: DVC: {err}", file=sys.stderr)
         return 1
     return 0
 
