@@ -18,6 +18,8 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -238,13 +240,21 @@ def test_secrets_appear_only_where_needed():
             assert "secrets." not in run_text(step)
 
 
-def test_remote_credentials_come_from_secrets():
-    study = workflow("gpu-study.yml")["jobs"]["study"]
-    for step in steps(study):
-        if re.search(r"\bdvc (pull|push)\b", run_text(step)):
+REMOTE_COMMANDS = re.compile(r"\bdvc (pull|push)\b|fanout\.py (data|run|join|save-checkpoint)\b")
+
+
+def test_remote_credentials_come_from_secrets_only_where_the_remote_is_used():
+    used = 0
+    for wf_name, job_name, job in all_jobs():
+        for step in steps(job):
             env = step.get("env", {})
-            assert env.get("AWS_ACCESS_KEY_ID") == "${{ secrets.AWS_ACCESS_KEY_ID }}"
-            assert env.get("AWS_SECRET_ACCESS_KEY") == "${{ secrets.AWS_SECRET_ACCESS_KEY }}"
+            if REMOTE_COMMANDS.search(run_text(step)):
+                used += 1
+                assert env.get("AWS_ACCESS_KEY_ID") == "${{ secrets.AWS_ACCESS_KEY_ID }}", (wf_name, job_name)
+                assert env.get("AWS_SECRET_ACCESS_KEY") == "${{ secrets.AWS_SECRET_ACCESS_KEY }}", (wf_name, job_name)
+            else:
+                assert "AWS_SECRET_ACCESS_KEY" not in env, f"{wf_name}:{job_name}: the secret where no remote is used"
+    assert used >= 4
     text = "\n".join(p.read_text() for p in WORKFLOWS)
     assert not re.search(r"AKIA[0-9A-Z]{16}", text), "a literal AWS key in a workflow"
 
@@ -260,37 +270,69 @@ def test_container_jobs_trust_the_workspace_before_using_git():
         assert checkout < safe <= first_git_user, f"{wf_name}:{job_name}: safe.directory must follow checkout"
 
 
-def test_gpu_study_runs_in_the_cuda_image_with_all_gpus():
+def test_gpu_study_jobs_run_in_the_cuda_image_and_the_seed_jobs_get_the_gpus():
     wf = workflow("gpu-study.yml")
-    image_job, study = wf["jobs"]["image"], wf["jobs"]["study"]
-    build = next(s for s in steps(image_job) if str(s.get("uses", "")).startswith("docker/build-push-action@"))
+    jobs = wf["jobs"]
+    build = next(s for s in steps(jobs["image"]) if str(s.get("uses", "")).startswith("docker/build-push-action@"))
     assert build["with"]["file"] == "docker/Dockerfile"
     assert build["with"]["target"] == "cuda"
     assert build["with"]["context"] == "."
-    assert study["container"]["image"] == "${{ needs.image.outputs.image }}"
-    options = " ".join(study["container"]["options"].split())
-    assert "--gpus all" in options
-    # The container user is the runner's uid, the same one the image's user was built with.
     build_args = build["with"]["build-args"]
     uid_expr = re.search(r"APP_UID=(.+)", build_args).group(1).strip()
     gid_expr = re.search(r"APP_GID=(.+)", build_args).group(1).strip()
-    assert f"--user {uid_expr}:{gid_expr}" in options
-    runs = "\n".join(run_text(s) for s in steps(study))
-    order = [runs.index(cmd) for cmd in ("dvc pull", "make study", "dvc push", "comment_body.py")]
-    assert order == sorted(order), "dvc pull -> make study -> dvc push -> comment"
-    assert "VENV=" in runs, "inside the image `make` must use the image's Python (VENV=)"
+    for name in ("plan", "seeds", "join"):
+        container = jobs[name]["container"]
+        assert container["image"] == "${{ needs.image.outputs.image }}", name
+        options = " ".join(container["options"].split())
+        # The container user is the runner's uid, the same one the image's user was built with.
+        assert f"--user {uid_expr}:{gid_expr}" in options, name
+        assert ("--gpus all" in options) == (name == "seeds"), f"{name}: only the seed jobs need the GPUs"
+        assert any("fanout.py" in run_text(s) for s in steps(jobs[name])), name
+    # Runners without Docker (STUDY_ON_HOST): the image is not built and its output is empty (no job container).
+    for step in steps(jobs["image"])[1:]:
+        assert step["if"] == "vars.STUDY_ON_HOST != 'true'"
+
+
+def test_gpu_study_fans_out_and_joins():
+    wf = workflow("gpu-study.yml")
+    jobs = wf["jobs"]
+    plan = next(s for s in steps(jobs["plan"]) if s.get("id") == "plan")
+    assert "fanout.py plan" in run_text(plan)
+    assert jobs["plan"]["outputs"]["matrix"] == "${{ steps.plan.outputs.matrix }}"
+    seeds = jobs["seeds"]
+    assert seeds["strategy"]["matrix"] == "${{ fromJSON(needs.plan.outputs.matrix) }}"
+    assert seeds["strategy"]["fail-fast"] is False, "one failed seed must not cancel the others"
+    runs = [run_text(s) for s in steps(seeds)]
+    order = [next(i for i, r in enumerate(runs) if key in r) for key in ("runner_gpus.sh", "fanout.py run")]
+    assert order == sorted(order)
+    upload = next(s for s in steps(seeds) if s.get("with", {}).get("name", "").startswith("runs-"))
+    assert upload["with"]["name"] == "runs-${{ matrix.arm }}-${{ matrix.seed }}"
+    checkpoint = next(s for s in steps(seeds) if "save-checkpoint" in run_text(s))
+    assert checkpoint["if"] == "failure() || cancelled()"
+    assert steps(seeds)[-1] is checkpoint
+    join = jobs["join"]
+    assert set(join["needs"]) == {"image", "plan", "seeds"}
+    assert "!cancelled()" in join["if"] and "needs.plan.result == 'success'" in join["if"], \
+        "the join must run after a failed seed job, to name it"
+    runs = [run_text(s) for s in steps(join)]
+    order = [next(i for i, r in enumerate(runs) if key in r)
+             for key in ("fanout.py check", "fanout.py join", "comment_body.py")]
+    assert order == sorted(order), "check -> join -> comment"
+    download = next(s for s in steps(join) if str(s.get("uses", "")).startswith("actions/download-artifact@"))
+    assert download["with"]["pattern"] == "runs-*" and download["with"]["merge-multiple"] is True
 
 
 def test_gpu_study_publishes_results_in_a_pr_with_the_comment():
     wf = workflow("gpu-study.yml")
     publish = wf["jobs"]["publish"]
-    assert publish["needs"] == "study"
+    assert publish["needs"] == "join", "nothing is published unless the join succeeded"
     assert "self-hosted" not in json.dumps(publish["runs-on"])
     run = next(run_text(s) for s in steps(publish) if "publish_study.sh" in run_text(s))
-    assert "dvc.lock" in run and "reports" in run
-    study_upload = [s for s in steps(wf["jobs"]["study"]) if str(s.get("uses", "")).startswith("actions/upload")]
-    uploaded = " ".join(str(s["with"]["path"]) for s in study_upload)
-    assert "dvc.lock" in uploaded and "reports/" in uploaded
+    for path in ("dvc.lock", "reports", "metrics", "plots", "predictions"):
+        assert path in run.split()
+    join_upload = [s for s in steps(wf["jobs"]["join"]) if s.get("with", {}).get("name") == "study-results"]
+    uploaded = str(join_upload[0]["with"]["path"]).split()
+    assert {"dvc.lock", "reports/", "metrics/", "plots/", "predictions/"} <= set(uploaded)
 
 
 def test_ci_runs_the_tests_and_the_image_smoke_on_prs_and_main():
@@ -371,7 +413,7 @@ def test_make_targets_called_by_ci_exist():
         pytest.skip("no Makefile yet")
     defined = set(re.findall(r"^([A-Za-z][\w-]*)\s*:", makefile.read_text(), re.MULTILINE))
     used = make_targets_used()
-    assert {"lint", "test", "repro", "study"} <= used
+    assert {"lint", "test", "repro"} <= used
     assert used <= defined, f"make targets used by CI but not defined: {used - defined}"
 
 
@@ -808,3 +850,239 @@ def test_comment_body_says_when_the_base_recorded_no_environment(tmp_path):
     out = tmp_path / "body.md"
     assert comment_body(repo, out, "--base", "HEAD", "--marker", "sample").returncode == 0
     assert "records no environment" in out.read_text()
+
+
+def test_dvc_remote_sets_an_s3_compatible_endpoint(tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q")
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=repo, check=True, env=dvc_env())
+    env = {**dvc_env(), "DVC_REMOTE_URL": "s3://bucket/x", "DVC_REMOTE_ENDPOINT": "https://minio.example:9000",
+           "DVC": f"{sys.executable} -m dvc"}
+    env.pop("DVC_CACHE_DIR", None)
+    proc = subprocess.run(["bash", str(SCRIPTS / "dvc_remote.sh")], cwd=repo, capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    local = (repo / ".dvc" / "config.local").read_text()
+    assert "endpointurl = https://minio.example:9000" in local
+
+
+# --------------------------------------------------------------------------
+# scripts/ci/fanout.py and runner_gpus.sh: the fan-out's plan, its checks,
+# and the one-machine path on DVC's queue
+# --------------------------------------------------------------------------
+
+
+def fanout(*args: str, cwd: Path = ROOT, env: dict[str, str] | None = None,
+           timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(SCRIPTS / "fanout.py"), *args], cwd=cwd, capture_output=True,
+                          text=True, env=env or {**dvc_env(), "PYTHONPATH": str(ROOT / "src")}, timeout=timeout)
+
+
+def test_every_per_seed_stage_can_be_restored_from_the_run_cache():
+    """DVC keeps no run of a stage with a `cache: false` output that is neither a metric nor a plot (Stage.run's
+    `no_cache_outs`), and the fan-out's join restores every per-seed stage from those runs (docs/scaling.md)."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    per_seed = {n: s["do"] for n, s in stages.items() if s.get("foreach") == "${seeds}"}
+    assert {"train", "evaluate"} <= set(per_seed)
+    for name, body in per_seed.items():
+        assert not body.get("always_changed"), name
+        for entry in body.get("outs", []):
+            path, options = (entry, {}) if isinstance(entry, str) else next(iter(entry.items()))
+            assert options.get("cache", True), f"{name}: `cache: false` output {path} must be a metric or a plot"
+            assert not options.get("persist"), f"{name}: a persist output ({path}) disables DVC's run cache"
+
+
+def test_fanout_plan_expands_the_grid_with_dvcs_sweeps(tmp_path):
+    out, gh = tmp_path / "plan.json", tmp_path / "github_output"
+    proc = fanout("plan", "--profile", "configs/nih-study.yaml", "--grid",
+                  "train.loss.name=focal,bce preprocess.clahe=true,false", "--set", "train.epochs=3",
+                  "--out", str(out), "--github-output", str(gh))
+    assert proc.returncode == 0, proc.stderr
+    plan = json.loads(out.read_text())
+    assert [a["arm"] for a in plan["arms"]] == ["a1", "a2", "a3", "a4"]
+    # Hydra's sweeper writes the booleans back as True / False.
+    assert plan["arms"][0]["sets"] == ["train.loss.name=focal", "preprocess.clahe=True"], "the baseline first"
+    assert {tuple(a["sets"]) for a in plan["arms"]} == {
+        (f"train.loss.name={loss}", f"preprocess.clahe={clahe}") for loss in ("focal", "bce")
+        for clahe in ("True", "False")}
+    seeds = yaml.safe_load((ROOT / "params.yaml").read_text())["seeds"]
+    assert all(a["seeds"] == seeds for a in plan["arms"]) and plan["sets"] == ["train.epochs=3"]
+    outputs = dict(line.split("=", 1) for line in gh.read_text().splitlines())
+    assert json.loads(outputs["plan"]) == plan
+    matrix = json.loads(outputs["matrix"])["include"]
+    assert len(matrix) == 4 * len(seeds) and {"arm": "a4", "seed": seeds[-1]} in matrix
+    study = fanout("plan", "--profile", "configs/nih-study.yaml", "--out", str(out), "--github-output", "")
+    assert study.returncode == 0, study.stderr
+    assert json.loads(out.read_text())["arms"] == [{"arm": "study", "sets": [], "seeds": seeds}]
+
+
+@pytest.mark.parametrize(("args", "named"), [
+    (["--grid", "train.loss.name=focal,nonsense"], "train.loss.name"),
+    (["--set", "train.epochs=-1"], "train.epochs"),
+    (["--profile", "/etc/passwd"], "--profile /etc/passwd"),
+    (["--profile", "configs/missing.yaml"], "configs/missing.yaml"),
+    (["--grid", "train.nosuchkey=1,2"], "train.nosuchkey"),
+])
+def test_fanout_plan_refuses_bad_input_naming_it(args, named):
+    proc = fanout("plan", *args, "--github-output", "")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert named in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_fanout_check_names_the_missing_seeds_and_arms(tmp_path):
+    plan = {"profile": "", "sets": [], "arms": [{"arm": "a1", "sets": ["train.loss.name=focal"], "seeds": [12, 22]},
+                                                 {"arm": "a2", "sets": ["train.loss.name=bce"], "seeds": [12, 22]}]}
+    receipts = tmp_path / "receipts"
+    receipts.mkdir()
+    stages = lambda s: {f"train@{s}": {}, f"evaluate@{s}": {}}  # noqa: E731
+    for arm, seed in (("a1", 12), ("a1", 22), ("a2", 22)):
+        (receipts / f"{arm}-{seed}.json").write_text(json.dumps({"arm": arm, "seed": seed, "stages": stages(seed)}))
+    (receipts / "a2-12.json").write_text(json.dumps({"arm": "a2", "seed": 12, "stages": {"train@12": {}}}))
+    summary = tmp_path / "summary.md"
+    env = {**dvc_env(), "PYTHONPATH": str(ROOT / "src"), "GITHUB_STEP_SUMMARY": str(summary)}
+    proc = fanout("check", "--plan-json", json.dumps(plan), "--receipts", str(receipts), env=env)
+    assert proc.returncode == 1
+    assert "arm a2 (train.loss.name=bce) seed 12: evaluate@12" in proc.stderr
+    assert "seed 22" not in proc.stderr and "a1" not in proc.stderr
+    assert "nothing is published" in summary.read_text()
+    (receipts / "a2-12.json").write_text(json.dumps({"arm": "a2", "seed": 12, "stages": stages(12)}))
+    done = fanout("check", "--plan-json", json.dumps(plan), "--receipts", str(receipts), env=env)
+    assert done.returncode == 0, done.stderr
+    assert "every seed of every arm" in done.stdout
+
+
+@pytest.mark.parametrize(("name", "devices"), [("lab1-gpu3", "3"), ("lab1-gpu4_5", "4,5"), ("lab1", None),
+                                               ("x-gpu", None), ("gpu3-lab", None)])
+def test_runner_gpus_from_the_runner_name(tmp_path, name, devices):
+    github_env = tmp_path / "github_env"
+    github_env.write_text("")
+    proc = subprocess.run(["bash", str(SCRIPTS / "runner_gpus.sh")], capture_output=True, text=True,
+                          env={**os.environ, "RUNNER_NAME": name, "GITHUB_ENV": str(github_env)}, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert github_env.read_text() == (f"CUDA_VISIBLE_DEVICES={devices}\n" if devices else "")
+
+
+def _seen_devices(root: Path, done: threading.Event, seen: dict[str, set[str]]) -> None:
+    """What CUDA_VISIBLE_DEVICES each DVC queue worker and each training under `root` (processes this test started)
+    had, by the worker's node name or `train --seed N`."""
+    while not done.is_set():
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            try:
+                args = (proc / "cmdline").read_bytes().split(b"\0")
+                cwd = os.readlink(proc / "cwd")
+                environ = (proc / "environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if not cwd.startswith(os.path.realpath(root)):
+                continue
+            device = next((e.split(b"=", 1)[1].decode() for e in environ if e.startswith(b"CUDA_VISIBLE_DEVICES=")),
+                          "(unset)")
+            if b"queue-worker" in args:
+                seen.setdefault(args[args.index(b"queue-worker") + 1].decode(), set()).add(device)
+            elif b"cxrstudy" in args and b"train" in args:
+                seen.setdefault(" ".join(a.decode() for a in args[args.index(b"train"):][:3]), set()).add(device)
+        time.sleep(0.1)
+
+
+@pytest.mark.slow
+@pytest.mark.infra
+@pytest.mark.timeout(1800)
+def test_fanout_local_one_queue_worker_per_gpu_joins_without_training(tmp_path):
+    """One machine, two "GPUs" (device ids only: none is needed): DVC's queue runs one experiment per seed, each
+    worker with its own CUDA_VISIBLE_DEVICES; the join restores both seeds' stages from the run cache, and the
+    results equal one `dvc repro` of the same commit (`make study`'s command) byte for byte."""
+    from tests.conftest import copy_project, tiny_raw
+
+    project = copy_project(tmp_path / "project", params=tiny_raw(),
+                           drop=("dvc.lock", "metrics", "plots", "predictions", "models", "data", "reports"))
+    (project / "configs" / "local-study.yaml").write_text("train:\n  epochs: 3\n")
+    git(project, "add", "-A")
+    git(project, "commit", "-q", "-m", "a profile")
+    env = {k: v for k, v in dvc_env().items() if k not in {"CUDA_VISIBLE_DEVICES", "PYTHONPATH"}}
+    env.update({"TQDM_DISABLE": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.invalid",
+                "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.invalid"})
+    reference = tmp_path / "reference"
+    git(tmp_path, "clone", "-q", str(project), str(reference))
+    ref = subprocess.run([sys.executable, "-m", "cxrstudy", "profile", "configs/local-study.yaml", "--run"],
+                         cwd=reference, capture_output=True, text=True, env=env, timeout=1200)
+    assert ref.returncode == 0, ref.stdout[-3000:] + ref.stderr[-3000:]
+
+    seen: dict[str, set[str]] = {}
+    done = threading.Event()
+    watcher = threading.Thread(target=_seen_devices, args=(project, done, seen), daemon=True)
+    watcher.start()
+    try:
+        proc = fanout("local", "--gpus", "7,5", "--profile", "configs/local-study.yaml", "--poll", "1",
+                      "--logs", str(tmp_path / "logs"), cwd=project, env={**env, "PYTHONPATH": str(project / "src")},
+                      timeout=1500)
+    finally:
+        done.set()
+        watcher.join(timeout=10)
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+    workers = {name: devices for name, devices in seen.items() if name.startswith("dvc-exp-")}
+    assert sorted(d for devices in workers.values() for d in devices) == ["5", "7"], seen
+    trainings = {name: devices for name, devices in seen.items() if name.startswith("train")}
+    assert set(trainings) == {"train --seed 1", "train --seed 2"}, seen
+    assert all(len(devices) == 1 for devices in trainings.values()), seen
+    assert set().union(*trainings.values()) == {"5", "7"}, f"the two seeds trained side by side, one per GPU: {seen}"
+    log = (tmp_path / "logs" / "join-study.log").read_text()
+    for stage in ("train@1", "train@2", "evaluate@1", "evaluate@2"):
+        assert f"Stage '{stage}' is cached - skipping run, checking out outputs" in log, log[-4000:]
+    assert re.findall(r"Running stage '([^']+)'", log) == ["manifest", "report"], log[-4000:]
+    for path in ("dvc.lock", "metrics", "predictions", "plots", "reports"):
+        mine, theirs = project / path, reference / path
+        files = [mine] if mine.is_file() else sorted(p for p in mine.rglob("*") if p.is_file())
+        assert files, path
+        for f in files:
+            other = theirs / f.relative_to(mine) if mine.is_dir() else theirs
+            assert f.read_bytes() == other.read_bytes(), f"{f.relative_to(project)} differs from one machine's run"
+        if mine.is_dir():
+            assert len(files) == len([p for p in theirs.rglob("*") if p.is_file()]), path
+    listed = subprocess.run([sys.executable, "-m", "dvc", "exp", "list", "--name-only"], cwd=project,
+                            capture_output=True, text=True, env=env, timeout=120).stdout
+    assert "fanout-" not in listed, "the per-seed helper experiments are removed after the join"
+
+
+@pytest.mark.slow
+@pytest.mark.infra
+@pytest.mark.timeout(1800)
+def test_fanout_local_grid_saves_each_arm_as_an_experiment_and_compares_them(tmp_path):
+    """The grid on one machine: 2 arms (focal, BCE) × 2 seeds on DVC's queue; each arm joined without training and
+    saved as a DVC experiment; `python -m cxrstudy experiments` compares them; the workspace's results as committed."""
+    from tests.conftest import copy_project, tiny_raw
+
+    project = copy_project(tmp_path / "project", params=tiny_raw(),
+                           drop=("dvc.lock", "metrics", "plots", "predictions", "models", "data", "reports"))
+    env = {k: v for k, v in dvc_env().items() if k not in {"CUDA_VISIBLE_DEVICES", "PYTHONPATH"}}
+    env.update({"TQDM_DISABLE": "1", "PYTHONPATH": str(project / "src"), "GIT_AUTHOR_NAME": "t",
+                "GIT_AUTHOR_EMAIL": "t@example.invalid", "GIT_COMMITTER_NAME": "t",
+                "GIT_COMMITTER_EMAIL": "t@example.invalid"})
+    proc = fanout("local", "--gpus", "0,1", "--grid", "train.loss.name=focal,bce", "--poll", "1",
+                  "--logs", str(tmp_path / "logs"), cwd=project, env=env, timeout=1500)
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+    for arm in ("a1", "a2"):
+        log = (tmp_path / "logs" / f"join-{arm}.log").read_text()
+        for stage in ("train@1", "train@2", "evaluate@1", "evaluate@2"):
+            assert f"Stage '{stage}' is cached - skipping run, checking out outputs" in log, (arm, log[-3000:])
+        assert "Running stage 'train@" not in log and "Running stage 'evaluate@" not in log
+    listed = subprocess.run([sys.executable, "-m", "dvc", "exp", "list", "--name-only"], cwd=project,
+                            capture_output=True, text=True, env=env, timeout=120).stdout.split()
+    assert sorted(listed) == ["arm-a1", "arm-a2"], listed
+    refs = dict(reversed(line.split()) for line in git(project, "for-each-ref", "--format=%(objectname) %(refname)",
+                                                        "refs/exps").splitlines())
+    losses = {}
+    for ref, rev in refs.items():
+        params = yaml.safe_load(git(project, "show", f"{rev}:params.yaml"))
+        lock = yaml.safe_load(git(project, "show", f"{rev}:dvc.lock"))["stages"]
+        losses[ref.rsplit("/", 1)[-1]] = (params["train"]["loss"]["name"],
+                                          lock["train@1"]["params"]["params.yaml"]["train"]["loss"]["name"])
+    assert losses == {"arm-a1": ("focal", "focal"), "arm-a2": ("bce", "bce")}
+    report = (project / "reports" / "experiments.md").read_text()
+    assert "arm-a1" in report and "arm-a2" in report
+    assert not (project / "metrics").exists() and not (project / "predictions").exists(), \
+        "the workspace's tracked results are left as committed (here: none)"
+    assert git(project, "status", "--porcelain", "--", "params.yaml") == ""

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Point DVC at the CI remote and cache, in .dvc/config.local only (never
-# committed). Called by .github/workflows/gpu-study.yml; tested in
-# tests/test_workflows.py.
+# committed). Called by the jobs of .github/workflows/gpu-study.yml; tested in
+# tests/test_workflows.py and, against an S3 server, tests/test_act.py.
 #
 # Environment (all optional; with none set this does nothing and DVC uses the
 # remote committed in .dvc/config):
 #   DVC_REMOTE_URL   e.g. s3://bucket/cxrstudy, becomes the default remote "storage"
+#   DVC_REMOTE_ENDPOINT  an S3-compatible server's URL (MinIO, Ceph, ...), for that remote
 #   DVC_CACHE_DIR    a cache directory outside the workspace (the GPU runner
 #                    mounts a persistent one), linked instead of copied
 #   DVC              the dvc command (default: dvc)
@@ -20,6 +21,10 @@ read -r -a dvc <<<"${DVC:-dvc}"
 if [ -n "${DVC_REMOTE_URL:-}" ]; then
   "${dvc[@]}" remote add --local --force --default storage "$DVC_REMOTE_URL"
   echo "DVC remote 'storage' -> $DVC_REMOTE_URL (local config)"
+  if [ -n "${DVC_REMOTE_ENDPOINT:-}" ]; then
+    "${dvc[@]}" remote modify --local storage endpointurl "$DVC_REMOTE_ENDPOINT"
+    echo "DVC remote 'storage' endpoint -> $DVC_REMOTE_ENDPOINT (local config)"
+  fi
 fi
 
 if [ -n "${DVC_CACHE_DIR:-}" ]; then
