@@ -38,7 +38,7 @@ from cxrstudy.data.imageio import ARCHIVES_DIR
 from cxrstudy.data.nih import ingest_nih
 from cxrstudy.data.nihtable import BBOX_NAMES, FINDINGS, NIH_SITE, read_data_entry, to_contract, write_data_entry
 from cxrstudy.errors import InputError
-from cxrstudy.params import NihParams
+from cxrstudy.ingestschema import NihParams
 from tests.conftest import project_params, section, tiny_params
 from tests.raw_data import members
 

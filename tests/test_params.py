@@ -105,8 +105,8 @@ def _keys(tree: object, prefix: str = "") -> set[str]:
 
 
 def test_the_study_profile_lists_only_changes_and_validates_merged() -> None:
-    from cxrstudy.params import read_yaml
     from cxrstudy.profile import overrides
+    from cxrstudy.yamlfile import read_yaml
 
     study = read_yaml(ROOT / "configs/nih-study.yaml")
     assert _keys(study) < _keys(project_params())  # a subset: no second copy of params.yaml

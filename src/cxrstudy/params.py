@@ -17,19 +17,20 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from cxrstudy.errors import InputError, shown_address
+from cxrstudy.ingestschema import (
+    IngestParams,
+    no_credentials,
+)
+from cxrstudy.ingestschema import Section as _Section
+from cxrstudy.yamlfile import read_yaml
 
 DEFAULT_PARAMS = Path("params.yaml")
 OFFICIAL_BASE_URL = "https://nihcc.box.com/shared/static/"
 # DenseNet-121 halves the resolution five times before its last pooling: below 32 px a feature map vanishes.
 MIN_TRAIN_SIZE = 32
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class NumericsParams(_Section):
@@ -40,111 +41,6 @@ class NumericsParams(_Section):
     isa: Literal["avx2", "native"]
     # CPU threads of every stage (torch, OpenMP, MKL, OpenBLAS, OpenCV); 0 = one per core (machine-dependent).
     threads: Annotated[int, Field(ge=0, le=512)]
-
-
-class PhantomParams(_Section):
-    """`ingest.phantom`: the embedded, NIH-shaped synthetic sample (site A)."""
-
-    n_images: Annotated[int, Field(ge=20, le=5000)]
-    image_size: Annotated[int, Field(ge=64, le=1024)]
-    seed: int
-    test_fraction: Annotated[float, Field(gt=0.0, lt=1.0)]
-    # A planted subgroup gap: the finding signatures of AP views drawn at this fraction of their contrast (PA views
-    # unchanged). 1 plants nothing; the report must then claim no gap beyond noise.
-    ap_signature_contrast: Annotated[float, Field(gt=0.0, le=1.0)]
-
-
-Uncertain = Literal["zeros", "ones", "ignore"]
-
-
-class ChexpertPhantomParams(_Section):
-    """`ingest.chexpert_phantom`: the embedded, CheXpert-shaped synthetic sample (site B): real CheXpert label rows,
-    the same findings' signatures as site A, acquired differently (another exposure, noise and detector size, more AP
-    views, a burned-in corner marker)."""
-
-    n_images: Annotated[int, Field(ge=20, le=5000)]
-    image_size: Annotated[int, Field(ge=64, le=1024)]
-    seed: int
-    # Of patients, in the official test list; 1 = every image (the default: site B is an external test site).
-    test_fraction: Annotated[float, Field(gt=0.0, le=1.0)]
-    uncertain: Uncertain  # what an uncertain (-1) label becomes: zeros | ones | ignore (masked out of loss and metrics)
-    views: Literal["frontal", "all"]
-
-
-class ChexpertParams(_Section):
-    """`ingest.chexpert`: a local copy of CheXpert-v1.0-small (train.csv, valid.csv and the JPEGs)."""
-
-    local_path: str | None  # the folder holding train.csv, valid.csv, train/ and valid/
-    uncertain: Uncertain
-    views: Literal["frontal", "all"]
-    # Archives packed (once) from the extracted JPEGs; never inside data/. Relative paths are from the project root.
-    download_dir: str
-    workers: Annotated[int, Field(ge=0, le=256)]  # archives packed at once; 0 = one per CPU core
-
-
-def _no_credentials(value: str | None, what: str) -> str | None:
-    # '@' checked before any parsing: urlsplit's own error quotes a password with brackets
-    if value is not None and "@" in value:
-        raise ValueError(f"{what} must not embed credentials (user:password@): params.yaml is committed to git and "
-                         "the address appears in log messages")
-    try:
-        _ = value and urlsplit(value if "://" in value else f"//{value}").port  # a bad host or port: ValueError
-    except ValueError:
-        raise ValueError(f"{what} is not a valid address (scheme://host[:port]/path)") from None
-    return value
-
-
-class NihParams(_Section):
-    """`ingest.nih`: the real release, downloaded or linked (`cxrstudy.data.nih`)."""
-
-    # Where the 12 archives are downloaded from. At NIH's address they have Box's names; anywhere else (a mirror)
-    # they are fetched as images_001.tar.gz ... images_012.tar.gz unless url_style says otherwise.
-    base_url: str
-    url_style: Literal["auto", "nih-box", "plain"]
-    # Where the metadata files are fetched by name; null: base_url for a mirror. NIH's Box gives them no fixed
-    # address: put them in download_dir (or local_path) yourself.
-    metadata_url: str | None
-    # A folder holding the archives, or the extracted images (images/*.png) plus the metadata files.
-    local_path: str | None
-    # md5sum-format list (`<md5>  <file name>` a line) replacing NIH's published checksums, for a mirror or a
-    # re-packed copy: its images_NNN.tar.gz names are the archives expected. null: NIH's 12 archives.
-    md5_file: str | None
-    # Downloads, verification records and archives packed from an extracted copy; never inside data/raw. Relative
-    # paths are from the project root.
-    download_dir: str
-    link: Literal["auto", "hardlink", "symlink", "copy"]  # how data/raw/archives refers to the real archives
-    metadata: Literal["v2020", "2017"]
-    timeout_s: Annotated[float, Field(gt=0)]
-    retries: Annotated[int, Field(ge=0, le=20)]
-    backoff_s: Annotated[float, Field(ge=0, le=600)]  # wait before retry n: backoff_s * 2**n
-    workers: Annotated[int, Field(ge=0, le=256)]  # archives MD5-checked or packed at once; 0 = one per CPU core
-
-    @field_validator("base_url", "metadata_url")
-    @classmethod
-    def _urls_without_credentials(cls, value: str | None) -> str | None:
-        if value is not None and ("?" in value or "#" in value):
-            raise ValueError("the address must not carry a query (?...) or a fragment (#...): files are fetched as "
-                             "<address>/<file name>")
-        return _no_credentials(value, "the address")
-
-
-Source = Literal["phantom", "chexpert_phantom", "nih", "chexpert"]
-
-
-class IngestParams(_Section):
-    source: Source  # the training site (data/raw)
-    external: Literal["none", "phantom", "chexpert_phantom", "nih", "chexpert"]  # the external test site
-    phantom: PhantomParams
-    chexpert_phantom: ChexpertPhantomParams
-    nih: NihParams
-    chexpert: ChexpertParams
-
-    @model_validator(mode="after")
-    def _external_is_another_site(self) -> IngestParams:
-        if self.external == self.source:
-            raise ValueError(f"external ({self.external}) must be another source than the training site (source), "
-                             "or none")
-        return self
 
 
 class PreprocessParams(_Section):
@@ -312,7 +208,7 @@ class MonitorParams(_Section):
         if not value:
             raise ValueError(hint)
         url = value if re.match(r"^https?://", value, flags=re.IGNORECASE) else f"http://{value}"
-        _no_credentials(url, "pushgateway")
+        no_credentials(url, "pushgateway")
         try:
             parts = urlsplit(url)
             _ = parts.port  # raises ValueError when the port is not a number in 0..65535
@@ -378,43 +274,6 @@ def _redact(value: Any, where: str = "") -> Any:
     if value is None or isinstance(value, bool | int | float):
         return value
     return f"<a {type(value).__name__}, not shown>"
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """YAML's safe loader, but a key given twice in one mapping is an error (plain YAML keeps the last silently), and
-    an alias (*name) may name a single value only: with aliases of lists or mappings a few lines expand to billions
-    of values (an alias bomb); with these, what is built stays the size of the file."""
-
-    def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node | None:
-        if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
-            if not isinstance(self.anchors.get(event.anchor), yaml.ScalarNode | None):
-                raise yaml.composer.ComposerError(None, None, f"alias *{event.anchor} names a list or a mapping; "
-                                                  "aliases may name single values only", event.start_mark)
-        return super().compose_node(parent, index)
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: dict[Any, int] = {}
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"key {key!r} is given twice (first on line {seen[key] + 1})", key_node.start_mark)
-            seen[key] = key_node.start_mark.line
-        return super().construct_mapping(node, deep=deep)
-
-
-def read_yaml(path: Path) -> Any:
-    """Parse a YAML file of at most 256 KiB, refusing repeated keys and aliases of a list or a mapping (an alias bomb:
-    refused before anything is expanded); `InputError` names the file and the line."""
-    if path.stat().st_size > 256 << 10:  # params.yaml is a few KB
-        raise InputError(f"{path}: {path.stat().st_size:,} bytes; a parameters file is a few KB (at most 256 KiB)")
-    try:
-        return yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as err:
-        raise InputError(f"{path}: not valid YAML: {err}") from None
-    except RecursionError:
-        raise InputError(f"{path}: nested too deeply to be a parameters file") from None
 
 
 def _accepted_keys(loc: tuple[int | str, ...]) -> list[str]:

@@ -16,7 +16,8 @@ from typing import Any
 import yaml
 
 from cxrstudy.errors import InputError
-from cxrstudy.params import Params, parse_params, read_yaml
+from cxrstudy.params import Params, parse_params
+from cxrstudy.yamlfile import read_yaml
 
 
 def _leaves(tree: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:

@@ -20,7 +20,8 @@ from tqdm import tqdm
 
 from cxrstudy.data.release import NIH_ORIGIN
 from cxrstudy.errors import InputError, shown_address
-from cxrstudy.params import OFFICIAL_BASE_URL, NihParams
+from cxrstudy.ingestschema import NihParams
+from cxrstudy.params import OFFICIAL_BASE_URL
 
 CHUNK = 1 << 20
 

@@ -49,7 +49,7 @@ from cxrstudy.data.nihtable import (
 from cxrstudy.data.release import archive_names, expected_checksums, origin_of
 from cxrstudy.data.split import check_split, read_list
 from cxrstudy.errors import InputError
-from cxrstudy.params import NihParams
+from cxrstudy.ingestschema import NihParams
 
 NIH_BOX_PAGE = "https://nihcc.app.box.com/v/ChestXray-NIHCC"
 

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from cxrstudy.errors import InputError
-from cxrstudy.params import NihParams
+from cxrstudy.ingestschema import NihParams
 
 # MD5 of each archive, as published in NIH's FAQ (Q07). `ingest.nih.md5_file` (or `ingest_nih(checksums=...)`)
 # replaces it: its archive names (images_NNN.tar.gz) are the archives ingested, and a metadata file named in it is

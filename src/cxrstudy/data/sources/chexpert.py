@@ -47,7 +47,8 @@ from cxrstudy.data.localcopy import (
 )
 from cxrstudy.data.manifest import folder_record
 from cxrstudy.errors import InputError
-from cxrstudy.params import ChexpertParams, Params
+from cxrstudy.ingestschema import ChexpertParams
+from cxrstudy.params import Params
 
 NAME = "chexpert"
 SITE = "Stanford Hospital (CheXpert)"

@@ -43,8 +43,9 @@ from cxrstudy.data.phantom import (
 )
 from cxrstudy.data.sources.chexpert import OBSERVATIONS, Faults, number_follow_ups, read_labels_csv
 from cxrstudy.data.split import patient_split
+from cxrstudy.ingestschema import ChexpertPhantomParams
 from cxrstudy.labels import label_map
-from cxrstudy.params import ChexpertPhantomParams, Params
+from cxrstudy.params import Params
 
 NAME = "chexpert_phantom"
 SAMPLE_FILE = "chexpert_sample.csv"

@@ -28,7 +28,8 @@ from cxrstudy.data.phantom import (
     take_patients,
 )
 from cxrstudy.data.split import patient_split
-from cxrstudy.params import Params, PhantomParams
+from cxrstudy.ingestschema import PhantomParams
+from cxrstudy.params import Params
 
 NAME = "phantom"
 SAMPLE_FILE = "nih_sample.csv"
