@@ -200,7 +200,7 @@ def stage_commands(name: str, cmd: str) -> list[list[str]]:
         for key, item in foreach.items():
             run = cmd.replace("${key}", key)
             for field, value in item.items():
-                run = run.replace("${item.%s}" % field, str(value))
+                run = run.replace("${item." + field + "}", str(value))
             runs.append(run)
     else:
         runs = [cmd.replace("${item}", str(seed)) for seed in tiny_params().seeds]

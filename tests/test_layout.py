@@ -1,8 +1,9 @@
 """The package's shape: phases that import only downwards, no import cycle, the schema at the bottom, small modules.
 
-Layers, bottom to top: the core (`errors`, `params` with `ingestschema` and `yamlfile`, `labels`, `atomic`, `numerics`, `metrics`, `calibration`), then
-`data`, then `learning` and `reporting` side by side (neither imports the other), then the command line (`cli`,
-`__main__`, `profile`). Every import counts, a function-level one too: a lazy import is still an import.
+Layers, bottom to top: the core (`errors`, `params` with `ingestschema` and `yamlfile`, `labels`, `atomic`, `numerics`,
+`metrics`, `calibration`), then `data`, then `learning` and `reporting` side by side (neither imports the other), then
+the command line (`cli`, `__main__`, `profile`). Every import counts, a function-level one too: a lazy import is still
+an import.
 """
 
 from __future__ import annotations
