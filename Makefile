@@ -11,7 +11,7 @@ export PATH := $(if $(VENV),$(abspath $(VENV))/bin:,)$(PATH)
 # is active.
 repro study: export CXRSTUDY_PYTHON := $(if $(VENV),$(abspath $(VENV))/bin/python,python)
 
-.PHONY: setup dev repro test test-all test-fast lint lock study metrics-diff clean-checkpoints
+.PHONY: setup dev repro test test-all test-infra test-fast lint lock study metrics-diff clean-checkpoints
 
 setup: $(if $(VENV),$(STAMP),)
 # The locks are installed by docker/install-deps.sh, as in the images: every package checked against its hash. With
@@ -49,6 +49,9 @@ test: dev  ## the test suite but the infrastructure tests (end-to-end runs inclu
 
 test-all: dev  ## every test, the infrastructure ones too (image builds, act jobs, emulated CPUs, ...): what CI runs
 	$(PYTEST) --durations=20
+
+test-infra: dev  ## the infrastructure tests only (CI runs them after make test)
+	$(PYTEST) -m infra --durations=20
 
 test-fast: dev  ## the unit tests only (neither slow nor infra)
 	$(PYTEST) -m "not slow and not infra"

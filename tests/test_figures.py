@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from cxrstudy.data.preprocess import load_processed, process_image
+from cxrstudy.data.preprocess import process_image
+from cxrstudy.data.shards import load_processed
 from cxrstudy.reporting import figures, plotdata
 from tests.conftest import tiny_params
 from tests.synthetic import NIH_NAMES as FINDINGS
@@ -137,7 +138,8 @@ def test_clahe_samples_show_the_raw_image_resized_and_the_processed_one(tiny_dat
     params = tiny_params()
     raw, processed = tiny_data / "data/raw", tiny_data / "data/processed"
     samples, before_label, after_label = figures.clahe_samples(params, raw, processed, None)
-    images, names = load_processed(processed)
+    images = load_processed(processed)
+    names = images.names
     assert len(samples) == params.report.clahe_samples
     assert [s.name for s in samples] == sorted(s.name for s in samples)
     from cxrstudy.data.imageio import read_raw_image
@@ -163,7 +165,7 @@ def test_reliability_table_pools_findings_into_equal_width_bins() -> None:
 def _figures_run(tiny_data: Path, tmp_path: Path, source: str) -> tuple[str, Path]:
     from tests.synthetic import make_study
 
-    _, names = load_processed(tiny_data / "data/processed")
+    names = load_processed(tiny_data / "data/processed").names
     study = make_study(tmp_path, seeds=[1, 2], bootstrap=50, n_test=60, n_patients=40, names=names,
                        ingest={"source": source})
     text = study.run(tmp_path / "reports/report.md", history_dir=study.history, raw_dir=tiny_data / "data/raw",

@@ -30,7 +30,7 @@ import yaml
 
 from cxrstudy.cli import OUTPUT_FOLDERS
 from cxrstudy.data import nih
-from cxrstudy.data.preprocess import load_processed
+from cxrstudy.data.shards import SHARDS_DIR, load_processed
 from cxrstudy.errors import InputError, Interrupted, shown_address
 from cxrstudy.labels import FINDINGS
 from cxrstudy.learning import monitoring
@@ -680,20 +680,22 @@ def test_a_broken_processed_array_is_named(case: str, tiny_data: Path, tmp_path:
     """`np.load` was unguarded: a numpy traceback."""
     processed = tmp_path / "processed"
     shutil.copytree(tiny_data / "data/processed", processed)
-    BROKEN_ARRAYS[case](processed / "images.npy")
-    with pytest.raises(InputError, match=r"images\.npy: .*re-run the preprocess stage"):
+    shard = sorted((processed / SHARDS_DIR).glob("*.npy"))[0]
+    BROKEN_ARRAYS[case](shard)
+    with pytest.raises(InputError, match=rf"{shard.name}: .*re-run the preprocess stage"):
         load_processed(processed)
 
 
 def test_train_on_a_truncated_processed_array_is_one_line(tiny_data: Path, tmp_path: Path) -> None:
     ws = workspace(tiny_data, tmp_path / "ws")
-    _truncate(ws / "data/processed/images.npy")
+    shard = sorted((ws / "data/processed" / SHARDS_DIR).glob("*.npy"))[0]
+    _truncate(shard)
 
     done = run_cli(ws, "train", "--seed", "1")
 
     assert done.returncode == 2, shown(done)
     assert "Traceback" not in done.stderr, shown(done)
-    assert "error: data/processed/images.npy: not a complete .npy array" in done.stderr, shown(done)
+    assert f"error: {shard.relative_to(ws)}: not a complete .npy array" in done.stderr, shown(done)
 
 
 # The stage, held once every archive is processed but before it finishes: its worker processes are up and idle.
@@ -873,17 +875,18 @@ def test_every_stage_output_lies_under_a_folder_that_every_stage_sweeps() -> Non
 
 
 def test_train_refuses_processed_images_smaller_than_preprocess_image_size(tiny_data: Path, tmp_path: Path) -> None:
-    """A 16 px images.npy with preprocess.image_size 64 used to be upsampled to 64 px without a word."""
+    """16 px processed images with preprocess.image_size 64 used to be upsampled to 64 px without a word."""
     ws = workspace(tiny_data, tmp_path / "ws", preprocess={"image_size": 64}, train={"image_size": 64})
-    images = np.load(ws / "data/processed/images.npy")
-    np.save(ws / "data/processed/images.npy", images[:, ::2, ::2])  # 32 px -> 16 px
-    assert np.load(ws / "data/processed/images.npy", mmap_mode="r").shape[1:] == (16, 16)
+    for shard in (ws / "data/processed" / SHARDS_DIR).glob("*.npy"):
+        images = np.load(shard)
+        np.save(shard, np.ascontiguousarray(images[:, ::2, ::2]))  # 32 px -> 16 px
+    assert load_processed(ws / "data/processed").size == 16
 
     done = run_cli(ws, "train", "--seed", "1")
 
     assert done.returncode == 2, shown(done)
     assert done.stderr.strip() == (
-        "error: data/processed/images.npy: holds 16 px images, but preprocess.image_size is 64: they were made with "
-        "other parameters, and training would upsample them to train.image_size (64 px); re-run the preprocess stage "
-        "(dvc repro preprocess, or python -m cxrstudy preprocess)"), shown(done)
+        "error: data/processed: holds 16 px images, but preprocess.image_size is 64: they were made with other "
+        "parameters, and training would upsample them to train.image_size (64 px); re-run the preprocess stage "
+        "(dvc repro preprocess@internal, or python -m cxrstudy preprocess)"), shown(done)
     assert not (ws / "checkpoints").exists() and not (ws / "models").exists()

@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -45,10 +46,12 @@ def labels(image: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def cpu_image() -> str:
+def cpu_image() -> Iterator[str]:
     require("podman")
     build("cpu", CPU)
-    return CPU
+    yield CPU
+    # The test images go when this file is done (a CI machine's disk is shared with the act jobs' venvs).
+    subprocess.run(["podman", "rmi", "--force", CPU, SMOKE], capture_output=True, check=False)
 
 
 def test_default_command_is_the_cli(cpu_image):
@@ -211,10 +214,15 @@ def test_pipeline_in_the_container_equals_the_host_run(cpu_image, tiny_project, 
 def test_cuda_target_builds_with_the_cuda_wheels():
     require("podman")
     build("cuda", CUDA)
-    config = json.loads(podman("image", "inspect", "--format", "{{json .Config}}", CUDA).stdout)
-    assert config["User"] == f"{APP_UID}:{APP_UID}"
-    assert "NVIDIA_DRIVER_CAPABILITIES=compute,utility" in config["Env"]
-    assert config["Entrypoint"][0] == "/usr/bin/tini"
-    assert labels(CUDA)["org.opencontainers.image.revision"] == git(ROOT, "rev-parse", "HEAD")
-    out = podman("run", "--rm", CUDA, "python", "-c", "import torch; print(torch.version.cuda)").stdout.strip()
-    assert re.fullmatch(r"\d+\.\d+", out), f"torch in the cuda image is not a CUDA build: {out}"
+    try:
+        config = json.loads(podman("image", "inspect", "--format", "{{json .Config}}", CUDA).stdout)
+        assert config["User"] == f"{APP_UID}:{APP_UID}"
+        assert "NVIDIA_DRIVER_CAPABILITIES=compute,utility" in config["Env"]
+        assert config["Entrypoint"][0] == "/usr/bin/tini"
+        assert labels(CUDA)["org.opencontainers.image.revision"] == git(ROOT, "rev-parse", "HEAD")
+        out = podman("run", "--rm", CUDA, "python", "-c", "import torch; print(torch.version.cuda)").stdout.strip()
+        assert re.fullmatch(r"\d+\.\d+", out), f"torch in the cuda image is not a CUDA build: {out}"
+    finally:
+        # Several GB (the CUDA wheels): gone before the next test needs the disk; the base image stays cached.
+        subprocess.run(["podman", "rmi", "--force", CUDA], capture_output=True, check=False)
+        subprocess.run(["podman", "image", "prune", "--force"], capture_output=True, check=False)

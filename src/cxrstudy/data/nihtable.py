@@ -192,7 +192,7 @@ def read_bbox_list(path: Path) -> pd.DataFrame:
                          f"{list(raw.columns)}")
     boxes = raw.iloc[:, :6].copy()
     boxes.columns = ["image", "finding", "x", "y", "w", "h"]
-    coords = boxes[["x", "y", "w", "h"]].apply(pd.to_numeric, errors="coerce")
+    coords = boxes[["x", "y", "w", "h"]].apply(pd.to_numeric, errors="coerce").astype(float)
     bad = ~np.isfinite(coords.to_numpy()).all(axis=1) | (coords["w"] <= 0).to_numpy() | (coords["h"] <= 0).to_numpy()
     if bad.any():
         row = int(np.flatnonzero(bad)[0])

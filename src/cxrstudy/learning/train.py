@@ -149,7 +149,7 @@ def check_stored_size(processed_dir: Path, stored: int, preprocess_size: int, tr
               else "train on images preprocessed otherwise than params.yaml says")
     raise InputError(f"{processed_dir}: holds {stored} px images, but preprocess.image_size is "
                      f"{preprocess_size}: they were made with other parameters, and training would {effect}; re-run "
-                     "the preprocess stage (dvc repro preprocess, or python -m cxrstudy preprocess)")
+                     "the preprocess stage (dvc repro preprocess@internal, or python -m cxrstudy preprocess)")
 
 
 def build_loaders(cfg: TrainParams, seed: int, where: Dist, device: torch.device, raw_dir: Path, processed_dir: Path,
