@@ -136,7 +136,7 @@ def test_a_tampered_model_file_is_refused_without_running_its_code(tmp_path: Pat
     torch.save({"model": build_model(len(FINDINGS), pretrained=False).state_dict(), "extra": _RunsCode(marker)}, path)
 
     with pytest.raises(Exception, match="(?i)weights.only"):
-        load_trained(path, len(FINDINGS))
+        load_trained(path)
     assert not marker.exists()
 
 

@@ -936,7 +936,7 @@ def test_fanout_check_names_the_missing_seeds_and_arms(tmp_path):
                                                  {"arm": "a2", "sets": ["train.loss.name=bce"], "seeds": [12, 22]}]}
     receipts = tmp_path / "receipts"
     receipts.mkdir()
-    stages = lambda s: {f"train@{s}": {}, f"evaluate@{s}": {}}  # noqa: E731
+    stages = lambda s: {f"train@{s}": {}, f"evaluate@{s}": {}, f"external@{s}": {}}  # noqa: E731
     for arm, seed in (("a1", 12), ("a1", 22), ("a2", 22)):
         (receipts / f"{arm}-{seed}.json").write_text(json.dumps({"arm": arm, "seed": seed, "stages": stages(seed)}))
     (receipts / "a2-12.json").write_text(json.dumps({"arm": "a2", "seed": 12, "stages": {"train@12": {}}}))
@@ -944,7 +944,7 @@ def test_fanout_check_names_the_missing_seeds_and_arms(tmp_path):
     env = {**dvc_env(), "PYTHONPATH": str(ROOT / "src"), "GITHUB_STEP_SUMMARY": str(summary)}
     proc = fanout("check", "--plan-json", json.dumps(plan), "--receipts", str(receipts), env=env)
     assert proc.returncode == 1
-    assert "arm a2 (train.loss.name=bce) seed 12: evaluate@12" in proc.stderr
+    assert "arm a2 (train.loss.name=bce) seed 12: evaluate@12, external@12" in proc.stderr
     assert "seed 22" not in proc.stderr and "a1" not in proc.stderr
     assert "nothing is published" in summary.read_text()
     (receipts / "a2-12.json").write_text(json.dumps({"arm": "a2", "seed": 12, "stages": stages(12)}))
