@@ -649,7 +649,8 @@ def test_ingest_stage_and_official_split_on_a_local_copy(tmp_path: Path, monkeyp
     raw = tmp_path / "data" / "raw"
     ingest.run(cfg, "internal", raw)
     assert sorted(p.name for p in raw.iterdir()) == sorted([ARCHIVES_DIR, dataset.MD5_FILE, dataset.TABLE_FILE,
-                                                            dataset.INFO_FILE])  # no boxes in this release
+                                                            dataset.INFO_FILE, dataset.BOXES_FILE])
+    assert dataset.read_boxes(raw).empty  # no boxes in this release: the file holds the header only
     info = dataset.read_info(raw)
     assert info.counts["images"] == 8 and info.counts["patients"] == 4
     assert info.counts["official_split"] == {"test": 2, "train_val": 6}

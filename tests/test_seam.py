@@ -95,7 +95,7 @@ def manifest(params: Params) -> dict[str, Any]:
 
 TOY_SCHEMA = '''
 
-class ToyParams(_Section):
+class ToyParams(Section):
     n_images: int
     seed: int
 '''
@@ -104,7 +104,7 @@ class ToyParams(_Section):
 def add_toy_dataset(root: Path) -> list[str]:
     """Add the toy dataset to the project at `root` as a user would; return the files changed."""
     (root / "src/cxrstudy/data/sources/toy.py").write_text(TOY_ADAPTER.lstrip())
-    schema = root / "src/cxrstudy/params.py"
+    schema = root / "src/cxrstudy/ingestschema.py"
     text = schema.read_text()
     text = re.sub(r'(Source = Literal\[)', r'\1"toy", ', text, count=1)
     text = text.replace('    chexpert: ChexpertParams\n', '    chexpert: ChexpertParams\n    toy: ToyParams\n', 1)
@@ -113,7 +113,7 @@ def add_toy_dataset(root: Path) -> list[str]:
     raw = tiny_raw(ingest={"source": "toy", "external": "none", "toy": {"n_images": 120, "seed": 0}},
                    split={"method": "official"}, train={"epochs": 1})
     write_params(root / "params.yaml", raw)
-    return ["src/cxrstudy/data/sources/toy.py", "src/cxrstudy/params.py", "params.yaml"]
+    return ["src/cxrstudy/data/sources/toy.py", "src/cxrstudy/ingestschema.py", "params.yaml"]
 
 
 @pytest.mark.slow
