@@ -91,7 +91,8 @@ def _report(p: Params, a: argparse.Namespace) -> None:
 
     report.run(p, a.metrics, a.splits, a.out, predictions_dir=a.predictions, history_dir=a.history, raw_dir=a.raw,
                processed_dir=a.processed, figures_dir=a.figures, plots_dir=a.plots, summary_file=a.summary,
-               inputs=report.Inputs(a.coverage, a.dataset, a.external, a.grid))
+               inputs=report.Inputs(a.coverage, a.dataset, a.external, a.grid, a.external_predictions, a.localize,
+                                    a.heatmaps))
 
 
 def _coverage(p: Params, a: argparse.Namespace) -> None:
@@ -196,12 +197,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--coverage", type=Path, default=Path("metrics/coverage.json"),
                    help="the coverage stage's output: the interval methods and their measured coverage")
     p.add_argument("--dataset", type=Path, default=None,
-                   help="the data's description (data/raw/dataset.json): label source, official test list")
+                   help="the data's description (data/raw/dataset.json): label source, official test list; its "
+                        "folder's images.csv gives the subgroups (\"Whom it fails\")")
     p.add_argument("--external", type=Path, default=None,
                    help="the external evaluation's metrics folder (seed_N.json); without one the report says "
                         "there is no external test set")
     p.add_argument("--grid", type=Path, default=None,
                    help="the loss x CLAHE grid's summary (reports/experiments.json, from `cxrstudy experiments`)")
+    p.add_argument("--external-predictions", type=Path, default=None,
+                   help="the external evaluation's predictions folder (default: PREDICTIONS/external)")
+    p.add_argument("--localize", type=Path, default=None,
+                   help="the localisation metrics folder (metrics/localize, from evaluate): the \"Where it looks\" "
+                        "section")
+    p.add_argument("--heatmaps", type=Path, default=None,
+                   help="the heatmaps folder (heatmaps, from evaluate): the Grad-CAM overlay figure")
     p.add_argument("--out", type=Path, default=Path("reports/report.md"))
 
     p = stage("experiments", _experiments, "render DVC experiments (the loss × CLAHE grid) into one comparison, each "
