@@ -14,8 +14,8 @@ from typing import Any
 import jinja2
 
 from cxrstudy.reporting.cells import cell, fmt, interval, pvalue, rule, signed, span
-from cxrstudy.reporting.localisation import share as rate
 from cxrstudy.reporting.cells import percent as coverage
+from cxrstudy.reporting.localisation import share as rate
 from cxrstudy.reporting.naming import contrast_label, label
 
 MAX_CHARS = 65_536  # a GitHub comment's limit: the report is posted on pull requests

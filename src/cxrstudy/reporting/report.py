@@ -23,7 +23,7 @@ from cxrstudy.params import Params
 from cxrstudy.reporting import facts as words
 from cxrstudy.reporting import sections, tables
 from cxrstudy.reporting.caveats import Caveats, DatasetFacts, caveats, external_files, prevalence_gaps
-from cxrstudy.reporting.checks import check_against_split, check_agreement, read_split_lists
+from cxrstudy.reporting.checks import load_predictions
 from cxrstudy.reporting.coverage import COVERAGE_FILE, NO_METHOD, Coverage, load_coverage
 from cxrstudy.reporting.references import (
     References,
@@ -42,7 +42,6 @@ from cxrstudy.reporting.results import (
     SeedMetrics,
     in_order,
     load_seed_metrics,
-    read_predictions,
     read_split_summary,
 )
 from cxrstudy.reporting.sections import SectionInputs, Sections
@@ -78,10 +77,11 @@ class Inputs:
     external_predictions: Path | None = None
     localize: Path | None = None
     heatmaps: Path | None = None
+    subgroups: Path | None = None
 
     def sections(self, predictions_dir: Path | None) -> SectionInputs:
         external = self.external_predictions or (predictions_dir / "external" if predictions_dir else None)
-        return SectionInputs(self.dataset, self.external, external, self.localize, self.heatmaps)
+        return SectionInputs(self.dataset, self.external, external, self.localize, self.heatmaps, self.subgroups)
 
 
 def read_grid(path: Path | None) -> dict[str, Any] | None:
@@ -189,25 +189,6 @@ def summary_metrics(seeds: list[SeedMetrics], study: SeedStudy | None) -> dict[s
                                            "ece": clean(ens.calibration.ece_mean),
                                            "brier_skill": clean(ens.skill)}
     return out
-
-
-def load_predictions(seeds: list[SeedMetrics], predictions_dir: Path, splits_dir: Path,
-                     metrics_dir: Path) -> tuple[list[Predictions], list[Predictions]]:
-    """Every seed's test and validation predictions, checked against the split's lists, against each other and
-    against their metrics files."""
-    from cxrstudy.reporting import scoring
-
-    paths = [predictions_dir / f"seed_{s.seed}.csv" for s in seeds]
-    val_paths = [predictions_dir / "val" / f"seed_{s.seed}.csv" for s in seeds]
-    preds = [read_predictions(p) for p in paths]
-    val = [read_predictions(p) for p in val_paths]
-    split = read_split_lists(splits_dir)
-    check_against_split([(p, str(path)) for p, path in zip(preds, paths, strict=True)], split, "test")
-    check_against_split([(p, str(path)) for p, path in zip(val, val_paths, strict=True)], split, "val")
-    for s, p, path in zip(seeds, preds, paths, strict=True):
-        auroc = dict(zip(p.findings, scoring.auroc(p.labels, p.probs).tolist(), strict=True))
-        check_agreement(p, auroc, s, path, metrics_dir / f"seed_{s.seed}.json")
-    return preds, val
 
 
 def run(params: Params, metrics_dir: Path, splits_dir: Path, out_file: Path, *,

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from cxrstudy.params import Params
-from cxrstudy.reporting import external as ext
 from cxrstudy.reporting import labelquality as lq
 from cxrstudy.reporting import localisation as loc
+from cxrstudy.reporting import sites as ext
 from cxrstudy.reporting import subgroup_tables as sub_tables
 from cxrstudy.reporting import subgroups as sub
 from cxrstudy.reporting.results import Predictions
@@ -33,6 +33,7 @@ class SectionInputs:
     external_predictions: Path | None = None  # predictions/external
     localize: Path | None = None  # metrics/localize
     heatmaps: Path | None = None  # heatmaps (seed_N.npz)
+    subgroups: Path | None = None  # metrics/subgroups.json: the tables must be its tracked numbers
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,8 @@ def compute(params: Params, seeds: Sequence[int], preds: Sequence[Predictions] |
     if inputs.dataset is not None:
         found = sub.read_groups(inputs.dataset.parent, preds[0].images, params.report.age_bands)
         subgroups = sub.subgroup_study(preds, val, seeds, found, settings, params.report.age_bands)
+        if inputs.subgroups is not None:
+            sub.check_tracked(subgroups, inputs.subgroups)
     quality = lq.label_quality(preds, seeds, experts, settings) if source == NIH_SOURCE else None
     return Sections(inputs.external is not None, site, external, subgroups, localisation, experts, quality, source)
 
@@ -117,11 +120,10 @@ def context(s: Sections, params: Params, overlays: str | None) -> dict[str, Any]
 
 
 def summary(s: Sections) -> dict[str, Any]:
-    """The sections' tracked numbers for `metrics/report.json`."""
+    """The sections' tracked numbers for `metrics/report.json` (the subgroups' are the subgroups stage's own file)."""
     out: dict[str, Any] = {}
     if s.external_given:
         out.update(ext.external_summary(s.external))
-    out.update(sub_tables.subgroup_summary(s.subgroups))
     out.update(loc.localisation_summary(s.localisation))
     out.update(lq.quality_summary(s.quality))
     return out

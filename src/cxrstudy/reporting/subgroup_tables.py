@@ -1,9 +1,8 @@
-"""The "Whom it fails" section's tables and its tracked numbers (`metrics/report.json`'s `subgroups`), from a
-`SubgroupStudy` (`cxrstudy.reporting.subgroups`)."""
+"""The "Whom it fails" section's tables and facts, from a `SubgroupStudy` (`cxrstudy.reporting.subgroups`; its
+tracked numbers are the subgroups stage's `metrics/subgroups.json`)."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,36 +86,3 @@ def subgroup_facts(study: SubgroupStudy) -> SubgroupFacts:
                          sum(g.auroc is not None for g in study.gaps),
                          sum(g.underdiagnosis is not None for g in study.gaps),
                          [a for a, names in study.axis_findings.items() if not names])
-
-
-def _clean(value: float) -> float | None:
-    return None if math.isnan(value) else round(float(value), 6)
-
-
-def _tested(t: Tested | None, full: bool) -> Any:
-    if t is None:
-        return None
-    d = t.difference
-    if not full:
-        return _clean(d.value)
-    return {"value": _clean(d.value), "low": _clean(d.low), "high": _clean(d.high), "p_holm": _clean(t.p_holm)}
-
-
-def subgroup_summary(study: SubgroupStudy | None) -> dict[str, Any]:
-    """`metrics/report.json`'s `subgroups`: per model the mean AUROC and underdiagnosis rate per group and each gap
-    (the ensemble's gaps with their intervals and Holm-adjusted p)."""
-    if study is None:
-        return {}
-    out: dict[str, Any] = {"age_bands": study.age_bands}
-    for m in study.models:
-        full = m.kind == naming.ENSEMBLE or len(study.models) == 1
-        key = "ensemble" if m.kind == naming.ENSEMBLE else f"seed_{m.seed}"
-        mine = [g for g in study.gaps if g.model == m]
-        out[key] = {
-            "auroc": {f"{g.axis}.{g.name}": _clean(study.result(m, g.name).auroc.value) for g in study.groups},
-            "underdiagnosis": {f"{g.axis}.{g.name}": _clean(study.result(m, g.name).underdiagnosis.value)
-                               for g in study.groups},
-            "auroc_gap": {f"{g.axis}.{g.first}-{g.second}": _tested(g.auroc, full) for g in mine},
-            "underdiagnosis_gap": {f"{g.axis}.{g.first}-{g.second}": _tested(g.underdiagnosis, full) for g in mine},
-        }
-    return {"subgroups": out}

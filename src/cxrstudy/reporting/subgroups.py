@@ -18,20 +18,26 @@
   interval only with at least `report.min_positives` patients called "no finding" and as many not (a rate of 0 out
   of a few events has no bootstrap spread, and a gap to it would claim far more than it has); a gap is tested only
   where both groups carry intervals. Its gaps form a second family.
+- **Tracked.** The `subgroups` stage (`python -m cxrstudy subgroups`) writes the headline numbers to
+  `metrics/subgroups.json`, a DVC metrics file; the report recomputes the study for its tables and stops when they
+  are not the tracked numbers.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from threadpoolctl import threadpool_limits
 
 from cxrstudy.errors import InputError
+from cxrstudy.params import Params
 from cxrstudy.reporting import naming, scoring
 from cxrstudy.reporting.inference import (
     Estimate,
@@ -249,3 +255,87 @@ def _gaps(models: Sequence[tuple[Model, Predictions, Predictions]], found: list[
     auroc_tested, rate_tested = family(auroc_items, settings.level), family(rate_items, settings.level)
     return [Gap(m, g.axis, g.name, ref.name, None if i is None else auroc_tested[i],
                 None if j is None else rate_tested[j]) for m, g, ref, i, j in slots]
+
+
+# ------------------------------------------------------------------------------------------------ tracked numbers
+
+SUBGROUPS_FILE = "metrics/subgroups.json"
+
+
+def _clean(value: float) -> float | None:
+    return None if math.isnan(value) else round(float(value), 6)
+
+
+def _key(model: Model) -> str:
+    return "ensemble" if model.kind == naming.ENSEMBLE else f"seed_{model.seed}"
+
+
+def summary(study: SubgroupStudy) -> dict[str, Any]:
+    """The tracked numbers (`metrics/subgroups.json`'s `subgroups`), compact enough for `dvc metrics diff`: per group
+    its patients and the headline model's mean AUROC and underdiagnosis rate; per model each gap's point; and the
+    headline model's gaps (the ensemble's, else the one seed's) with their intervals and Holm-adjusted p."""
+    models = study.models
+    head = models[-1]  # the ensemble when there are several seeds
+    out: dict[str, Any] = {"age_bands": list(study.age_bands), "model": _key(head),
+                           "findings": {axis: len(names) for axis, names in study.axis_findings.items()}}
+    out["groups"] = {f"{g.axis}.{g.name}": {
+        "patients": study.counts[g.name].patients,
+        "auroc": _clean(study.result(head, g.name).auroc.value),
+        "underdiagnosis": _clean(study.result(head, g.name).underdiagnosis.value)} for g in study.groups}
+    out["gaps"] = {}
+    for gap in study.gaps:
+        name = f"{gap.axis}.{gap.first}-{gap.second}"
+        entry = out["gaps"].setdefault(name, {})
+        if gap.model == head and gap.auroc is not None:
+            d = gap.auroc.difference
+            entry.update(auroc=_clean(d.value), low=_clean(d.low), high=_clean(d.high),
+                         p_holm=_clean(gap.auroc.p_holm))
+            if gap.underdiagnosis is not None:
+                entry["underdiagnosis"] = _clean(gap.underdiagnosis.difference.value)
+        elif gap.model != head and gap.auroc is not None:
+            entry[_key(gap.model)] = _clean(gap.auroc.difference.value)
+    return {"subgroups": out}
+
+
+def compute(params: Params, metrics_dir: Path, predictions_dir: Path, splits_dir: Path, dataset: Path,
+            coverage_file: Path) -> SubgroupStudy:
+    """The subgroup study of every seed in `params.seeds`, from the checked predictions and the contract's table."""
+    from cxrstudy.reporting.checks import load_predictions
+    from cxrstudy.reporting.coverage import load_coverage
+    from cxrstudy.reporting.results import load_seed_metrics
+    from cxrstudy.reporting.study import settings
+
+    seeds = [load_seed_metrics(metrics_dir / f"seed_{seed}.json") for seed in params.seeds]
+    preds, val = load_predictions(seeds, predictions_dir, splits_dir, metrics_dir)
+    chosen = settings(params, load_coverage(coverage_file))
+    found = read_groups(dataset.parent, preds[0].images, params.report.age_bands)
+    return subgroup_study(preds, val, params.seeds, found, chosen, params.report.age_bands)
+
+
+def check_tracked(study: SubgroupStudy, path: Path) -> None:
+    """The report recomputes the study for its tables: they must be the tracked numbers in `path`, or it is stale."""
+    try:
+        tracked = json.loads(path.read_text())["subgroups"]
+    except FileNotFoundError:
+        raise InputError(f"{path}: subgroup metrics not found; run the subgroups stage "
+                         "(`dvc repro subgroups`)") from None
+    except (ValueError, KeyError, TypeError) as err:
+        raise InputError(f"{path}: malformed subgroup metrics ({type(err).__name__}: {err}); re-run the subgroups "
+                         "stage") from None
+    if tracked != json.loads(json.dumps(summary(study)["subgroups"])):
+        raise InputError(f"{path}: not the subgroups of these predictions and this data; re-run the subgroups "
+                         "stage (`dvc repro subgroups`)")
+
+
+def run(params: Params, metrics_dir: Path, predictions_dir: Path, splits_dir: Path, dataset: Path,
+        coverage_file: Path, out: Path) -> None:
+    """Stage entry point: write `out` (`metrics/subgroups.json`), the tracked numbers of "Whom it fails"."""
+    from cxrstudy.atomic import check_writable, write_json
+    from cxrstudy.numerics import environment
+
+    check_writable(out)
+    study = compute(params, metrics_dir, predictions_dir, splits_dir, dataset, coverage_file)
+    write_json(out, {**summary(study), "environment": environment(params.numerics)})
+    gaps = [g for g in study.gaps if g.model == study.models[-1] and g.auroc is not None and g.auroc.beyond_noise]
+    print(f"subgroups: {len(study.groups)} groups, {len(study.models)} model(s), {len(gaps)} AUROC gap(s) beyond "
+          f"noise for {naming.label(study.models[-1])} -> {out}")
