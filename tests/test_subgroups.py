@@ -111,17 +111,17 @@ def test_the_stage_writes_tracked_numbers_and_the_report_renders_them(tmp_path: 
     tracked = json.loads(out.read_text())
     entry = tracked["subgroups"]
     assert entry["age_bands"] == study.params.report.age_bands and entry["model"] == "ensemble"
-    assert set(entry["groups"]) == {"sex.M", "sex.F", "age.< 40", "age.40–59", "age.≥ 60", "view.PA", "view.AP",
+    assert set(entry["groups"]) == {"sex.M", "sex.F", "age.<40", "age.40-59", "age.>=60", "view.PA", "view.AP",
                                     "follow-up.first", "follow-up.later"}
     assert all(g["patients"] > 0 for g in entry["groups"].values())
-    view = entry["gaps"]["view.AP-PA"]
+    view = entry["gaps"]["view.AP-vs-PA"]
     assert view["low"] <= view["auroc"] <= view["high"] and {"seed_1", "seed_2", "seed_3"} <= set(view)
     assert "environment" in tracked
     inputs = report.Inputs(study.coverage, dataset, subgroups=out)
     text = study.run(inputs=inputs)
     section = text.split("## Whom it fails", 1)[1].split("\n## ", 1)[0]
     assert "< 40" in section and "AP − PA" in section
-    entry["gaps"]["view.AP-PA"]["auroc"] = 0.5  # a stale or edited file is not rendered
+    entry["gaps"]["view.AP-vs-PA"]["auroc"] = 0.5  # a stale or edited file is not rendered
     out.write_text(json.dumps(tracked))
     with pytest.raises(InputError, match="re-run the subgroups stage"):
         study.run(inputs=inputs)

@@ -156,7 +156,11 @@ class SubgroupStudy:
 
 def _group_stats(labels: np.ndarray, probs: np.ndarray, index: np.ndarray, n_patients: int, counts: np.ndarray,
                  rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-finding AUROC of the `rows` on the test set, on every draw of `counts` and with each patient left out."""
+    """Per-finding AUROC of the `rows` on the test set, on every draw of `counts` and with each patient left out
+    (NaN throughout for an empty group: a view no test image has)."""
+    if not rows.any():
+        nan = np.full(labels.shape[1], np.nan)
+        return nan, np.tile(nan, (len(counts), 1)), np.tile(nan, (n_patients, 1))
     y, p, idx = labels[rows], probs[rows], index[rows]
     point = scoring.auroc(y, p)
     with threadpool_limits(limits=1, user_api="blas"):
@@ -270,29 +274,36 @@ def _key(model: Model) -> str:
     return "ensemble" if model.kind == naming.ENSEMBLE else f"seed_{model.seed}"
 
 
+def _ascii(name: str) -> str:
+    """A group's name as a metrics key ("≥ 60" -> ">=60", "40–59" -> "40-59"), plain for `dvc metrics diff`."""
+    return name.replace("≥ ", ">=").replace("< ", "<").replace("–", "-")
+
+
 def summary(study: SubgroupStudy) -> dict[str, Any]:
     """The tracked numbers (`metrics/subgroups.json`'s `subgroups`), compact enough for `dvc metrics diff`: per group
-    its patients and the headline model's mean AUROC and underdiagnosis rate; per model each gap's point; and the
-    headline model's gaps (the ensemble's, else the one seed's) with their intervals and Holm-adjusted p."""
+    its patients (all, and with a finding) and the headline model's mean AUROC and underdiagnosis rate; per tested
+    gap each seed's point, and the headline model's (the ensemble's, else the one seed's) with its interval and
+    Holm-adjusted p."""
     models = study.models
     head = models[-1]  # the ensemble when there are several seeds
     out: dict[str, Any] = {"age_bands": list(study.age_bands), "model": _key(head),
                            "findings": {axis: len(names) for axis, names in study.axis_findings.items()}}
-    out["groups"] = {f"{g.axis}.{g.name}": {
-        "patients": study.counts[g.name].patients,
+    out["groups"] = {f"{g.axis}.{_ascii(g.name)}": {
+        "patients": study.counts[g.name].patients, "patients_with_finding": study.counts[g.name].with_finding_patients,
         "auroc": _clean(study.result(head, g.name).auroc.value),
         "underdiagnosis": _clean(study.result(head, g.name).underdiagnosis.value)} for g in study.groups}
     out["gaps"] = {}
     for gap in study.gaps:
-        name = f"{gap.axis}.{gap.first}-{gap.second}"
-        entry = out["gaps"].setdefault(name, {})
-        if gap.model == head and gap.auroc is not None:
+        if gap.auroc is None:
+            continue  # no finding eligible in both groups: nothing tested
+        entry = out["gaps"].setdefault(f"{gap.axis}.{_ascii(gap.first)}-vs-{_ascii(gap.second)}", {})
+        if gap.model == head:
             d = gap.auroc.difference
             entry.update(auroc=_clean(d.value), low=_clean(d.low), high=_clean(d.high),
                          p_holm=_clean(gap.auroc.p_holm))
             if gap.underdiagnosis is not None:
                 entry["underdiagnosis"] = _clean(gap.underdiagnosis.difference.value)
-        elif gap.model != head and gap.auroc is not None:
+        else:
             entry[_key(gap.model)] = _clean(gap.auroc.difference.value)
     return {"subgroups": out}
 
