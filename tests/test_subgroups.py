@@ -63,6 +63,8 @@ def test_a_planted_view_gap_is_found_with_its_sign(tmp_path: Path) -> None:
         assert d.value < 0 and d.high < 0, f"{g.model}: AP - PA = {d.value:.3f} [{d.low:.3f}, {d.high:.3f}]"
         assert g.auroc.beyond_noise, f"{g.model}: Holm-adjusted p {g.auroc.p_holm}"
     assert result.axis_findings["view"], "the view means are over at least one eligible finding"
+    beyond = {g.axis for g in result.gaps if g.auroc is not None and g.auroc.beyond_noise}
+    assert beyond == {"view"}, "only the planted axis goes beyond noise"
 
 
 def test_with_nothing_planted_no_gap_is_claimed(tmp_path: Path) -> None:
