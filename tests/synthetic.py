@@ -212,3 +212,135 @@ def write_split(folder: Path, parts: dict[str, tuple[list[str], list[str]]]) -> 
         (folder / f"{part}.txt").write_text("".join(f"{n}\n" for n in images))
         summary[part] = {"images": len(images), "patients": len(set(patients))}
     (folder / "summary.json").write_text(json.dumps(summary))
+
+
+# NIH's findings that CheXpert shares (resources/label_map.csv), under NIH's names, and CheXpert's name for each.
+SHARED = {"Atelectasis": "Atelectasis", "Cardiomegaly": "Cardiomegaly", "Consolidation": "Consolidation",
+          "Edema": "Edema", "Effusion": "Pleural Effusion", "Pneumonia": "Pneumonia", "Pneumothorax": "Pneumothorax"}
+
+
+def make_external(study: Study, n_test: int = 240, n_patients: int = 160, strength: float | dict[str, float] = 0.9,
+                  counts: dict[str, int] | None = None, data_seed: int = 11, masked: float = 0.0,
+                  shared: dict[str, str] | None = None) -> Path:
+    """The external stage's files for every seed of `study`: `metrics/external/seed_N.json` (its keys, AUROCs from
+    the predictions) and `predictions/external/seed_N.csv` (the model's names for the shared findings). `strength`:
+    how separable each finding is at the external site (lower than the internal site's plants a drop)."""
+    shared = shared or SHARED
+    names = tuple(shared)
+    data = np.random.default_rng(data_seed)
+    labels = _labels(data, n_test, names, counts or {})
+    labels[(data.random(labels.shape) < masked) & (labels == 0)] = np.nan
+    patients = [f"x{v:05d}" for v in np.sort(data.integers(0, n_patients, n_test))]
+    images = [f"patient{i:05d}_study1_view1_frontal.jpg" for i in range(n_test)]
+    signal = np.array([strength.get(n, 0.9) if isinstance(strength, dict) else strength for n in names])
+    common = data.normal(0, 1.0, labels.shape)
+    for seed in study.params.seeds:
+        probs = _probs(np.random.default_rng(seed + 100), labels, signal, common, 0.35)
+        auroc = scoring.auroc(labels, probs)
+        write_predictions(study.root / f"predictions/external/seed_{seed}.csv", images, patients, names, labels, probs)
+        payload = {"seed": seed, "external": {
+            "source": "chexpert_phantom", "name": "CheXpert-shaped phantom (site B)", "site": "B",
+            "label_source": "CheXpert's labeler on real report rows", "official_test": "every image",
+            "uncertain": "ignore", "findings": dict(shared), "n_test": n_test,
+            "test_patients": len(set(patients)), "auroc": {n: _clean(v) for n, v in zip(names, auroc, strict=True)},
+            "auroc_mean": _clean(float(np.nanmean(auroc)))}}
+        (study.root / "metrics/external").mkdir(parents=True, exist_ok=True)
+        (study.root / f"metrics/external/seed_{seed}.json").write_text(json.dumps(payload, indent=2))
+    return study.root / "metrics/external"
+
+
+def no_external(study: Study) -> Path:
+    """What the external stage writes with `ingest.external: none`, for every seed of `study`."""
+    (study.root / "metrics/external").mkdir(parents=True, exist_ok=True)
+    (study.root / "predictions/external").mkdir(parents=True, exist_ok=True)
+    for seed in study.params.seeds:
+        (study.root / f"metrics/external/seed_{seed}.json").write_text(json.dumps(
+            {"seed": seed, "external": None, "reason": "no external test set (ingest.external: none)"}))
+        (study.root / f"predictions/external/seed_{seed}.csv").write_text("image,patient\n")
+    return study.root / "metrics/external"
+
+
+def write_dataset(study: Study, folder: Path | None = None, source: str = "phantom",
+                  label_source: str = "real NIH label rows (NLP-mined)", official_test: str = "the phantom's own",
+                  data_seed: int = 5, ap_share: float = 0.3) -> Path:
+    """The contract's `dataset.json` and `images.csv` for `study`'s test and validation images (sex, age, view and
+    follow-up drawn per patient and image, labels from the predictions); returns the dataset.json path."""
+    from cxrstudy.data.dataset import COLUMNS, DatasetInfo
+
+    folder = folder or study.root / "data/raw"
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(data_seed)
+    frames = []
+    for part in ("seed_{}.csv", "val/seed_{}.csv"):
+        frame = pd.read_csv(study.predictions / part.format(study.params.seeds[0]), dtype=str,
+                            keep_default_na=False)
+        frames.append(frame)
+    table = pd.concat(frames, ignore_index=True)
+    findings = [c[len("label_"):] for c in table.columns if c.startswith("label_")]
+    patients = sorted(set(table["patient"]))
+    sex = dict(zip(patients, rng.choice(["M", "F"], len(patients)), strict=True))
+    age = dict(zip(patients, rng.integers(20, 85, len(patients)), strict=True))
+    out = pd.DataFrame({"image": table["image"], "patient": table["patient"],
+                        "study": table["patient"] + "_" + table.groupby("patient").cumcount().astype(str),
+                        "follow_up": table.groupby("patient").cumcount(),
+                        "sex": table["patient"].map(sex), "age": table["patient"].map(age).astype(str),
+                        "view": np.where(rng.random(len(table)) < ap_share, "AP", "PA"), "site": "A",
+                        "official_split": ""})
+    for name in findings:
+        out[name] = table[f"label_{name}"]
+    out = out[[*COLUMNS, *findings]]
+    out.to_csv(folder / "images.csv", index=False)
+    info = DatasetInfo(source, "synthetic", "A", "nih", tuple(findings), "ignore", label_source, official_test,
+                       {"images": len(out)})
+    (folder / "dataset.json").write_text(json.dumps(info.to_json()))
+    return folder / "dataset.json"
+
+
+def write_localize(study: Study, hit: dict[int, float] | float = 0.4, chance: float = 0.06, shuffled: float = 0.15,
+                   boxes_per_finding: dict[str, int] | None = None, data_seed: int = 3) -> tuple[Path, Path]:
+    """The evaluate stage's localisation outputs for every seed of `study`, `metrics/localize/seed_N.json` (summed up
+    by the stage's own `summarize` from per-box hits drawn with these rates) and `heatmaps/seed_N.npz` (one figure
+    sample per finding); returns both folders."""
+    from cxrstudy.learning import boxscore, localize
+
+    boxes_per_finding = boxes_per_finding or {"Infiltration": 40, "Effusion": 20, "Nodule": 6}
+    rng = np.random.default_rng(data_seed)
+    images, patients = [], []
+    pred = pd.read_csv(study.predictions / f"seed_{study.params.seeds[0]}.csv", dtype=str, keep_default_na=False)
+    rows = rng.choice(len(pred), sum(boxes_per_finding.values()), replace=False)
+    images, patients = pred["image"].to_numpy()[rows], pred["patient"].to_numpy()[rows]
+    boxes = pd.DataFrame({"image": images, "patient": patients,
+                          "finding": [f for f, n in boxes_per_finding.items() for _ in range(n)]})
+    ids, index = np.unique(patients, return_inverse=True)
+    params = study.params
+    width = 1 + len(params.localize.iobb_thresholds)
+    draws = boxscore.patient_draws(len(ids), params.report.bootstrap, params.report.bootstrap_seed)
+    size = 16
+    for seed in params.seeds:
+        rate = hit.get(seed, 0.4) if isinstance(hit, dict) else hit
+        local = np.random.default_rng(seed)
+        scores = ((local.random((len(boxes), width)) < rate).astype(float), np.full((len(boxes), width), chance),
+                  (local.random((len(boxes), width)) < shuffled).astype(float))
+        findings = {name: localize.summarize((boxes["finding"] == name).to_numpy(), boxes, scores, draws, index,
+                                             params) for name in boxes_per_finding}
+        pooled = localize.summarize(np.ones(len(boxes), bool), boxes, scores, draws, index, params)
+        metrics = {"seed": seed, "method": localize.METHOD, "layer": params.localize.layer, "map_size": [4, 4],
+                   "image_size": size, "box_levels": params.localize.box_levels,
+                   "iobb_thresholds": params.localize.iobb_thresholds, "bootstrap": params.report.bootstrap,
+                   "level": params.report.level, "flat_maps": 0, "heatmaps": len(boxes), "pooled": pooled,
+                   "findings": findings}
+        (study.root / "metrics/localize").mkdir(parents=True, exist_ok=True)
+        (study.root / f"metrics/localize/seed_{seed}.json").write_text(json.dumps(metrics, indent=2))
+        first = [int(np.flatnonzero(boxes["finding"] == f)[0]) for f in boxes_per_finding]
+        arrays = {"seed": np.array(seed), "layer": np.array(params.localize.layer),
+                  "image": np.array([images[i] for i in first], dtype=str),
+                  "finding": np.array(list(boxes_per_finding), dtype=str),
+                  "pixels": local.integers(0, 255, (len(first), size, size)).astype(np.uint8),
+                  "heatmap": local.integers(0, 255, (len(first), size, size)).astype(np.uint8),
+                  "truth": np.array([(s, 0.2, 0.2, 0.5, 0.5) for s in range(len(first))], dtype=np.float64),
+                  "predicted": np.array([(s, 0.25, 0.25, 0.5, 0.6) for s in range(len(first))], dtype=np.float64),
+                  "peak": np.full((len(first), 2), 0.3), "pointing_hit": np.ones(len(first), bool)}
+        (study.root / "heatmaps").mkdir(parents=True, exist_ok=True)
+        with (study.root / f"heatmaps/seed_{seed}.npz").open("wb") as handle:
+            localize.write_npz(handle, arrays)
+    return study.root / "metrics/localize", study.root / "heatmaps"

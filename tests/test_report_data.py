@@ -20,7 +20,7 @@ from cxrstudy.reporting import caveats, report
 from cxrstudy.reporting.references import load_references
 from cxrstudy.reporting.results import parse_predictions, read_predictions
 from tests.conftest import ROOT, markdown_tables, run_cli, table_after, tiny_raw, write_params
-from tests.synthetic import CHEXPERT_NAMES, Study, make_study
+from tests.synthetic import CHEXPERT_NAMES, Study, make_external, make_study, no_external, write_dataset
 
 
 def column(table: list[list[str]], name: str) -> dict[str, str]:
@@ -151,9 +151,12 @@ def test_the_caveats_take_their_inputs_as_arguments(tmp_path: Path) -> None:
     none = caveats.caveats(facts, [], [], [gap], phantom=False)
     assert not none.has_external and none.prevalence == [] and none.dataset == facts
     found = tmp_path / "seed_12.json"
-    found.write_text("{}")
+    found.write_text('{"seed": 12, "external": {"name": "site B"}}')
+    (tmp_path / "seed_22.json").write_text('{"seed": 22, "external": null, "reason": "no external test set"}')
     some = caveats.caveats(None, caveats.external_files(tmp_path, [12, 22]), [], [gap], phantom=True)
     assert some.has_external and some.external == [str(found)] and some.prevalence == [gap]
+    found.write_text('{"seed": 12, "external": null}')
+    assert caveats.external_files(tmp_path, [12, 22]) == [], "a file saying external: null is no external test"
     assert gap.ratio == pytest.approx(20.0)
 
 
@@ -183,12 +186,10 @@ def test_the_phantoms_prevalences_are_compared_with_nihs_from_the_data(tmp_path:
 def test_a_real_data_report_names_its_label_source_external_test_and_confounders(tmp_path: Path,
                                                                                  external: bool) -> None:
     study = make_study(tmp_path, seeds=[1, 2], bootstrap=30, ingest={"source": "nih"})
-    (tmp_path / "dataset.json").write_text(json.dumps({"label_source": "mined from reports by an NLP labeller",
-                                                       "official_test": "NIH's test_list.txt"}))
-    if external:
-        (tmp_path / "metrics/external").mkdir(parents=True)
-        (tmp_path / "metrics/external/seed_1.json").write_text("{}")
-    text = study.run(inputs=report.Inputs(study.coverage, tmp_path / "dataset.json", tmp_path / "metrics/external"))
+    dataset = write_dataset(study, source="nih", label_source="mined from reports by an NLP labeller",
+                            official_test="NIH's test_list.txt")
+    folder = make_external(study) if external else no_external(study)
+    text = study.run(inputs=report.Inputs(study.coverage, dataset, folder))
     block = text.split("## Caveats", 1)[1].split("\n## ", 1)[0]
     assert "**Labels:** mined from reports by an NLP labeller." in block
     assert "**Official test list:** NIH's test_list.txt." in block

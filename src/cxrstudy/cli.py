@@ -96,7 +96,14 @@ def _report(p: Params, a: argparse.Namespace) -> None:
 
     report.run(p, a.metrics, a.splits, a.out, predictions_dir=a.predictions, history_dir=a.history, raw_dir=a.raw,
                processed_dir=a.processed, figures_dir=a.figures, plots_dir=a.plots, summary_file=a.summary,
-               inputs=report.Inputs(a.coverage, a.dataset, a.external, a.grid))
+               inputs=report.Inputs(a.coverage, a.dataset, a.external, a.grid, a.external_predictions, a.localize,
+                                    a.heatmaps, a.subgroups))
+
+
+def _subgroups(p: Params, a: argparse.Namespace) -> None:
+    from cxrstudy.reporting import subgroups
+
+    subgroups.run(p, a.metrics, a.predictions, a.splits, a.dataset, a.coverage, a.out)
 
 
 def _coverage(p: Params, a: argparse.Namespace) -> None:
@@ -196,6 +203,16 @@ def build_parser() -> argparse.ArgumentParser:
                                      "choose their method (metrics/coverage.json)")
     p.add_argument("--out", type=Path, default=Path("metrics/coverage.json"))
 
+    p = stage("subgroups", _subgroups, "per sex, age band, view and follow-up: each seed's and the ensemble's mean "
+                                       "AUROC and underdiagnosis rate, and the gaps (metrics/subgroups.json)")
+    p.add_argument("--metrics", type=Path, default=Path("metrics/eval"))
+    p.add_argument("--predictions", type=Path, default=Path("predictions"))
+    p.add_argument("--splits", type=Path, default=SPLITS)
+    p.add_argument("--dataset", type=Path, default=RAW / "dataset.json",
+                   help="the data's description; its folder's images.csv gives sex, age, view and follow-up")
+    p.add_argument("--coverage", type=Path, default=Path("metrics/coverage.json"))
+    p.add_argument("--out", type=Path, default=Path("metrics/subgroups.json"))
+
     p = stage("report", _report, "render reports/report.md (and its figures) from the metrics and predictions")
     p.add_argument("--metrics", type=Path, default=Path("metrics/eval"))
     p.add_argument("--predictions", type=Path, default=Path("predictions"))
@@ -209,12 +226,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--coverage", type=Path, default=Path("metrics/coverage.json"),
                    help="the coverage stage's output: the interval methods and their measured coverage")
     p.add_argument("--dataset", type=Path, default=None,
-                   help="the data's description (data/raw/dataset.json): label source, official test list")
+                   help="the data's description (data/raw/dataset.json): label source, official test list; its "
+                        "folder's images.csv gives the subgroups (\"Whom it fails\")")
     p.add_argument("--external", type=Path, default=None,
                    help="the external evaluation's metrics folder (seed_N.json); without one the report says "
                         "there is no external test set")
     p.add_argument("--grid", type=Path, default=None,
                    help="the loss x CLAHE grid's summary (reports/experiments.json, from `cxrstudy experiments`)")
+    p.add_argument("--external-predictions", type=Path, default=None,
+                   help="the external evaluation's predictions folder (default: PREDICTIONS/external)")
+    p.add_argument("--localize", type=Path, default=None,
+                   help="the localisation metrics folder (metrics/localize, from evaluate): the \"Where it looks\" "
+                        "section")
+    p.add_argument("--heatmaps", type=Path, default=None,
+                   help="the heatmaps folder (heatmaps, from evaluate): the Grad-CAM overlay figure")
+    p.add_argument("--subgroups", type=Path, default=None,
+                   help="the subgroups stage's metrics/subgroups.json: \"Whom it fails\" must show its numbers")
     p.add_argument("--out", type=Path, default=Path("reports/report.md"))
 
     p = stage("experiments", _experiments, "render DVC experiments (the loss × CLAHE grid) into one comparison, each "

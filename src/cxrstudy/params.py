@@ -147,7 +147,16 @@ class ReportParams(_Section):
     # Findings with fewer positive test patients get no interval, no rank and no claim (chosen with `coverage`).
     min_positives: Annotated[int, Field(ge=1, le=100000)]
     clahe_samples: Annotated[int, Field(ge=1, le=12)]
+    # Age bands of the subgroup analysis: the cut points in years, rising ([40, 60]: < 40, 40-59, >= 60).
+    age_bands: Annotated[list[Annotated[int, Field(ge=1, le=150)]], Field(min_length=1, max_length=10)]
     coverage: CoverageParams
+
+    @field_validator("age_bands")
+    @classmethod
+    def _rising(cls, value: list[int]) -> list[int]:
+        if any(b <= a for a, b in zip(value, value[1:], strict=False)):
+            raise ValueError(f"age_bands must rise strictly (cut points in years, e.g. [40, 60]); got {value}")
+        return value
 
 
 class LocalizeParams(_Section):

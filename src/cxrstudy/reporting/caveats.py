@@ -51,10 +51,21 @@ def read_dataset_facts(path: Path) -> DatasetFacts:
 
 
 def external_files(folder: Path | None, seeds: Sequence[int]) -> list[Path]:
-    """The external evaluation's metrics files (`<folder>/seed_N.json`) that exist for these seeds."""
+    """The external evaluation's metrics files (`<folder>/seed_N.json`) of these seeds that hold an external test:
+    a file saying `"external": null` (`ingest.external: none`) is no external test set, and neither is one that
+    cannot be read as such."""
     if folder is None:
         return []
-    return [p for s in seeds if (p := folder / f"seed_{s}.json").is_file()]
+    found = []
+    for seed in seeds:
+        path = folder / f"seed_{seed}.json"
+        try:
+            tested = path.is_file() and json.loads(path.read_text()).get("external") is not None
+        except (ValueError, AttributeError):
+            tested = False
+        if tested:
+            found.append(path)
+    return found
 
 
 @dataclass(frozen=True)
@@ -91,13 +102,15 @@ def prevalence_gaps(findings: Sequence[str], labels: np.ndarray, reference: Mapp
 
 @dataclass(frozen=True)
 class Caveats:
-    """Everything the caveats block words: `external` lists the external metrics files found (empty: none)."""
+    """Everything the caveats block words: `external` lists the external metrics files found (empty: none), `site`
+    names the external test site."""
 
     dataset: DatasetFacts | None
     external: list[str]
     confounders: list[Confounder]
     prevalence: list[PrevalenceGap]
     phantom: bool
+    site: str = ""
 
     @property
     def has_external(self) -> bool:
@@ -105,7 +118,8 @@ class Caveats:
 
 
 def caveats(dataset: DatasetFacts | None, external: Sequence[Path], confounders: Sequence[Confounder],
-            prevalence: Sequence[PrevalenceGap], phantom: bool) -> Caveats:
-    """The caveats of one run; `prevalence` is shown on a phantom run only (its sample is not NIH's mix)."""
+            prevalence: Sequence[PrevalenceGap], phantom: bool, site: str = "") -> Caveats:
+    """The caveats of one run; `prevalence` is shown on a phantom run only (its sample is not NIH's mix); `site`:
+    the external test site's name, when the report read its results."""
     return Caveats(dataset, [str(p) for p in external], list(confounders), list(prevalence) if phantom else [],
-                   phantom)
+                   phantom, site)

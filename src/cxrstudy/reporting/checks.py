@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from cxrstudy.errors import InputError
-from cxrstudy.reporting.results import AUROC_TOLERANCE, Predictions, SeedMetrics
+from cxrstudy.reporting import scoring
+from cxrstudy.reporting.results import AUROC_TOLERANCE, Predictions, SeedMetrics, read_predictions
 
 PARTS = ("test", "val")
 
@@ -139,3 +140,20 @@ def check_agreement(pred: Predictions, auroc: Mapping[str, float], metrics: Seed
             raise InputError(f"{pred_path} and {metrics_path} disagree on {name} AUROC ({value:.4f} from the "
                              f"predictions, {stored:.4f} in the metrics); re-run the evaluate stage for seed "
                              f"{metrics.seed}")
+
+
+def load_predictions(seeds: list[SeedMetrics], predictions_dir: Path, splits_dir: Path,
+                     metrics_dir: Path) -> tuple[list[Predictions], list[Predictions]]:
+    """Every seed's test and validation predictions, checked against the split's lists, against each other and
+    against their metrics files."""
+    paths = [predictions_dir / f"seed_{s.seed}.csv" for s in seeds]
+    val_paths = [predictions_dir / "val" / f"seed_{s.seed}.csv" for s in seeds]
+    preds = [read_predictions(p) for p in paths]
+    val = [read_predictions(p) for p in val_paths]
+    split = read_split_lists(splits_dir)
+    check_against_split([(p, str(path)) for p, path in zip(preds, paths, strict=True)], split, "test")
+    check_against_split([(p, str(path)) for p, path in zip(val, val_paths, strict=True)], split, "val")
+    for s, p, path in zip(seeds, preds, paths, strict=True):
+        auroc = dict(zip(p.findings, scoring.auroc(p.labels, p.probs).tolist(), strict=True))
+        check_agreement(p, auroc, s, path, metrics_dir / f"seed_{s.seed}.json")
+    return preds, val

@@ -22,6 +22,10 @@ HEAD_VS_BASE = "head vs base"  # the same model at two revisions
 LOSS = "loss"  # an arm - the arm with the baseline's loss and the same CLAHE setting
 CLAHE = "clahe"  # CLAHE on - off, same loss
 OTHER = "other"  # an arm that differs from the baseline in more than the loss or CLAHE - the baseline
+SITE_DROP = "site drop"  # one model at the training site - the same model at the external site (independent sets)
+EXTERNAL = "external"  # an arm - the baseline, both scored at the external site
+SUBGROUP = "subgroup"  # one model on one subgroup - the same model on another (e.g. AP - PA), same test patients
+LABEL_SET = "label set"  # one model scored against the experts' labels - against the dataset's own, same images
 
 
 @dataclass(frozen=True, order=True)
@@ -49,6 +53,12 @@ def mean(count: int = 0, arm: str = "") -> Model:
 
 def arm(name: str) -> Model:
     return Model(ARM, arm=name)
+
+
+def scored_on(model: Model, where: str) -> Model:
+    """`model` scored on one group or site (`where`, e.g. "AP", "external site"): the same model, told apart from
+    itself on another group by `arm`, so that a within-model contrast has two distinct sides."""
+    return Model(model.kind, model.seed, model.count, where)
 
 
 @dataclass(frozen=True, order=True)
@@ -86,6 +96,8 @@ def contrast_label(c: Contrast) -> str:
         return label(Model(c.first.kind, c.first.seed, c.first.count))
     if c.kind == ENSEMBLE_VS_BEST:
         return f"ensemble − best seed ({c.second.seed})"
+    if c.kind in (SITE_DROP, SUBGROUP, LABEL_SET):  # the same model twice: the groups it is scored on say it
+        return f"{label(Model(c.first.kind, c.first.seed, c.first.count))}: {c.first.arm} − {c.second.arm}"
     return f"{label(c.first)} − {label(c.second)}"
 
 

@@ -19,6 +19,7 @@ from cxrstudy.errors import InputError
 from cxrstudy.params import Params
 from cxrstudy.reporting.caveats import Confounder, DatasetFacts
 from cxrstudy.reporting.cells import MeanSd, Table, cell, f1_label, fmt
+from cxrstudy.reporting.localisation import PublishedLocalisation, published_table, read_published
 from cxrstudy.reporting.results import SeedMetrics, num
 from cxrstudy.reporting.stats import mean_sd
 from cxrstudy.reporting.study import SeedStudy
@@ -60,6 +61,7 @@ class References:
     label_counts_source: str
     sources: dict[str, DatasetFacts]
     confounders: list[Confounder]
+    localisation: tuple[str, str, list[PublishedLocalisation]] | None = None  # Wang et al. 2017: metric, model, sets
 
     @property
     def findings(self) -> tuple[str, ...]:
@@ -106,7 +108,8 @@ def load_references(path: Path | None = None) -> References:
                           {str(k): int(v) for k, v in counts["counts"].items()}, int(counts["images"]),
                           str(counts["source"]),
                           {str(k): DatasetFacts.from_mapping(v) for k, v in raw["sources"].items()},
-                          [Confounder(str(c["name"]), str(c["text"]), str(c["source"])) for c in raw["confounders"]])
+                          [Confounder(str(c["name"]), str(c["text"]), str(c["source"])) for c in raw["confounders"]],
+                          read_published(raw["localisation"]) if "localisation" in raw else None)
     except FileNotFoundError:
         raise InputError(f"{path}: published references file not found") from None
     except (KeyError, ValueError, TypeError, AttributeError, yaml.YAMLError) as err:
@@ -221,3 +224,14 @@ def reference_facts(seeds: list[SeedMetrics], refs: References) -> ReferenceFact
         mean_sd([s.auroc_mean for s in refs.study.values()])[0],
         max(official, key=lambda m: m.auroc_mean) if official else None,
         min(random, key=lambda m: m.auroc_mean) if random else None, min(f1s), max(f1s))
+
+
+def published_localisation(refs: References) -> dict[str, Any] | None:
+    """Wang et al. 2017's localisation tables, for the published references: metric, model, and per set its name,
+    split, source and table (their numbers; never beside this run's)."""
+    if refs.localisation is None:
+        return None
+    metric, model, sets = refs.localisation
+    return {"metric": metric, "model": model,
+            "sets": [{"name": p.name, "split": p.split_note, "source": p.source, "table": published_table(p)}
+                     for p in sets]}

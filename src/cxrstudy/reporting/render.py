@@ -15,6 +15,7 @@ import jinja2
 
 from cxrstudy.reporting.cells import cell, fmt, interval, pvalue, rule, signed, span
 from cxrstudy.reporting.cells import percent as coverage
+from cxrstudy.reporting.localisation import share as rate
 from cxrstudy.reporting.naming import contrast_label, label
 
 MAX_CHARS = 65_536  # a GitHub comment's limit: the report is posted on pull requests
@@ -46,7 +47,7 @@ def environment() -> jinja2.Environment:
                              keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
     env.filters.update(fmt=fmt, signed=signed, cell=cell, rule=rule, interval=interval, pvalue=pvalue, words=words,
                        pretty=pretty, percent=percent, share=share, span=span, coverage=coverage, label=label,
-                       clabel=contrast_label)
+                       clabel=contrast_label, rate=rate)
     return env
 
 

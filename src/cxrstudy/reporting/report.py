@@ -21,9 +21,9 @@ from cxrstudy.atomic import atomic_file, check_writable, write_json
 from cxrstudy.errors import InputError
 from cxrstudy.params import Params
 from cxrstudy.reporting import facts as words
-from cxrstudy.reporting import tables
+from cxrstudy.reporting import sections, tables
 from cxrstudy.reporting.caveats import Caveats, DatasetFacts, caveats, external_files, prevalence_gaps
-from cxrstudy.reporting.checks import check_against_split, check_agreement, read_split_lists
+from cxrstudy.reporting.checks import load_predictions
 from cxrstudy.reporting.coverage import COVERAGE_FILE, NO_METHOD, Coverage, load_coverage
 from cxrstudy.reporting.references import (
     References,
@@ -31,6 +31,7 @@ from cxrstudy.reporting.references import (
     legend,
     load_references,
     our_split,
+    published_localisation,
     reference_facts,
     references_tables,
 )
@@ -41,9 +42,9 @@ from cxrstudy.reporting.results import (
     SeedMetrics,
     in_order,
     load_seed_metrics,
-    read_predictions,
     read_split_summary,
 )
+from cxrstudy.reporting.sections import SectionInputs, Sections
 from cxrstudy.reporting.stats import mean_sd, min_max
 from cxrstudy.reporting.study import SeedStudy, seed_study, settings
 
@@ -60,17 +61,27 @@ class Figures:
     clahe: str | None = None
     training: str | None = None
     reliability: str | None = None
+    overlays: str | None = None
 
 
 @dataclass(frozen=True)
 class Inputs:
     """What the report reads besides the metrics, predictions and split: the coverage simulation, and (optional)
-    the data's own description, the external evaluation's metrics folder and the loss x CLAHE grid's summary."""
+    the data's own description (its folder's `images.csv` gives the subgroups), the external evaluation's metrics
+    and predictions folders, the loss x CLAHE grid's summary, and the localisation metrics and heatmaps folders."""
 
     coverage: Path | None = Path(COVERAGE_FILE)
     dataset: Path | None = None
     external: Path | None = None
     grid: Path | None = None
+    external_predictions: Path | None = None
+    localize: Path | None = None
+    heatmaps: Path | None = None
+    subgroups: Path | None = None
+
+    def sections(self, predictions_dir: Path | None) -> SectionInputs:
+        external = self.external_predictions or (predictions_dir / "external" if predictions_dir else None)
+        return SectionInputs(self.dataset, self.external, external, self.localize, self.heatmaps, self.subgroups)
 
 
 def read_grid(path: Path | None) -> dict[str, Any] | None:
@@ -85,7 +96,7 @@ def read_grid(path: Path | None) -> dict[str, Any] | None:
 
 
 def run_caveats(params: Params, refs: References, seeds: list[SeedMetrics], preds: list[Predictions] | None,
-                inputs: Inputs) -> Caveats:
+                inputs: Inputs, site: str = "") -> Caveats:
     """The caveats from the data's description (else the source's entry in references.yaml), the external
     metrics files found, the known confounders and, on the phantom, its prevalences against NIH's."""
     from cxrstudy.reporting.caveats import read_dataset_facts
@@ -95,14 +106,16 @@ def run_caveats(params: Params, refs: References, seeds: list[SeedMetrics], pred
     gaps = (prevalence_gaps(preds[0].findings, preds[0].labels, refs.label_counts, refs.label_images)
             if preds else [])
     return caveats(dataset, external_files(inputs.external, [s.seed for s in seeds]), refs.confounders, gaps,
-                   is_phantom(params))
+                   is_phantom(params), site)
 
 
 def context(params: Params, seeds: list[SeedMetrics], split: dict[str, Any] | None, study: SeedStudy | None,
             refs: References, figures: Figures, coverage: Coverage | None = None,
-            preds: list[Predictions] | None = None, inputs: Inputs | None = None) -> dict[str, Any]:
+            preds: list[Predictions] | None = None, inputs: Inputs | None = None,
+            parts: Sections | None = None) -> dict[str, Any]:
     """Everything `report.md.j2` renders."""
     inputs = inputs or Inputs(coverage=None)
+    parts = parts or Sections()
     t: dict[str, Any] = {
         "overall": tables.overall_table(seeds, study), "per_class": tables.per_class_table(seeds, study, coverage),
         "best": tables.best_table(seeds, study), "f1": tables.f1_table(seeds, study),
@@ -121,7 +134,7 @@ def context(params: Params, seeds: list[SeedMetrics], split: dict[str, Any] | No
     if study is not None and preds is not None and study.settings.resamples:
         effect = loss_effect(read_grid(inputs.grid), words.loss_key(params.train.loss))
         calib = words.calibration_facts(study, preds, effect, words.loss_key(params.train.loss))
-    notes = run_caveats(params, refs, seeds, preds, inputs)
+    notes = run_caveats(params, refs, seeds, preds, inputs, parts.site.name if parts.site else "")
     if notes.prevalence:
         t["prevalence"] = tables.prevalence_table(notes.prevalence, "NIH ChestX-ray14, all images")
     return {"params": params, "phantom": is_phantom(params), "split": split, "split_name": our_split(params),
@@ -130,7 +143,8 @@ def context(params: Params, seeds: list[SeedMetrics], split: dict[str, Any] | No
             "caveats": notes, "methods": tables.METHOD_NAMES,
             "refs": {"tables": references_tables(params, seeds, study, refs), "legend": legend(params, refs),
                      "facts": reference_facts(seeds, refs), "study_split_label": refs.study_split.label,
-                     "counts_source": refs.label_counts_source}}
+                     "counts_source": refs.label_counts_source, "localisation": published_localisation(refs)},
+            "s": sections.context(parts, params, figures.overlays)}
 
 
 def coverage_summary(coverage: Coverage | None) -> dict[str, Any]:
@@ -177,25 +191,6 @@ def summary_metrics(seeds: list[SeedMetrics], study: SeedStudy | None) -> dict[s
     return out
 
 
-def load_predictions(seeds: list[SeedMetrics], predictions_dir: Path, splits_dir: Path,
-                     metrics_dir: Path) -> tuple[list[Predictions], list[Predictions]]:
-    """Every seed's test and validation predictions, checked against the split's lists, against each other and
-    against their metrics files."""
-    from cxrstudy.reporting import scoring
-
-    paths = [predictions_dir / f"seed_{s.seed}.csv" for s in seeds]
-    val_paths = [predictions_dir / "val" / f"seed_{s.seed}.csv" for s in seeds]
-    preds = [read_predictions(p) for p in paths]
-    val = [read_predictions(p) for p in val_paths]
-    split = read_split_lists(splits_dir)
-    check_against_split([(p, str(path)) for p, path in zip(preds, paths, strict=True)], split, "test")
-    check_against_split([(p, str(path)) for p, path in zip(val, val_paths, strict=True)], split, "val")
-    for s, p, path in zip(seeds, preds, paths, strict=True):
-        auroc = dict(zip(p.findings, scoring.auroc(p.labels, p.probs).tolist(), strict=True))
-        check_agreement(p, auroc, s, path, metrics_dir / f"seed_{s.seed}.json")
-    return preds, val
-
-
 def run(params: Params, metrics_dir: Path, splits_dir: Path, out_file: Path, *,
         predictions_dir: Path | None = Path("predictions"), history_dir: Path | None = Path("plots/train"),
         raw_dir: Path | None = Path("data/raw"), processed_dir: Path | None = Path("data/processed"),
@@ -212,7 +207,7 @@ def run(params: Params, metrics_dir: Path, splits_dir: Path, out_file: Path, *,
     check_writable(*(p for p in (out_file, summary_file, figures_dir and figures_dir / "figure.png",
                                  plots_dir and plots_dir / "plot.csv") if p is not None))
     seeds = [load_seed_metrics(metrics_dir / f"seed_{seed}.json") for seed in params.seeds]
-    study, preds, coverage = None, None, None
+    study, preds, val, coverage = None, None, None, None
     if inputs.coverage is not None:
         coverage = load_coverage(inputs.coverage)
     if predictions_dir is not None:
@@ -222,15 +217,22 @@ def run(params: Params, metrics_dir: Path, splits_dir: Path, out_file: Path, *,
         preds, val = load_predictions(seeds, predictions_dir, splits_dir, metrics_dir)
         seeds = [in_order(s, preds[0].findings) for s in seeds]
         study = seed_study(preds, val, [s.seed for s in seeds], settings(params, coverage))
+    parts = sections.compute(params, params.seeds, preds, val, study.settings if study else None,
+                             inputs.sections(predictions_dir))
     refs = load_references()
     figures = Figures()
     if figures_dir is not None:
-        from cxrstudy.reporting.figures import FigurePaths, draw_figures
+        from cxrstudy.reporting.figures import FigurePaths, draw_figures, relative_link
+        from cxrstudy.reporting.overlays import OVERLAYS_PNG
 
-        figures = Figures(**draw_figures(params, seeds, preds, study, refs, FigurePaths(
-            figures_dir, plots_dir, out_file.parent, history_dir, raw_dir, processed_dir)))
+        links = draw_figures(params, seeds, preds, study, refs, FigurePaths(
+            figures_dir, plots_dir, out_file.parent, history_dir, raw_dir, processed_dir))
+        if sections.overlay_figure(parts, inputs.sections(predictions_dir), params.seeds, figures_dir / OVERLAYS_PNG,
+                                   is_phantom(params)):
+            links["overlays"] = relative_link(figures_dir / OVERLAYS_PNG, out_file.parent)
+        figures = Figures(**links)
     text = render(TEMPLATE, **context(params, seeds, read_split_summary(splits_dir), study, refs, figures, coverage,
-                                      preds, inputs))
+                                      preds, inputs, parts))
     if len(text) >= MAX_CHARS:
         print(f"report: warning: {len(text)} characters, over GitHub's comment limit of {MAX_CHARS}", file=sys.stderr)
     with atomic_file(out_file) as handle:
@@ -239,5 +241,5 @@ def run(params: Params, metrics_dir: Path, splits_dir: Path, out_file: Path, *,
         from cxrstudy.numerics import environment
 
         write_json(summary_file, {**summary_metrics(seeds, study), **coverage_summary(coverage),
-                                  "environment": environment(params.numerics)})
+                                  **sections.summary(parts), "environment": environment(params.numerics)})
     print(f"report: {len(seeds)} seed(s) -> {out_file}")
