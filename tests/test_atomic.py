@@ -28,7 +28,7 @@ import torch
 
 from cxrstudy import atomic
 from cxrstudy.atomic import atomic_dir, atomic_file, write_json
-from cxrstudy.labels import FINDINGS
+from cxrstudy.data.dataset import read_info
 from cxrstudy.learning.model import build_model
 from tests.conftest import tiny_raw, write_params
 from tests.test_bad_inputs import changed, leftovers, snapshot
@@ -56,16 +56,17 @@ def fill_disk_for(monkeypatch: pytest.MonkeyPatch, prefix: str) -> None:
     monkeypatch.setattr(atomic.tempfile, "mkstemp", mkstemp)
 
 
-# The same, for a stage run through the command line in a fresh interpreter.
+# The same, for a stage run through the command line in a fresh interpreter; `prefix` may start with the folder
+# ("predictions/.seed_1.csv.tmp-": the test predictions, not predictions/val/'s file of the same name). One file at a
+# time: a writer locks each temporary it makes, and two descriptors of /dev/full would wait for each other's lock.
 FULL_DISK_PATCH = """
     import os, tempfile
-    from pathlib import Path
 
     _mkstemp = tempfile.mkstemp
 
     def mkstemp(*args, **kwargs):
         fd, name = _mkstemp(*args, **kwargs)
-        if Path(name).name.startswith({prefix!r}):
+        if ("/" + name).endswith("/" + {prefix!r} + name[-8:]):
             os.close(fd)
             fd = os.open("/dev/full", os.O_WRONLY)
         return fd, name
@@ -268,10 +269,28 @@ def test_a_full_disk_in_a_stage_is_a_message_naming_the_output(tiny_data: Path, 
     assert "free" in proc.stderr and "re-run" in proc.stderr, shown(proc)
 
 
-def _random_model(path: Path) -> None:
+def random_model(ws: Path, seed: int = 1) -> None:
+    """An untrained model for the dataset in `ws/data/raw` (its label names, as train records them), in
+    `ws/models/seed_N/model.pt`."""
+    labels = read_info(ws / "data/raw").labels
     torch.manual_seed(0)
+    path = ws / f"models/seed_{seed}/model.pt"
     path.parent.mkdir(parents=True)
-    torch.save({"model": build_model(len(FINDINGS), pretrained=False).state_dict()}, path)
+    torch.save({"model": build_model(len(labels), pretrained=False).state_dict(), "labels": list(labels)}, path)
+
+
+# Evaluate's five outputs (cli.py's defaults for seed 1), each with an earlier version.
+EVALUATE_OUTPUTS = {"metrics/eval/seed_1.json": b'{"earlier": true}\n', "metrics/localize/seed_1.json": b"{}\n",
+                    "predictions/seed_1.csv": b"image,patient\n", "predictions/val/seed_1.csv": b"image,patient\n",
+                    "heatmaps/seed_1.npz": b"earlier heatmaps"}
+
+
+def earlier_evaluation(ws: Path) -> list[Path]:
+    """An earlier version of each of evaluate's outputs in `ws`: their paths."""
+    for name, data in EVALUATE_OUTPUTS.items():
+        (ws / name).parent.mkdir(parents=True, exist_ok=True)
+        (ws / name).write_bytes(data)
+    return [ws / name for name in EVALUATE_OUTPUTS]
 
 
 @needs_dev_full
@@ -288,13 +307,9 @@ def test_a_stage_with_two_outputs_replaces_both_or_neither(stage: str, tiny_data
         outputs = [ws / "models/seed_1", ws / "plots/train/seed_1.csv"]
         failing = ".seed_1.csv.tmp-"  # the plots file, written after the model folder
     else:
-        _random_model(ws / "models/seed_1/model.pt")
-        (ws / "metrics/eval").mkdir(parents=True)
-        (ws / "metrics/eval/seed_1.json").write_text('{"earlier": true}\n')
-        (ws / "predictions").mkdir()
-        (ws / "predictions/seed_1.csv").write_text("image,patient\n")
-        outputs = [ws / "metrics/eval/seed_1.json", ws / "predictions/seed_1.csv"]
-        failing = ".seed_1.csv.tmp-"  # the predictions, written after the metrics
+        random_model(ws)
+        outputs = earlier_evaluation(ws)
+        failing = "predictions/.seed_1.csv.tmp-"  # the test predictions: after both metrics files, before the others
     before = {f"{p.relative_to(ws)}/{name}": data for p in outputs for name, data in snapshot(p).items()}
 
     proc = run_patched(ws, FULL_DISK_PATCH.format(prefix=failing), stage, "--seed", "1")
@@ -311,10 +326,11 @@ def test_a_stage_with_two_outputs_replaces_both_or_neither(stage: str, tiny_data
 
 
 def _disk_just_too_small(tiny_data: Path, mount: Callable[[int], Path]) -> Path:
-    """A tmpfs holding a copy of the processed data, with room for about half a second copy."""
+    """A tmpfs holding a copy of the processed data (the shards folder included), with room for about half a second
+    copy."""
     earlier = tiny_data / "data/processed"
-    pages = sum(-(-p.stat().st_size // 4096) for p in earlier.iterdir())
-    disk = mount((pages + pages // 2 + 1) * 4096)
+    pages = sum(-(-p.stat().st_size // 4096) if p.is_file() else 1 for p in earlier.rglob("*")) + 1
+    disk = mount((pages + pages // 2) * 4096)
     shutil.copytree(earlier, disk / "processed")
     return disk
 
@@ -323,7 +339,7 @@ def _disk_just_too_small(tiny_data: Path, mount: Callable[[int], Path]) -> Path:
 def test_a_really_full_disk_is_a_message_and_leaves_the_earlier_output_and_the_disk_as_they_were(
     tiny_data: Path, tmp_path: Path, small_disk: Callable[[int], Path]
 ) -> None:
-    ws = workspace(tiny_data, tmp_path / "ws")
+    ws = workspace(tiny_data, tmp_path / "ws", **OTHER_SETTINGS)  # every shard made anew: a second copy
     disk = _disk_just_too_small(tiny_data, small_disk)
     before = snapshot(disk / "processed")
     free = shutil.disk_usage(disk).free
@@ -342,23 +358,29 @@ def test_a_really_full_disk_is_a_message_and_leaves_the_earlier_output_and_the_d
 # SIGKILL in the middle of a stage
 
 # Preprocess, stopped after two of the twelve archives are written into its new output (it says so with a file) until
-# the test kills it: the kill lands in the middle of the stage, whatever the machine's speed.
+# the test kills it: the kill lands in the middle of the stage, whatever the machine's speed. The archives are
+# processed in the stage's own process (preprocess.workers: 1), where the patch applies.
 HALTED_PREPROCESS = """
     import time
     from pathlib import Path
     import cxrstudy.data.preprocess as preprocess
 
-    _process_archives = preprocess.process_archives
+    _process_archive = preprocess.process_archive
+    done = []
 
-    def process_archives(*args):
-        for done, result in enumerate(_process_archives(*args), start=1):
-            yield result
-            if done == 2:
-                Path("half-way").touch()
-                time.sleep(600)
+    def process_archive(job):
+        done.append(_process_archive(job))
+        if len(done) == 2:
+            Path("half-way").touch()
+            time.sleep(600)
+        return done[-1]
 
-    preprocess.process_archives = process_archives
+    preprocess.process_archive = process_archive
 """
+
+# Other CLAHE settings than the tiny data's: preprocess makes every shard anew (a shard whose archive, settings and
+# code are unchanged would be kept, linked from the earlier output, and there would be nothing to interrupt).
+OTHER_SETTINGS: dict[str, Any] = {"preprocess": {"clip_limit": 3.0, "workers": 1}}
 
 
 def _kill_preprocess_half_way(ws: Path) -> None:
@@ -378,19 +400,22 @@ def _kill_preprocess_half_way(ws: Path) -> None:
 
 @pytest.mark.slow
 def test_kill_9_in_the_middle_of_a_stage_keeps_the_earlier_output(tiny_data: Path, tmp_path: Path) -> None:
-    ws = workspace(tiny_data, tmp_path)
+    ws = workspace(tiny_data, tmp_path, **OTHER_SETTINGS)
     before = snapshot(ws / "data/processed")
 
     _kill_preprocess_half_way(ws)
 
     assert changed(before, snapshot(ws / "data/processed")) == []
     # What a kill can leave: the unfinished new output, hidden beside the real one (never recorded by DVC).
-    assert all(name.startswith("data/.processed.tmp-") for name in leftovers(ws)), leftovers(ws)
+    left = leftovers(ws)
+    assert left and all(name.startswith("data/.processed.tmp-") for name in left), left
+    unfinished = ws / left[0] / "shards"
+    assert len(list(unfinished.glob("*.json"))) == 2, "the kill did not land after two archives"
 
 
 @pytest.mark.slow
 def test_a_rerun_sweeps_what_a_killed_stage_left_behind(tiny_data: Path, tmp_path: Path) -> None:
-    ws = workspace(tiny_data, tmp_path)
+    ws = workspace(tiny_data, tmp_path / "ws", **OTHER_SETTINGS)
     _kill_preprocess_half_way(ws)
     assert leftovers(ws), "the kill left nothing to sweep"
 
@@ -398,7 +423,11 @@ def test_a_rerun_sweeps_what_a_killed_stage_left_behind(tiny_data: Path, tmp_pat
 
     assert proc.returncode == 0, shown(proc)
     assert leftovers(ws) == []
-    assert snapshot(ws / "data/processed") == snapshot(tiny_data / "data/processed")
+    # The output a run from scratch makes with these settings (not the earlier one, made with others).
+    fresh = run_cli(ws, "preprocess", "--out", str(tmp_path / "fresh"))
+    assert fresh.returncode == 0, shown(fresh)
+    assert snapshot(ws / "data/processed") == snapshot(tmp_path / "fresh")
+    assert snapshot(ws / "data/processed") != snapshot(tiny_data / "data/processed")
 
 
 def test_write_json_is_stable(tmp_path: Path) -> None:

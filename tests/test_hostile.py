@@ -32,10 +32,8 @@ from cxrstudy.cli import OUTPUT_FOLDERS
 from cxrstudy.data import nih
 from cxrstudy.data.shards import SHARDS_DIR, load_processed
 from cxrstudy.errors import InputError, Interrupted, shown_address
-from cxrstudy.labels import FINDINGS
 from cxrstudy.learning import monitoring
 from cxrstudy.learning.evaluate import compute_metrics, save_predictions
-from cxrstudy.learning.model import build_model
 from cxrstudy.learning.train import (
     TrainState,
     make_optimizer,
@@ -63,8 +61,15 @@ from tests.conftest import (
     workspace,
     write_params,
 )
-from tests.synthetic import write_coverage, write_split
-from tests.test_atomic import mounting, protecting, skip_unless_chattr, skip_unless_mount
+from tests.synthetic import NIH_NAMES, write_coverage, write_split
+from tests.test_atomic import (
+    earlier_evaluation,
+    mounting,
+    protecting,
+    random_model,
+    skip_unless_chattr,
+    skip_unless_mount,
+)
 from tests.test_monitoring import SlowGateway
 from tests.test_resume import (
     CHECKPOINT,
@@ -288,9 +293,9 @@ PROTECTED_AT_THE_END = """
 
     _write_outputs = train._write_outputs
 
-    def write_outputs(state, seed, fp, out_dir, *args):
+    def write_outputs(state, seed, fp, labels, out_dir, *args):
         subprocess.run({command!r} + [str(out_dir)], check=True)
-        return _write_outputs(state, seed, fp, out_dir, *args)
+        return _write_outputs(state, seed, fp, labels, out_dir, *args)
 
     train._write_outputs = write_outputs
 """
@@ -370,14 +375,9 @@ def test_evaluate_with_a_metrics_file_refused_at_the_end_replaces_no_prediction_
     """Evaluate used to replace both prediction files, then fail on the metrics file, say "nothing was replaced",
     and could name another file than the one that failed."""
     ws = workspace(tiny_data, tmp_path / "ws")
-    torch.manual_seed(0)
-    (ws / "models/seed_1").mkdir(parents=True)
-    torch.save({"model": build_model(len(FINDINGS), pretrained=False).state_dict()}, ws / "models/seed_1/model.pt")
-    for path, text in (("metrics/eval/seed_1.json", '{"earlier": true}\n'), ("predictions/seed_1.csv", "image\n"),
-                       ("predictions/val/seed_1.csv", "image\n")):
-        (ws / path).parent.mkdir(parents=True, exist_ok=True)
-        (ws / path).write_text(text)
-    before = {**snapshot(ws / "metrics"), **snapshot(ws / "predictions")}
+    random_model(ws)
+    outputs = earlier_evaluation(ws)  # the metrics, the localisation metrics, both predictions, the heatmaps
+    before = {str(p): p.read_bytes() for p in outputs}
     skip_unless_chattr(tmp_path)
 
     try:
@@ -388,8 +388,9 @@ def test_evaluate_with_a_metrics_file_refused_at_the_end_replaces_no_prediction_
     assert done.returncode == 1, shown(done)
     assert "error: metrics/eval/seed_1.json: cannot write this output there (Operation not permitted: " \
            "metrics/eval/seed_1.json is immutable" in done.stderr, shown(done)
-    assert "predictions" not in done.stderr and "Traceback" not in done.stderr, shown(done)
-    assert {**snapshot(ws / "metrics"), **snapshot(ws / "predictions")} == before
+    assert "predictions" not in done.stderr and "heatmaps" not in done.stderr, shown(done)
+    assert "Traceback" not in done.stderr, shown(done)
+    assert {str(p): p.read_bytes() for p in outputs} == before
     assert leftovers(ws) == []
 
 
@@ -576,18 +577,18 @@ def _weak_study(root: Path) -> Any:
     """One seed whose probabilities are all below 1e-7 (a model after one epoch, say), in the pipeline's files."""
     rng = np.random.default_rng(0)
     n = 300
-    labels = (rng.random((n, len(FINDINGS))) < 0.15).astype(np.float32)
+    labels = (rng.random((n, len(NIH_NAMES))) < 0.15).astype(np.float32)
     labels[0] = 1
     logits = (-20.0 + labels * 0.5 + rng.normal(0, 0.5, labels.shape)).astype(np.float32)
     probs = sigmoid(logits)
     assert probs.max() < 1e-7
     val = (labels[:150], probs[:150])
-    metrics = compute_metrics(1, 0.04, val, (labels, probs))
+    metrics = compute_metrics(1, 0.04, val, (labels, probs), names=NIH_NAMES)
     (root / "metrics/eval").mkdir(parents=True)
     (root / "metrics/eval/seed_1.json").write_text(json.dumps(metrics))
     names = [f"{i:08d}_000.png" for i in range(n)]
-    save_predictions(root / "predictions/seed_1.csv", names, np.arange(n) // 2 + 1000, labels, probs)
-    save_predictions(root / "predictions/val/seed_1.csv", names[:150], np.arange(150) // 2 + 5000, *val)
+    save_predictions(root / "predictions/seed_1.csv", names, np.arange(n) // 2 + 1000, labels, probs, NIH_NAMES)
+    save_predictions(root / "predictions/val/seed_1.csv", names[:150], np.arange(150) // 2 + 5000, *val, NIH_NAMES)
     # The split's lists, which the report checks the predictions against.
     write_split(root / "data/splits", {"test": (names, [str(p) for p in np.arange(n) // 2 + 1000]),
                                        "val": (names[:150], [str(p) for p in np.arange(150) // 2 + 5000])})
@@ -638,16 +639,34 @@ def test_one_epoch_then_evaluate_then_report_through_the_command_line(tiny_data:
 # and run-cache bring back: test_pipeline.py.
 
 
+def _foreach_items(stage: dict[str, Any]) -> list[dict[str, str]]:
+    """The values a stage's `${...}` take, once per item of its `foreach`: a mapping's items (`internal: {raw:
+    data/raw}`: `${key}`, `${item.raw}`), or the seeds (`${seeds}`: `${item}` as N); one empty set without one."""
+    each = stage.get("foreach")
+    if each is None:
+        return [{}]
+    if isinstance(each, dict):
+        return [{"${key}": key, **{f"${{item.{name}}}": str(value) for name, value in item.items()}}
+                for key, item in each.items()]
+    assert each == "${seeds}", f"a foreach this test cannot expand: {each!r}"
+    return [{"${item}": "N"}]
+
+
 def _stage_outputs() -> dict[str, bool]:
-    """Every output, metric and plot file of dvc.yaml (`${item}` as N), and whether DVC caches it."""
+    """Every output, metric and plot file of dvc.yaml (each foreach item expanded, a seed as N), and whether DVC
+    caches it."""
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     found: dict[str, bool] = {}
     for stage in stages.values():
         body = stage.get("do", stage)
-        for kind in ("outs", "metrics", "plots"):
-            for entry in body.get(kind, []):
-                path, options = (entry, {}) if isinstance(entry, str) else next(iter(entry.items()))
-                found[path.replace("${item}", "N")] = options.get("cache", True)
+        for values in _foreach_items(stage):
+            for kind in ("outs", "metrics", "plots"):
+                for entry in body.get(kind, []):
+                    path, options = (entry, {}) if isinstance(entry, str) else next(iter(entry.items()))
+                    for variable, value in values.items():
+                        path = path.replace(variable, value)
+                    assert "${" not in path, f"dvc.yaml: {path} is not expanded"
+                    found[path] = (options or {}).get("cache", True)
     return found
 
 
@@ -701,29 +720,25 @@ def test_train_on_a_truncated_processed_array_is_one_line(tiny_data: Path, tmp_p
 # The stage, held once every archive is processed but before it finishes: its worker processes are up and idle.
 # (An idle worker used to print a traceback of its own.)
 PREPROCESS_HELD = """
+    import concurrent.futures
     import sys
     import cxrstudy.data.preprocess as preprocess
 
-    _process_archives = preprocess.process_archives
+    def as_completed(futures):
+        done = list(concurrent.futures.as_completed(futures))
+        print("started", flush=True)
+        sys.stdin.readline()  # SIGINT interrupts this read
+        yield from done
 
-    def process_archives(archives, names, images, cfg):
-        results = _process_archives(archives, names, images, cfg)
-        try:
-            done = [next(results) for _ in archives]
-            print("started", flush=True)
-            sys.stdin.readline()  # SIGINT interrupts this read
-            yield from done
-        finally:
-            results.close()
-
-    preprocess.process_archives = process_archives
+    preprocess.as_completed = as_completed
 """
 
 
 @pytest.mark.slow
 def test_ctrl_c_during_preprocess_is_one_line_and_keeps_the_earlier_output(tiny_data: Path, tmp_path: Path) -> None:
     """Used to flood the terminal with a traceback per worker (once a misleading "numpy bad install")."""
-    ws = workspace(tiny_data, tmp_path / "ws", preprocess={"workers": 2})
+    # Other CLAHE settings than the earlier output's: every archive is processed anew (an unchanged shard is kept).
+    ws = workspace(tiny_data, tmp_path / "ws", preprocess={"workers": 2, "clip_limit": 3.0})
     before = snapshot(ws / "data/processed")
     proc = subprocess.Popen(patched_cli(PREPROCESS_HELD, "preprocess"), cwd=ws, start_new_session=True,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -843,7 +858,8 @@ KILLED_BEFORE_THE_RENAMES = """
 @pytest.mark.slow
 def test_a_killed_runs_temporaries_go_when_dvc_restores_the_stage_from_its_run_cache(tmp_path: Path) -> None:
     """DVC restored the killed stage's outputs from its run cache without running it, and nothing swept its
-    temporaries (a 28 MB model folder per seed at the study's size)."""
+    temporaries (a 28 MB model folder per seed at the study's size). `make repro` re-runs the manifest stage first,
+    every time (test_make_repro_runs_the_manifest_stage_before_the_pipeline), and every stage sweeps first."""
     project = copy_project(tmp_path / "project", drop=("dvc.lock", "metrics", "predictions", "reports", "plots"),
                            params=tiny_raw(seeds=[1]))
     sh(["dvc", "repro", "train@1"], project)  # configuration A: its run goes into the run cache
@@ -858,10 +874,22 @@ def test_a_killed_runs_temporaries_go_when_dvc_restores_the_stage_from_its_run_c
     assert any(name.startswith("models/.seed_1.tmp-") for name in left), left
     assert any(name.startswith("plots/train/.seed_1.csv.tmp-") for name in left), left
 
+    sh(["dvc", "repro", "--force", "--single-item", "manifest"], project)  # what `make repro` runs first
     done = sh(["dvc", "repro", "train@1"], project)
 
     assert "Stage 'train@1' is cached - skipping run, checking out outputs" in done.stdout, done.stdout
     assert leftovers(project) == []
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_make_repro_runs_the_manifest_stage_before_the_pipeline() -> None:
+    """The manifest stage is not `always_changed` (`dvc status` would never be clean): `make repro` forces it before
+    `dvc repro`, so that a run restored from DVC's run cache still starts by sweeping what killed writers left."""
+    recipe = sh(["make", "-n", "--no-print-directory", "repro", "VENV="], ROOT).stdout.splitlines()
+    forced = [i for i, line in enumerate(recipe) if re.search(r"(^|[ /])dvc repro --force --single-item manifest$",
+                                                              line)]
+    repro = [i for i, line in enumerate(recipe) if re.search(r"(^|[ /])dvc repro$", line)]
+    assert forced and repro and forced[0] < repro[0], "\n".join(recipe)
 
 
 def test_every_stage_output_lies_under_a_folder_that_every_stage_sweeps() -> None:

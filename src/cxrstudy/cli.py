@@ -28,7 +28,8 @@ EXTERNAL_RAW = Path("data/external/raw")
 EXTERNAL_PROCESSED = Path("data/external/processed")
 # Where the stages write (every output of dvc.yaml, and the checkpoints): each stage sweeps there first what killed
 # writers left, whatever stage they were, since DVC may restore a killed stage's output from its run cache instead.
-OUTPUT_FOLDERS = tuple(map(Path, ("data", "models", "checkpoints", "plots", "metrics", "predictions", "reports")))
+OUTPUT_FOLDERS = tuple(map(Path, ("data", "models", "checkpoints", "plots", "metrics", "predictions", "heatmaps",
+                                  "reports")))
 STAGES = ("manifest", "ingest", "preprocess", "split", "train", "evaluate", "external", "coverage", "report")
 
 

@@ -107,7 +107,7 @@ def _faults(table: pd.DataFrame, labels: Sequence[str]) -> list[str]:
                           f"({int(empty.sum())} row(s))")
     dupes = table["image"][table["image"].duplicated()].unique().tolist()
     if dupes:
-        faults.append(f"image(s) listed more than once: {dupes[:MAX_LISTED]}")
+        faults.append(f"image(s) listed more than once: {dupes[:MAX_LISTED]} (each image must have one row)")
     bad("sex", SEXES, "M, F or empty")
     bad("view", VIEWS, "PA, AP, lateral or empty")
     bad("official_split", SPLITS, "train_val, test or empty")
