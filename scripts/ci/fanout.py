@@ -275,7 +275,8 @@ def run_key(stage: Any) -> str:
 def push_stages(names: Sequence[str]) -> dict[str, Any]:
     """Push what another machine needs to restore these stages with `dvc repro --pull`: each stage's run-cache entry
     and every object it names, the `cache: false` metrics and plots included (`dvc push --run-cache` of DVC >= 3.28
-    sends the entries only). Stages DVC cannot key (`always_changed`) push their outputs. Returns the receipt."""
+    sends the entries only). Stages DVC cannot key (`always_changed`, `persist`) push their outputs. Returns the
+    receipt."""
     from dvc.stage.cache import _get_cache_hash
     from dvc.stage.serialize import to_single_stage_lockfile
 
@@ -287,7 +288,9 @@ def push_stages(names: Sequence[str]) -> dict[str, Any]:
         for name in names:
             stage = _stage(repo, name)
             if not _can_hash(stage):
-                if not stage.always_changed:
+                # always_changed (manifest) and persist (preprocess, which keeps unchanged shards) stages have no run
+                # key: their outputs travel as objects, found through the data lock the plan job hands on.
+                if not (stage.always_changed or any(o.persist for o in stage.outs)):
                     raise Failed(f"{name}: DVC cannot key this stage's runs (dvc/stage/cache.py _can_hash)")
                 for odb, objs in stage.get_used_objs().items():
                     used.setdefault(odb, set()).update(objs)
