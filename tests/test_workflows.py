@@ -515,6 +515,23 @@ def test_comment_body_is_truncated_below_githubs_limit(dvc_repo, tmp_path):
     assert len(body) <= 65_536 and "truncated" in body
 
 
+def test_comment_body_puts_each_seeds_rows_first_so_a_truncation_cuts_the_detail():
+    sys.path.insert(0, str(ROOT / "scripts" / "ci"))
+    try:
+        import comment_body as cb
+    finally:
+        sys.path.pop(0)
+    table = "\n".join(["| Path | Metric | a | b | Change |", "|---|---|---|---|---|",
+                        "| metrics/external/seed_1.json | auroc | - | 0.6 | - |",
+                        "| metrics/report.json | eligible | 9 | 8 | -1 |",
+                        "| metrics/eval/seed_1.json | auroc_mean | - | 0.7 | - |",
+                        "| metrics/localize/seed_1.json | hit | - | 0.2 | - |"])
+    rows = [line.split("|")[1].strip() for line in cb._seeds_first(table).splitlines()[2:]]
+    assert rows == ["metrics/eval/seed_1.json", "metrics/report.json", "metrics/external/seed_1.json",
+                    "metrics/localize/seed_1.json"]
+    assert cb._seeds_first("no table") == "no table"
+
+
 def test_comment_body_appends_to_the_step_summary(dvc_repo, tmp_path):
     summary = tmp_path / "summary.md"
     out = tmp_path / "body.md"
@@ -1032,7 +1049,8 @@ def test_fanout_local_one_queue_worker_per_gpu_joins_without_training(tmp_path):
     log = (tmp_path / "logs" / "join-study.log").read_text()
     for stage in ("train@1", "train@2", "evaluate@1", "evaluate@2"):
         assert f"Stage '{stage}' is cached - skipping run, checking out outputs" in log, log[-4000:]
-    assert re.findall(r"Running stage '([^']+)'", log) == ["manifest", "report"], log[-4000:]
+    # What reads every seed's outputs runs in the join, and the coverage simulation (it reads no data).
+    assert re.findall(r"Running stage '([^']+)'", log) == ["coverage", "subgroups", "report"], log[-4000:]
     for path in ("dvc.lock", "metrics", "predictions", "plots", "reports"):
         mine, theirs = project / path, reference / path
         files = [mine] if mine.is_file() else sorted(p for p in mine.rglob("*") if p.is_file())

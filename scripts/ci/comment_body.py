@@ -125,6 +125,20 @@ def environment_section(base_env: dict[str, object] | None, head_env: dict[str, 
     return [*lines, ""]
 
 
+def _seeds_first(table: str) -> str:
+    """The diff table with each seed's evaluation rows first, then the report's headline numbers, then the rest
+    (external, localisation, subgroups): when GitHub's size limit truncates the body, what is cut is the detail."""
+    lines = table.splitlines()
+    if len(lines) < 3 or not lines[0].startswith("|"):
+        return table
+
+    def rank(row: str) -> int:
+        path = row.split("|")[1].strip() if row.count("|") > 1 else ""
+        return 0 if path.startswith("metrics/eval/") else 1 if path == "metrics/report.json" else 2
+
+    return "\n".join(lines[:2] + sorted(lines[2:], key=rank))
+
+
 def build_body(
     *,
     marker: str,
@@ -149,7 +163,7 @@ def build_body(
     if not diff_ok:
         parts += ["`dvc metrics diff` failed:", "", "```text", diff_text, "```"]
     elif diff_text:
-        parts.append(diff_text)
+        parts.append(_seeds_first(diff_text))
     else:
         parts.append(f"No metric changed against `{base}`.")
     parts.append("")

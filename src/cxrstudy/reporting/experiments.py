@@ -30,7 +30,7 @@ from cxrstudy.reporting.revisions import predictions_at
 from cxrstudy.reporting.study import eligible, settings
 from cxrstudy.reporting.tables import METHOD_NAMES
 
-SEED_FILE = re.compile(r"(?:^|/)seed_(\d+)\.json$")
+SEED_FILE = re.compile(r"(?:^|/)metrics/eval/seed_(\d+)\.json$")  # evaluate's, not external's or localize's
 SUMMARY_FILE = "metrics/report.json"
 TEMPLATE = "experiments.md.j2"
 
