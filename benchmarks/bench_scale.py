@@ -325,14 +325,14 @@ def fingerprint_cost(project: Path, params_file: Path) -> dict[str, Any]:
         from cxrstudy.params import load_params
         params = load_params(Path({str(params_file)!r}))
         numerics.pin(params.numerics)
-        from cxrstudy.data.shards import stat_fingerprint
+        from cxrstudy.data.shards import records_fingerprint
         from cxrstudy.learning.checkpoint import fingerprint
         data = Path({str(project / "data")!r})
         start = time.perf_counter()
         fingerprint(params, 1, data / "raw", data / "processed", data / "splits", 1)
         whole = time.perf_counter() - start
         start = time.perf_counter()
-        stat_fingerprint(data / "processed")
+        records_fingerprint(data / "processed")
         processed = time.perf_counter() - start
         shards = sorted((data / "processed" / "shards").glob("*.npy"))
         total = sum(p.stat().st_size for p in shards)

@@ -167,16 +167,5 @@ def _records_digest(processed_dir: Path) -> hashlib._Hash:
 
 def records_fingerprint(processed_dir: Path) -> str:
     """A digest of what made the processed data, the same wherever it lies: the index, the settings and each shard's
-    record (the archive MD5, settings and code that made it). Recorded in the model file."""
+    record (the archive MD5, settings and code that made it). The checkpoint and the model file record it."""
     return _records_digest(processed_dir).hexdigest()[:16]
-
-
-def stat_fingerprint(processed_dir: Path) -> str:
-    """A digest of the processed data that costs no read of the images: `records_fingerprint`'s files, with each
-    shard file's size, modification time and inode, as DVC's own state trusts them. Any re-processing or replaced
-    shard changes it; so does a copy elsewhere (a checkpoint is resumed only where it was written)."""
-    digest = _records_digest(processed_dir)
-    for path in sorted((processed_dir / SHARDS_DIR).glob("*.npy")):
-        info = path.stat()
-        digest.update(f"{path.name}\t{info.st_size}\t{info.st_mtime_ns}\t{info.st_ino}\n".encode())
-    return digest.hexdigest()[:16]

@@ -24,7 +24,7 @@ from torch import nn
 from cxrstudy import numerics
 from cxrstudy.atomic import atomic_file
 from cxrstudy.data.dataset import INFO_FILE, TABLE_FILE
-from cxrstudy.data.shards import stat_fingerprint
+from cxrstudy.data.shards import records_fingerprint
 from cxrstudy.learning.distributed import unwrap
 from cxrstudy.params import Params
 
@@ -81,14 +81,15 @@ def code_digest() -> str:
 def fingerprint(params: Params, seed: int, raw_dir: Path, processed_dir: Path, splits_dir: Path,
                 world_size: int) -> dict[str, str]:
     """What a checkpoint must match to be resumed, one digest per input (`describe_inputs` words them): the parameters
-    (training, numerics, the seed and the process count), the processed data (its index, records and each shard's
-    size, time and inode: no image is read again), the bytes of the training and validation lists and of the label
+    (training, numerics, the seed and the process count), the processed data (its index, settings and each shard's
+    record: the archive MD5, settings and code that made it; no image is read again, and a copy elsewhere, e.g. on
+    another runner, resumes), the bytes of the training and validation lists and of the label
     table, and the code's version. Whatever else changes a training result changes one of them."""
     settings = json.dumps({"train": params.train.model_dump(), "numerics": params.numerics.model_dump(),
                            "seed": seed, "world": world_size}, sort_keys=True)
     return {
         "parameters": hashlib.sha256(settings.encode()).hexdigest()[:16],
-        "processed": stat_fingerprint(processed_dir),
+        "processed": records_fingerprint(processed_dir),
         "splits": _digest([splits_dir / f"{part}.txt" for part in ("train", "val")], splits_dir),
         "labels": _digest([raw_dir / TABLE_FILE, raw_dir / INFO_FILE], raw_dir),
         "code": code_digest(),

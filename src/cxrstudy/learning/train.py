@@ -30,7 +30,6 @@ from tqdm import tqdm
 
 from cxrstudy import numerics
 from cxrstudy.atomic import all_or_nothing, atomic_file, check_writable, sweep_stale, write_json
-from cxrstudy.data.shards import records_fingerprint
 from cxrstudy.errors import InputError, Interrupted, TrainingError
 from cxrstudy.learning.checkpoint import (
     CHECKPOINT_FILE,
@@ -303,8 +302,7 @@ def run(params: Params, seed: int, raw_dir: Path, processed_dir: Path, splits_di
         monitor.abort()  # after a failure or a signal: no push; the endpoint stops
     seconds = time.perf_counter() - started
     if where.is_main:
-        # The model file's fingerprint is the same wherever the data lies (the checkpoint's is tied to the files).
-        model_id = fingerprint_id({**inputs, "processed": records_fingerprint(processed_dir)})
+        model_id = fingerprint_id(inputs)  # the same wherever the data lies
         environment = numerics.environment(params.numerics, device)
         _write_outputs(state, seed, model_id, t.labels, out_dir, plots_file, environment)
         ckpt_path.unlink(missing_ok=True)
