@@ -113,10 +113,11 @@ def run(params: Params, seed: int, raw_dir: Path, processed_dir: Path, splits_di
     """Stage entry point: evaluate `model_dir/model.pt` on the validation and test sets, and where it looks on the
     test images with boxes (`cxrstudy.learning.localize`). The validation predictions go to `val_predictions_file`
     (default: a `val` folder beside the test predictions, same file name); the localisation metrics and heatmaps to
-    `localize_file` and `heatmaps_file` (default: metrics/localize/seed_N.json, heatmaps/seed_N.npz)."""
+    `localize_file` and `heatmaps_file` (default: beside the metrics file; the stage names metrics/localize/seed_N.json
+    and heatmaps/seed_N.npz)."""
     val_predictions_file = val_predictions_file or predictions_file.parent / "val" / predictions_file.name
-    localize_file = localize_file or Path(f"metrics/localize/seed_{seed}.json")
-    heatmaps_file = heatmaps_file or Path(f"heatmaps/seed_{seed}.npz")
+    localize_file = localize_file or metrics_file.with_name(f"{metrics_file.stem}.localize.json")
+    heatmaps_file = heatmaps_file or metrics_file.with_name(f"{metrics_file.stem}.heatmaps.npz")
     cfg = params.train
     check_writable(metrics_file, predictions_file, val_predictions_file, localize_file, heatmaps_file)
     numerics.apply_threads(params.numerics)
