@@ -112,6 +112,7 @@ def test_the_study_profile_lists_only_changes_and_validates_merged() -> None:
     assert _keys(study) < _keys(project_params())  # a subset: no second copy of params.yaml
     sets = overrides(ROOT / "configs/nih-study.yaml", ROOT / "params.yaml")
     assert "ingest.source='nih'" in sets and "train.image_size=224" in sets
+    assert "ingest.external='none'" in sets  # a real model is never tested on the embedded phantom
     assert not any(s.startswith("ingest.nih.local_path") for s in sets)  # listed, but the same as params.yaml
 
 
