@@ -740,9 +740,12 @@ def test_ctrl_c_during_preprocess_is_one_line_and_keeps_the_earlier_output(tiny_
     # Other CLAHE settings than the earlier output's: every archive is processed anew (an unchanged shard is kept).
     ws = workspace(tiny_data, tmp_path / "ws", preprocess={"workers": 2, "clip_limit": 3.0})
     before = snapshot(ws / "data/processed")
+    # As from a terminal: SIGINT at its default (a pytest-xdist worker ignores it, and a child inherits that, so
+    # Python would install no KeyboardInterrupt handler).
     proc = subprocess.Popen(patched_cli(PREPROCESS_HELD, "preprocess"), cwd=ws, start_new_session=True,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "TQDM_DISABLE": "1"})
+                            env={**os.environ, "TQDM_DISABLE": "1"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         assert proc.stdout is not None
         started = proc.stdout.readline()  # blocks until the stage holds, its workers idle
