@@ -524,11 +524,12 @@ def test_comment_body_puts_each_seeds_rows_first_so_a_truncation_cuts_the_detail
     table = "\n".join(["| Path | Metric | a | b | Change |", "|---|---|---|---|---|",
                         "| metrics/external/seed_1.json | auroc | - | 0.6 | - |",
                         "| metrics/report.json | eligible | 9 | 8 | -1 |",
+                        "| metrics/eval/seed_32.json | auroc_mean | 0.8 | - | - |",
                         "| metrics/eval/seed_1.json | auroc_mean | - | 0.7 | - |",
                         "| metrics/localize/seed_1.json | hit | - | 0.2 | - |"])
     rows = [line.split("|")[1].strip() for line in cb._seeds_first(table).splitlines()[2:]]
-    assert rows == ["metrics/eval/seed_1.json", "metrics/report.json", "metrics/external/seed_1.json",
-                    "metrics/localize/seed_1.json"]
+    assert rows == ["metrics/eval/seed_1.json", "metrics/eval/seed_32.json", "metrics/report.json",
+                    "metrics/external/seed_1.json", "metrics/localize/seed_1.json"]
     assert cb._seeds_first("no table") == "no table"
 
 

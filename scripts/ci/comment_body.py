@@ -132,9 +132,11 @@ def _seeds_first(table: str) -> str:
     if len(lines) < 3 or not lines[0].startswith("|"):
         return table
 
-    def rank(row: str) -> int:
-        path = row.split("|")[1].strip() if row.count("|") > 1 else ""
-        return 0 if path.startswith("metrics/eval/") else 1 if path == "metrics/report.json" else 2
+    def rank(row: str) -> tuple[int, bool]:
+        cells = [c.strip() for c in row.split("|")[1:-1]]
+        path = cells[0] if cells else ""
+        gone = len(cells) > 3 and cells[3] == "-"  # a metric only the base has (e.g. a seed no longer run)
+        return (0 if path.startswith("metrics/eval/") else 1 if path == "metrics/report.json" else 2), gone
 
     return "\n".join(lines[:2] + sorted(lines[2:], key=rank))
 

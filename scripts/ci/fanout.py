@@ -236,7 +236,8 @@ def apply_arm(plan: dict[str, Any], arm: str) -> list[str]:
 
 
 def data_stage_names() -> list[str]:
-    """The stages that the per-seed stages depend on, directly or not, and that are not per-seed themselves."""
+    """The stages that the per-seed stages depend on, directly or not, and that are not per-seed themselves, in
+    dvc.yaml's order."""
     import networkx as nx
 
     with repo_locked() as repo:
@@ -245,7 +246,10 @@ def data_stage_names() -> list[str]:
         upstream: set[Any] = set()
         for stage in per_seed:
             upstream |= nx.descendants(graph, stage)
-        return sorted(s.addressing for s in upstream - per_seed)
+        # In dvc.yaml's order: DVC writes a new dvc.lock's entries in the order it runs them, and a join must write
+        # the same bytes as one machine's `dvc repro`.
+        order = [s.addressing for s in repo.index.stages]
+        return sorted((s.addressing for s in upstream - per_seed), key=order.index)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -575,6 +579,8 @@ def join_all(plan: dict[str, Any], receipts: dict[tuple[str, int], dict[str, Any
                 entry["data"]["metrics"] = {}
         exp_show = logs / "exp-show.json"
         exp_show.write_text(json.dumps(shown))
+        if not Path("metrics/coverage.json").is_file():  # the interval methods the comparison uses (no data read)
+            dvc("repro", "--single-item", "coverage")
         command = [sys.executable, "-m", "cxrstudy", "experiments", "--exp-show", str(exp_show),
                    "--baseline", f"arm-{arms[0]['arm']}", "--out", "reports/experiments.md"]
         say("+ " + " ".join(command))
