@@ -1091,8 +1091,9 @@ def test_fanout_local_grid_saves_each_arm_as_an_experiment_and_compares_them(tmp
     listed = subprocess.run([sys.executable, "-m", "dvc", "exp", "list", "--name-only"], cwd=project,
                             capture_output=True, text=True, env=env, timeout=120).stdout.split()
     assert sorted(listed) == ["arm-a1", "arm-a2"], listed
-    refs = dict(reversed(line.split()) for line in git(project, "for-each-ref", "--format=%(objectname) %(refname)",
-                                                        "refs/exps").splitlines())
+    refs = {ref: rev for rev, ref in (line.split() for line in git(
+        project, "for-each-ref", "--format=%(objectname) %(refname)", "refs/exps").splitlines())
+        if ref.rsplit("/", 1)[-1] in listed}  # the arms' commits (DVC keeps other refs there too)
     losses = {}
     for ref, rev in refs.items():
         params = yaml.safe_load(git(project, "show", f"{rev}:params.yaml"))

@@ -256,6 +256,13 @@ def data_stage_names() -> list[str]:
 # The run cache: push a stage's entry with every object it names; compute a stage's key
 
 
+def repro_data_stages(*options: str) -> None:
+    """The shared data stages, each as its own target in dvc.yaml's order: DVC writes a new dvc.lock's entries in the
+    order it runs them, so one machine's `dvc repro` and a join then write the same bytes."""
+    for name in data_stage_names():
+        dvc("repro", *options, name)
+
+
 def _stage(repo: Any, name: str) -> Any:
     stages = repo.stage.collect(name)
     if len(stages) != 1:
@@ -408,7 +415,7 @@ def cmd_data(args: argparse.Namespace) -> None:
     for arm in plan["arms"]:
         apply_arm(plan, arm["arm"])
         stages = data_stage_names()
-        dvc("repro", "--pull", *stages)
+        repro_data_stages("--pull")
         if not args.no_push:
             push_stages(stages)
         (out / arm["arm"]).mkdir(parents=True, exist_ok=True)
@@ -543,7 +550,7 @@ def join_arm(plan: dict[str, Any], arm: str, receipts: list[dict[str, Any]], log
     """One arm: its parameters, the shared data stages, the key check, then the whole pipeline (logged: the proof)."""
     apply_arm(plan, arm)
     pulling = ["--pull"] if pull else []
-    dvc("repro", *pulling, *data_stage_names())
+    repro_data_stages(*pulling)
     precheck([r for r in receipts if r["stages"] and "key" in next(iter(r["stages"].values()))])
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_text("")
@@ -658,7 +665,7 @@ def cmd_local(args: argparse.Namespace) -> None:
     plan = build_plan(args.profile, split_words(args.grid), split_words(args.set))
     for arm in plan["arms"]:  # the shared stages once per arm, here: every worker restores them from the run cache
         apply_arm(plan, arm["arm"])
-        dvc("repro", *data_stage_names())
+        repro_data_stages()
     reset_workspace()
     jobs = {f"fanout-{a['arm']}-s{s}": (a["arm"], s) for a in plan["arms"] for s in a["seeds"]}
     for name, (arm, seed) in jobs.items():
