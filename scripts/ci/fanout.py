@@ -593,7 +593,8 @@ def join_all(plan: dict[str, Any], receipts: dict[tuple[str, int], dict[str, Any
                               check=False).returncode != 0:
                 raise Failed("python -m cxrstudy coverage failed")
         command = [sys.executable, "-m", "cxrstudy", "experiments", "--exp-show", str(exp_show),
-                   "--baseline", f"arm-{arms[0]['arm']}", "--coverage", str(coverage), "--out", "reports/experiments.md"]
+                   "--baseline", f"arm-{arms[0]['arm']}", "--coverage", str(coverage),
+                   "--out", "reports/experiments.md"]
         say("+ " + " ".join(command))
         if subprocess.run(command, check=False).returncode != 0:
             raise Failed("python -m cxrstudy experiments failed")
