@@ -32,16 +32,14 @@ from cxrstudy.reporting.inference import (
     Estimate,
     Stat,
     Tested,
-    column,
-    column_mean,
     estimate,
     family,
     none,
 )
 from cxrstudy.reporting.naming import Contrast, Model
 from cxrstudy.reporting.results import AUROC_TOLERANCE, Predictions, make_ensemble, num, read_predictions
-from cxrstudy.reporting.stats import Bootstrap, bootstrap_auroc
-from cxrstudy.reporting.study import Settings
+from cxrstudy.reporting.stats import bootstrap_auroc
+from cxrstudy.reporting.study import Scored, Settings
 from cxrstudy.reporting.tables import METHOD_NAMES
 
 EXTERNAL_STREAM = 1  # the external site's resamples come from report.bootstrap_seed + this: independent draws
@@ -133,24 +131,11 @@ def load_external(metrics_folder: Path, predictions_folder: Path,
     return site, preds
 
 
-@dataclass(frozen=True)
-class Scores:
-    """One model on one test set, over the shared findings: AUROC per finding and its patient resampling."""
-
-    auroc: np.ndarray
-    boot: Bootstrap
-
-    def finding(self, k: int) -> Stat:
-        return column(self.auroc, self.boot.per_class, self.boot.jackknife, k)
-
-    def mean_over(self, columns: Sequence[int]) -> Stat:
-        return column_mean(self.auroc, self.boot.per_class, self.boot.jackknife, columns)
-
-
-def _scores(pred: Predictions, names: Sequence[str], settings: Settings, seed: int) -> Scores:
+def _scores(model: Model, pred: Predictions, names: Sequence[str], settings: Settings, seed: int) -> Scored:
+    """One model on one test set, over the shared findings `names`, resampled by its patients from `seed`."""
     columns = [pred.findings.index(n) for n in names]
     labels, probs = pred.labels[:, columns], pred.probs[:, columns]
-    return Scores(scoring.auroc(labels, probs),
+    return Scored(model, scoring.auroc(labels, probs),
                   bootstrap_auroc(labels, probs, pred.patients, settings.resamples, seed))
 
 
@@ -243,8 +228,8 @@ def external_study(internal: Sequence[Predictions], external: Sequence[Predictio
     rows: list[tuple[Model, int, Estimate, Estimate, float]] = []
     means: list[tuple[Model, Estimate, Estimate]] = []
     for model, at_home, away in models:
-        home = _scores(at_home, names, settings, settings.seed)
-        there = _scores(away, names, settings, settings.seed + EXTERNAL_STREAM)
+        home = _scores(model, at_home, names, settings, settings.seed)
+        there = _scores(model, away, names, settings, settings.seed + EXTERNAL_STREAM)
         contrast = Contrast(naming.SITE_DROP, naming.scored_on(model, INTERNAL), naming.scored_on(model, EXTERNAL))
         for k, name in enumerate(names):
             a, b = home.finding(k), there.finding(k)
