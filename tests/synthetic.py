@@ -221,10 +221,11 @@ SHARED = {"Atelectasis": "Atelectasis", "Cardiomegaly": "Cardiomegaly", "Consoli
 
 def make_external(study: Study, n_test: int = 240, n_patients: int = 160, strength: float | dict[str, float] = 0.9,
                   counts: dict[str, int] | None = None, data_seed: int = 11, masked: float = 0.0,
-                  shared: dict[str, str] | None = None) -> Path:
+                  shared: dict[str, str] | None = None, noise_seed: int = 100) -> Path:
     """The external stage's files for every seed of `study`: `metrics/external/seed_N.json` (its keys, AUROCs from
     the predictions) and `predictions/external/seed_N.csv` (the model's names for the shared findings). `strength`:
-    how separable each finding is at the external site (lower than the internal site's plants a drop)."""
+    how separable each finding is at the external site (lower than the internal site's plants a drop); `noise_seed`:
+    added to each seed for the seeds' noise there."""
     shared = shared or SHARED
     names = tuple(shared)
     data = np.random.default_rng(data_seed)
@@ -235,7 +236,7 @@ def make_external(study: Study, n_test: int = 240, n_patients: int = 160, streng
     signal = np.array([strength.get(n, 0.9) if isinstance(strength, dict) else strength for n in names])
     common = data.normal(0, 1.0, labels.shape)
     for seed in study.params.seeds:
-        probs = _probs(np.random.default_rng(seed + 100), labels, signal, common, 0.35)
+        probs = _probs(np.random.default_rng(seed + noise_seed), labels, signal, common, 0.35)
         auroc = scoring.auroc(labels, probs)
         write_predictions(study.root / f"predictions/external/seed_{seed}.csv", images, patients, names, labels, probs)
         payload = {"seed": seed, "external": {

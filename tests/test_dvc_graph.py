@@ -3,7 +3,6 @@ command line included), on the package data it reads, and on no parameter it doe
 
 from __future__ import annotations
 
-import ast
 import copy
 import re
 from pathlib import Path
@@ -12,82 +11,12 @@ from typing import Any
 import pytest
 import yaml
 
+from cxrstudy.closure import DISCOVERING, imported_modules, module_file, stage_closure, stage_module
 from tests.conftest import ROOT
 
 PACKAGE = ROOT / "src" / "cxrstudy"
 DATA_FOLDERS = ("resources", "templates")  # package data, read through importlib.resources / jinja2
-# Packages that import every module in them by name at run time (importlib): importing one imports them all, and a
-# stage depends on the folder, so that a new module there (a new dataset adapter) needs no new line in dvc.yaml.
-DISCOVERING = ("data/sources",)
 CMD = re.compile(r"python -m cxrstudy (\w+)")
-
-
-def _discovered(name: str) -> set[str]:
-    """The modules a discovering package (`DISCOVERING`) imports by name when `name` is that package."""
-    for folder in DISCOVERING:
-        if name == "cxrstudy." + folder.replace("/", "."):
-            return {f"{name}.{p.stem}" for p in sorted((PACKAGE / folder).glob("*.py")) if p.stem != "__init__"}
-    return set()
-
-
-def _module_file(name: str) -> Path | None:
-    """src/cxrstudy/<name>.py (or a subpackage's __init__.py) for a dotted module name under cxrstudy."""
-    parts = name.split(".")
-    if parts[0] != "cxrstudy":
-        return None
-    base = PACKAGE.joinpath(*parts[1:])
-    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-PHASES = ("data", "learning", "reporting")  # the subpackages; a stage's module is in one of them
-
-
-def stage_module(stage: str) -> str:
-    """The module that `python -m cxrstudy <stage>` runs: cxrstudy.<phase>.<stage>."""
-    found = [f"cxrstudy.{phase}.{stage}" for phase in PHASES if (PACKAGE / phase / f"{stage}.py").is_file()]
-    assert len(found) == 1, f"stage {stage}: expected one module src/cxrstudy/<phase>/{stage}.py, found {found}"
-    return found[0]
-
-
-def with_packages(name: str) -> set[str]:
-    """A module and the packages above it, which Python imports first (cxrstudy.data.split: cxrstudy.data too)."""
-    parts = name.split(".")
-    return {".".join(parts[:i]) for i in range(1, len(parts) + 1)}
-
-
-def imported_modules(path: Path, top_level_only: bool = False) -> set[str]:
-    """The cxrstudy modules `path` imports, anywhere in it (or only at module level)."""
-    tree = ast.parse(path.read_text())
-    nodes = tree.body if top_level_only else list(ast.walk(tree))
-    found: set[str] = set()
-    for node in nodes:
-        if isinstance(node, ast.Import):
-            found |= {alias.name for alias in node.names if alias.name.startswith("cxrstudy")}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("cxrstudy"):
-            found.add(node.module)
-            found |= {f"{node.module}.{a.name}" for a in node.names if _module_file(f"{node.module}.{a.name}")}
-    return {p for m in found if _module_file(m) for p in with_packages(m)}
-
-
-def stage_closure(stage: str) -> set[Path]:
-    """Every project file `python -m cxrstudy <stage>` can import: the package, __main__, the command line's own
-    imports, the stage's module and, transitively, everything those import."""
-    todo = ["cxrstudy", "cxrstudy.__main__", "cxrstudy.cli", *with_packages(stage_module(stage))]
-    todo += sorted(imported_modules(PACKAGE / "cli.py", top_level_only=True))
-    seen: set[str] = set()
-    while todo:
-        name = todo.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        path = _module_file(name)
-        assert path is not None, name
-        if name != "cxrstudy.cli":  # the command line imports each stage's module only in that stage's branch
-            todo += sorted((imported_modules(path) | _discovered(name)) - seen)
-    return {_module_file(m) for m in seen}  # type: ignore[misc]
 
 
 def data_folders(files: set[Path]) -> set[str]:
@@ -120,7 +49,7 @@ def test_every_stage_runs_its_own_entry_point() -> None:
     for name, spec in dvc_stages().items():
         match = CMD.search(spec["cmd"])
         assert match and match.group(1) == name, f"stage {name}: command {spec['cmd']!r}"
-        assert _module_file(stage_module(name)), f"stage {name} has no module"
+        assert module_file(stage_module(name)), f"stage {name} has no module"
 
 
 @pytest.mark.parametrize("stage", STAGES)

@@ -20,7 +20,7 @@ from cxrstudy.reporting import grid as arms
 from cxrstudy.reporting.inference import Stat
 from cxrstudy.reporting.study import Settings
 from tests.conftest import cli, copy_project, git, sh, table_after, tiny_params, tiny_raw
-from tests.synthetic import make_study, write_coverage
+from tests.synthetic import make_external, make_study, write_coverage
 
 SEEDS = [12, 22]
 
@@ -31,9 +31,12 @@ def _entry(rev: str, name: str, params: dict[str, Any], metrics: dict[str, Any])
     return {"rev": rev, "name": name, "data": data, "error": None, "experiments": None}
 
 
-def arm_commit(repo: Path, tmp: Path, name: str, loss: str, clahe: bool, offset: float) -> dict[str, Any]:
-    """Commit a synthetic arm's metrics and predictions in `repo`; return its `dvc exp show` entry."""
+def arm_commit(repo: Path, tmp: Path, name: str, loss: str, clahe: bool, offset: float,
+               external: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Commit a synthetic arm's metrics and predictions in `repo`, with its predictions at an external site made by
+    `make_external(**external)` (default: signal 1.0); return its `dvc exp show` entry."""
     study = make_study(tmp / name, seeds=SEEDS, bootstrap=200, offset=dict.fromkeys(SEEDS, offset))
+    make_external(study, **{"strength": 1.0, **(external or {})})
     for folder in ("metrics", "predictions"):
         shutil.rmtree(repo / folder, ignore_errors=True)
         shutil.copytree(study.root / folder, repo / folder)
@@ -47,21 +50,28 @@ def arm_commit(repo: Path, tmp: Path, name: str, loss: str, clahe: bool, offset:
     return _entry(git(repo, "rev-parse", "HEAD"), name, params, metrics)
 
 
-@pytest.fixture(scope="module")
-def grid(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict[str, Any]]]:
-    """A git repository with a baseline commit and three experiment commits; their `dvc exp show --json`."""
-    repo = tmp_path_factory.mktemp("repo")
-    tmp = tmp_path_factory.mktemp("arms")
+def make_grid(repo: Path, tmp: Path, noclahe_offset: float, noclahe_external: dict[str, Any]) -> list[dict[str, Any]]:
+    """A baseline commit and three experiment commits in a new repository `repo`; their `dvc exp show --json`.
+    The CLAHE-off arm has `noclahe_offset` more signal than the focal baseline internally and its external
+    predictions from `make_external(**noclahe_external)` (the others': signal 1.0)."""
     git(repo, "init", "-q")
     base = arm_commit(repo, tmp, "main", "focal", True, 0.0)
     runs = [arm_commit(repo, tmp, "focal-clahe", "focal", True, 0.0),
             arm_commit(repo, tmp, "bce-clahe", "bce", True, 0.8),
-            arm_commit(repo, tmp, "focal-noclahe", "focal", False, -0.05)]
+            arm_commit(repo, tmp, "focal-noclahe", "focal", False, noclahe_offset, external=noclahe_external)]
     queued = _entry("f" * 40, "wbce-noclahe", {"seeds": SEEDS}, {})
     base["experiments"] = [{"revs": [r], "executor": None, "name": r["name"]} for r in runs]
     base["experiments"].append({"revs": [queued], "executor": {"state": "queued"}, "name": "wbce-noclahe"})
     workspace = {**base, "rev": "workspace", "experiments": None}
-    return repo, [workspace, base]
+    return [workspace, base]
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict[str, Any]]]:
+    """The grid with a planted truth at the external site: without CLAHE, the focal arm loses more there (its
+    signal 0.3 against 1.0)."""
+    repo = tmp_path_factory.mktemp("repo")
+    return repo, make_grid(repo, tmp_path_factory.mktemp("arms"), -0.05, {"strength": 0.3})
 
 
 def test_exp_show_json_is_parsed_into_experiments(grid: tuple[Path, list[dict[str, Any]]]) -> None:
@@ -117,6 +127,48 @@ def test_every_interval_column_says_what_noise_it_holds(rendered: str) -> None:
     assert any("descriptive, not tested" in h for h in headers)
 
 
+EXTERNAL = "## At the external site: does CLAHE generalise better?"
+
+
+def test_every_arm_is_tested_at_the_external_site_and_the_planted_clahe_effect_is_found(rendered: str) -> None:
+    """Planted: without CLAHE the focal arm's external signal is 0.3 instead of 1.0, so it loses more there."""
+    at_sites = table_after(rendered, EXTERNAL)
+    assert [r[0] for r in at_sites[1:]] == ["focal-clahe", "bce-clahe", "focal-noclahe"]
+    assert all("test sampling only" in h for h in at_sites[0][3:6])
+    for row in at_sites[1:]:
+        internal, external, drop = (float(c.split()[0]) for c in row[3:6])
+        assert drop == pytest.approx(internal - external, abs=2e-4)
+    drops = {r[0]: float(r[5].split()[0]) for r in at_sites[1:]}
+    assert drops["focal-noclahe"] > drops["focal-clahe"] + 0.1
+    (header, row) = table_after(rendered, "Each row is the drop with CLAHE on − the drop with CLAHE off")
+    assert row[0].split()[:3] == ["focal-clahe", "−", "focal-noclahe"] and row[4] == "yes"
+    assert float(row[1].split()[0]) == pytest.approx(drops["focal-clahe"] - drops["focal-noclahe"], abs=2e-4)
+    assert "beyond noise, CLAHE loses less at the other site" in rendered
+
+
+def test_without_a_planted_effect_the_clahe_question_is_within_noise(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Null: the same signal with and without CLAHE at both sites, only the seeds' noise at the external site
+    differs."""
+    repo = tmp_path_factory.mktemp("flat")
+    data = make_grid(repo, tmp_path_factory.mktemp("flat-arms"), 0.0, {"noise_seed": 200})
+    text = render(data, repo, tmp_path_factory.mktemp("flat-render"), tiny_params(seeds=SEEDS,
+                                                                                  report={"bootstrap": 200}))
+    (_, row) = table_after(text, "Each row is the drop with CLAHE on − the drop with CLAHE off")
+    assert row[4] == "no" and "so this grid cannot say that CLAHE" in text
+
+
+def test_arms_without_an_external_site_are_said_to_be_so(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    data = make_grid(repo, tmp_path / "arms", -0.05, {"strength": 0.3})
+    (repo / "metrics/external/seed_12.json").write_text(json.dumps({"seed": 12, "external": None}))
+    git(repo, "commit", "-qam", "no external site")
+    data[1]["experiments"][2]["revs"][0]["data"]["rev"] = git(repo, "rev-parse", "HEAD")
+    text = render(data, repo, tmp_path, tiny_params(seeds=SEEDS, report={"bootstrap": 50}))
+    assert "Not compared at an external site: focal-noclahe has no external test set (ingest.external: none)." in text
+    assert json.loads((tmp_path / "experiments.json").read_text())["external"] is None
+
+
 def test_the_per_class_table_carries_its_counts(rendered: str) -> None:
     per_class = table_after(rendered, "## Per-class AUROC, mean over each arm's seeds")
     assert per_class[0][:3] == ["Class", "Positive patients (test)", "Positive images (test)"]
@@ -169,6 +221,10 @@ def test_the_grid_summary_records_each_arms_calibration(grid: tuple[Path, list[d
     assert by_name["bce-clahe"]["loss_name"] == "bce" and by_name["focal-noclahe"]["clahe"] == "off"
     assert set(by_name["bce-clahe"]["seeds"]) == {"12", "22"}
     assert all(isinstance(v["ece"], float) for a in summary["arms"] for v in a["seeds"].values())
+    external = summary["external"]
+    assert external["site"] == "CheXpert-shaped phantom (site B)" and set(external["arms"]) == set(by_name)
+    (clahe,) = external["clahe_drop"]
+    assert (clahe["on"], clahe["off"]) == ("focal-clahe", "focal-noclahe") and clahe["high"] < 0
 
 
 def _arm(name: str, loss: str, clahe: bool, **extra: Any) -> arms.Arm:
@@ -239,4 +295,5 @@ def test_a_two_arm_grid_runs_end_to_end(tmp_path: Path) -> None:
     assert next(r for r in arms[1:] if r[0].endswith("(baseline)"))[3] == "on"
     clahe = table_after(text, "## CLAHE on − off, per loss")
     assert len(clahe) == 2 and not math.isnan(float(clahe[1][1].split()[0]))
-    assert (root / "reports/experiments.json").is_file()
+    external = json.loads((root / "reports/experiments.json").read_text())["external"]
+    assert external["site"] and len(external["arms"]) == 2 and EXTERNAL in text

@@ -156,6 +156,14 @@ def test_the_machine_record_is_beside_the_model_but_outside_its_dvc_hash() -> No
     assert _dvc_ignores(record, "models/seed_12/model.pt") == [record]
 
 
+def test_bytecode_caches_are_outside_every_dvc_hash() -> None:
+    """Importing the adapters writes src/cxrstudy/data/sources/__pycache__ on a machine without
+    PYTHONDONTWRITEBYTECODE: that folder is a stage dependency, so DVC must not hash the caches, or dvc.lock would
+    depend on how a machine's Python was started."""
+    caches = ["src/cxrstudy/data/sources/__pycache__/nih.cpython-312.pyc", "src/cxrstudy/data/sources/nih.pyc"]
+    assert _dvc_ignores(*caches, "src/cxrstudy/data/sources/nih.py") == caches
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # A test that needs a system tool: skipped with the reason on a newcomer's machine, failed in CI
 

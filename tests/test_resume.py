@@ -497,3 +497,23 @@ def _package_copy(root: Path, changed: str) -> Path:
     with (copy / changed).open("a") as handle:
         handle.write("\n# changed\n")
     return copy
+
+
+def test_the_code_digest_covers_the_train_stages_own_imports_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The model file records the code version: the files dvc.yaml lists for train (its import closure, kept equal
+    to its deps by test_dvc_graph), so a reporting change neither changes a retrained model's bytes nor blocks a
+    resume, while a change to the training code does."""
+    from cxrstudy import closure
+    from cxrstudy.learning import checkpoint
+
+    digested: list[list[Path]] = []
+    real = checkpoint._digest
+    monkeypatch.setattr(checkpoint, "_digest", lambda files, root: digested.append(list(files)) or real(files, root))
+    checkpoint.code_digest()
+    (files,) = digested
+    package = closure.PACKAGE
+    assert set(files) == closure.stage_closure("train")
+    assert package / "learning/train.py" in files and package / "learning/losses.py" in files
+    assert package / "data/shards.py" in files and package / "closure.py" in files
+    assert not [f for f in files if f.is_relative_to(package / "reporting")]
+    assert package / "learning/evaluate.py" not in files

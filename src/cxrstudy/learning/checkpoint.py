@@ -23,6 +23,7 @@ from torch import nn
 
 from cxrstudy import numerics
 from cxrstudy.atomic import atomic_file
+from cxrstudy.closure import stage_closure
 from cxrstudy.data.dataset import INFO_FILE, TABLE_FILE
 from cxrstudy.data.shards import records_fingerprint
 from cxrstudy.learning.distributed import unwrap
@@ -72,9 +73,11 @@ def _digest(files: Iterable[Path], root: Path) -> str:
 
 
 def code_digest() -> str:
-    """The version of everything that computes a training result: the package's source files, and the versions of
-    Python, torch, torchvision, NumPy, OpenCV and scikit-learn (validation AUROC picks the best epoch)."""
-    sources = _digest(sorted(SOURCES.rglob("*.py")), SOURCES)
+    """The version of everything that computes a training result: the source files the train stage's command
+    imports (`closure.stage_closure`, which are its dvc.yaml deps: a change elsewhere in the package neither blocks a
+    resume nor changes a retrained model file's bytes), and the versions of Python, torch, torchvision, NumPy, OpenCV
+    and scikit-learn (validation AUROC picks the best epoch)."""
+    sources = _digest(sorted(stage_closure("train")), SOURCES)
     return hashlib.sha256(json.dumps([sources, numerics.versions()], sort_keys=True).encode()).hexdigest()[:16]
 
 

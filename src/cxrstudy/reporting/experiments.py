@@ -5,7 +5,9 @@ its miscalibration).
 The experiments come from `dvc exp show --json` (their params and metrics); each one's predictions are read from its
 own git commit (they are `cache: false` outputs), so arms are compared on the same test patients: a paired patient
 bootstrap, as in the report, one Holm family per question (`grid`). Because an arm's mean over seeds would change
-with other seeds, every difference is also given with training variance added (`variance.with_training`).
+with other seeds, every difference is also given with training variance added (`variance.with_training`). Each arm
+is also scored at the external test site from its commit's external predictions, and the CLAHE question is asked of
+the drop between sites (`gridsites`).
 """
 
 from __future__ import annotations
@@ -22,11 +24,11 @@ from typing import Any
 from cxrstudy.atomic import atomic_file, write_json
 from cxrstudy.errors import InputError
 from cxrstudy.params import Params
-from cxrstudy.reporting import grid, scoring
+from cxrstudy.reporting import grid, gridsites, naming, scoring
 from cxrstudy.reporting.coverage import load_coverage
 from cxrstudy.reporting.render import render
-from cxrstudy.reporting.results import SeedMetrics, same_images, seed_metrics_from_dict
-from cxrstudy.reporting.revisions import predictions_at
+from cxrstudy.reporting.results import Predictions, SeedMetrics, same_images, seed_metrics_from_dict
+from cxrstudy.reporting.revisions import predictions_at, resolve, show
 from cxrstudy.reporting.study import eligible, settings
 from cxrstudy.reporting.tables import METHOD_NAMES
 
@@ -172,6 +174,35 @@ def _shared(base: Experiment) -> dict[str, Any]:
             if k in base.params}
 
 
+def external_at(repo: Path, exps: list[Experiment]) -> tuple[str, dict[str, list[Predictions]]] | str:
+    """Each arm's external predictions per seed, from its commit (the external stage's `metrics/external/seed_N.json`
+    and `predictions/external/seed_N.csv`), and the external site's name; or why there are none to compare."""
+    site, preds = "", dict[str, list[Predictions]]()
+    for e in exps:
+        commit = resolve(repo, e.rev)
+        preds[e.name] = []
+        for s in e.seeds:
+            path = f"metrics/external/seed_{s.seed}.json"
+            text = show(repo, commit, path)
+            if text is None:
+                return f"{e.name} has no external metrics ({path} is not in its commit)"
+            try:
+                found = json.loads(text)["external"]
+            except (ValueError, KeyError, TypeError) as err:
+                raise InputError(f"{e.rev}:{path}: malformed external metrics file ({type(err).__name__}: {err})") \
+                    from None
+            if found is None:
+                return f"{e.name} has no external test set (ingest.external: none)"
+            name = str(found.get("name") or "the external site")
+            if site and name != site:
+                return f"the arms were tested at different external sites ({site}, {name})"
+            site = name
+            preds[e.name].append(predictions_at(repo, e.rev, f"predictions/external/seed_{s.seed}.csv", commit))
+    if not same_images([p for arm in preds.values() for p in arm]):
+        return "the arms' external test sets differ (images or labels), so they cannot be paired"
+    return site, preds
+
+
 def run(params: Params, exp_show: Path | None, repo: Path, out_file: Path, baseline: str | None = None,
         coverage_file: Path = Path("metrics/coverage.json"), summary_file: Path | None = None) -> None:
     """Render the comparison of the experiments with metrics to `out_file`, and the arms' calibration summary to
@@ -198,16 +229,23 @@ def run(params: Params, exp_show: Path | None, repo: Path, out_file: Path, basel
     for kind, pairs in questions.items():
         if pairs:
             tables[kind], verdicts[kind] = grid.question_table(kind, pairs, settings_)
+    external = external_at(repo, exps)
+    sites = None
+    if not isinstance(external, str):
+        sites = gridsites.grid_sites(external[0], arms, {e.name: preds[e.name] for e in exps}, external[1],
+                                     questions[naming.CLAHE], settings_)
     context = {"phantom": base_exp.params.get("ingest.source") == "phantom", "settings": settings_,
                "eligible": [first.findings[k] for k in columns], "n_patients": len(set(first.patients.tolist())),
                "n_images": len(first.images), "skipped": skipped, "differing": _differing(exps), "base": base,
                "arms": grid.arms_table(arms, base, settings_, len(columns)), "questions": tables,
                "verdicts": verdicts, "per_class": grid.per_class_table(arms, first),
                "ranking": grid.ranking(arms, settings_, questions), "shared": _shared(base_exp),
-               "methods": METHOD_NAMES}
+               "methods": METHOD_NAMES, "sites": sites, "no_sites": external if isinstance(external, str) else "",
+               "sites_arms": gridsites.arms_table(sites, settings_) if sites and sites.arms else None,
+               "sites_clahe": gridsites.clahe_table(sites, settings_) if sites and sites.clahe else None}
     text = render(TEMPLATE, **context)
     summary_file = summary_file or out_file.with_suffix(".json")
     with atomic_file(out_file) as handle:
         handle.write(text)
-    write_json(summary_file, grid.grid_summary(arms, base))
+    write_json(summary_file, {**grid.grid_summary(arms, base), "external": gridsites.summary(sites)})
     print(f"experiments: {len(arms)} arm(s) compared -> {out_file}, {summary_file}")

@@ -23,7 +23,7 @@ LOSS = "loss"  # an arm - the arm with the baseline's loss and the same CLAHE se
 CLAHE = "clahe"  # CLAHE on - off, same loss
 OTHER = "other"  # an arm that differs from the baseline in more than the loss or CLAHE - the baseline
 SITE_DROP = "site drop"  # one model at the training site - the same model at the external site (independent sets)
-EXTERNAL = "external"  # an arm - the baseline, both scored at the external site
+CLAHE_DROP = "clahe drop"  # the drop between sites of an arm with CLAHE on - of the same loss with it off
 SUBGROUP = "subgroup"  # one model on one subgroup - the same model on another (e.g. AP - PA), same test patients
 LABEL_SET = "label set"  # one model scored against the experts' labels - against the dataset's own, same images
 

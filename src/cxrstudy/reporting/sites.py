@@ -131,7 +131,7 @@ def load_external(metrics_folder: Path, predictions_folder: Path,
     return site, preds
 
 
-def _scores(model: Model, pred: Predictions, names: Sequence[str], settings: Settings, seed: int) -> Scored:
+def scores_at(model: Model, pred: Predictions, names: Sequence[str], settings: Settings, seed: int) -> Scored:
     """One model on one test set, over the shared findings `names`, resampled by its patients from `seed`."""
     columns = [pred.findings.index(n) for n in names]
     labels, probs = pred.labels[:, columns], pred.probs[:, columns]
@@ -228,8 +228,8 @@ def external_study(internal: Sequence[Predictions], external: Sequence[Predictio
     rows: list[tuple[Model, int, Estimate, Estimate, float]] = []
     means: list[tuple[Model, Estimate, Estimate]] = []
     for model, at_home, away in models:
-        home = _scores(model, at_home, names, settings, settings.seed)
-        there = _scores(model, away, names, settings, settings.seed + EXTERNAL_STREAM)
+        home = scores_at(model, at_home, names, settings, settings.seed)
+        there = scores_at(model, away, names, settings, settings.seed + EXTERNAL_STREAM)
         contrast = Contrast(naming.SITE_DROP, naming.scored_on(model, INTERNAL), naming.scored_on(model, EXTERNAL))
         for k, name in enumerate(names):
             a, b = home.finding(k), there.finding(k)
