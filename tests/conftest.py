@@ -13,6 +13,8 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -269,31 +271,136 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 RESULTS = ("dvc.lock", "data", "models", "metrics", "predictions", "plots", "reports")
 
 
+@dataclass(frozen=True)
+class Process:
+    """A running process as /proc shows it: its pid, arguments, working folder and environment."""
+
+    pid: int
+    args: list[bytes]
+    cwd: str
+    environ: list[bytes]
+
+
+def processes() -> Iterator[Process]:
+    """Every process this user may read in /proc (one that ends while being read is left out)."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            args = (proc / "cmdline").read_bytes().split(b"\0")
+            cwd = os.readlink(proc / "cwd")
+        except OSError:
+            continue
+        try:
+            environ = (proc / "environ").read_bytes().split(b"\0")
+        except OSError:  # another user's: its arguments are readable, its environment is not
+            environ = []
+        yield Process(int(proc.name), args, cwd, environ)
+
+
+def tree_bytes(root: Path, paths: Iterable[str] = (".",)) -> dict[str, bytes]:
+    """The bytes of every file at or under each of `paths` (relative to `root`; default: all of it), by its path
+    relative to `root`: two trees compare equal exactly when they hold the same files with the same bytes."""
+    found: dict[str, bytes] = {}
+    for name in paths:
+        path = root / name
+        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+        found.update({f.relative_to(root).as_posix(): f.read_bytes() for f in files})
+    return found
+
+
+def shared_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The temporary folder all test processes of this run share (pytest-xdist's workers: the one above their own)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+def built_once(folder: Path, build: Callable[[Path], None]) -> Path:
+    """`folder`, built by `build(folder)` in the first test process of this run that asks for it; the others wait
+    for it (a lock beside it) and reuse it. A build that failed leaves no mark, so the next one starts afresh."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    done = folder.with_name(folder.name + ".done")
+    with folder.with_name(folder.name + ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            build(folder)
+            done.touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def repro_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy of the project with the tiny parameters and none of its recorded results, after `dvc repro`, all
-    committed on `main`: the pipeline runs once per test run, whatever the number of test processes (pytest-xdist's
-    workers share the temporary folder above their own). Tests change a copy: `copy_repro`."""
-    base = tmp_path_factory.getbasetemp()
-    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
-    root, done = shared / "repro" / "project", shared / "repro" / "done"
-    root.parent.mkdir(exist_ok=True)
-    with (shared / "repro" / "lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # the other workers wait for the first one's run
-        if not done.exists():
-            shutil.rmtree(root, ignore_errors=True)  # what a failed run in another worker left
-            copy_project(root, drop=RESULTS, params=tiny_raw())
-            sh(["dvc", "repro"], root)
-            git(root, "add", "-A")
-            git(root, "commit", "-qm", "dvc repro")
-            done.touch()
-    return root
+    committed on `main`: the pipeline runs once per test run, whatever the number of test processes. Tests change a
+    copy: `copy_repro`."""
+
+    def build(root: Path) -> None:
+        copy_project(root, drop=RESULTS, params=tiny_raw())
+        sh(["dvc", "repro"], root)
+        git(root, "add", "-A")
+        git(root, "commit", "-qm", "dvc repro")
+
+    return built_once(shared_folder(tmp_path_factory) / "repro" / "project", build)
 
 
 def copy_repro(repro_project: Path, dest: Path) -> Path:
     """A copy of `repro_project` (its git history and DVC cache included) at `dest`."""
     shutil.copytree(repro_project, dest, symlinks=True)
     return dest
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The learning controls: a small but learnable phantom, and two models trained on it for 5 epochs at 64 px, one on its
+# labels and one on shuffled labels. Made once per test run and shared by the positive and negative controls of
+# tests/test_train.py (AUROC) and tests/test_localize.py (where the model looks): training, not the checks, is
+# what costs.
+
+CONTROL: dict[str, Any] = {"ingest": {"phantom": {"n_images": 600, "image_size": 128}},
+                           "preprocess": {"image_size": 64},
+                           "train": {"image_size": 64, "epochs": 5, "batch_size": 16, "lr": 0.002},
+                           "numerics": {"threads": 2}}
+
+
+def control_params(shuffled: bool = False, **override: Any) -> Params:
+    """The controls' parameters (labels shuffled in training, for the negative control), with `override` merged in
+    (sections training does not read, e.g. `report` or `localize`)."""
+    return tiny_params(**deep_merge(deep_merge(CONTROL, {"train": {"shuffle_labels": shuffled}}), override))
+
+
+@pytest.fixture(scope="session")
+def control_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The controls' data: data/raw, data/processed and data/splits."""
+    params = control_params()
+
+    def build(root: Path) -> None:
+        ingest.run(params, "internal", root / "data/raw", workers=2)
+        preprocess.run(params, root / "data/raw", root / "data/processed")
+        split.run(params, root / "data/raw", root / "data/splits", root / "data/processed")
+
+    return built_once(shared_folder(tmp_path_factory) / "control" / "data", build)
+
+
+def _control_model(data: Path, shuffled: bool) -> Path:
+    from cxrstudy.learning import train
+
+    def build(out: Path) -> None:
+        train.run(control_params(shuffled), 1, data / "data/raw", data / "data/processed", data / "data/splits",
+                  out / "model", out / "history.csv", out / "checkpoint")
+
+    return built_once(data.parent / ("shuffled" if shuffled else "trained"), build) / "model"
+
+
+@pytest.fixture(scope="session")
+def control_model(control_data: Path) -> Path:
+    """Seed 1's model trained on the controls' data (a folder holding model.pt; read it, never write in it)."""
+    return _control_model(control_data, shuffled=False)
+
+
+@pytest.fixture(scope="session")
+def shuffled_control_model(control_data: Path) -> Path:
+    """The same, trained on shuffled labels."""
+    return _control_model(control_data, shuffled=True)
 
 
 @pytest.fixture
@@ -352,3 +459,81 @@ def pytest_configure(config: pytest.Config) -> None:
     if os.environ.get(REQUIRE_TOOLS) == "1":
         # tests/containers.py's own switch for the image and act tests.
         os.environ.setdefault("CXR_REQUIRE_CONTAINERS", "1")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Outputs a stage cannot replace: an immutable or append-only file (chattr), a mount point (a container volume)
+
+
+def skip_unless_chattr(scratch: Path) -> None:
+    """Skip the test unless `chattr +i` works under `scratch` (root, and a file system with Linux attributes)."""
+    if shutil.which("chattr") is None:
+        pytest.skip("needs chattr (e2fsprogs)")
+    probe = scratch / "chattr-probe"
+    probe.mkdir()
+    done = subprocess.run(["chattr", "+i", str(probe)], capture_output=True, text=True)
+    subprocess.run(["chattr", "-i", str(probe)], capture_output=True)
+    probe.rmdir()
+    if done.returncode != 0:
+        pytest.skip(f"chattr +i is not possible here ({done.stderr.strip()}): needs root and Linux file attributes")
+
+
+def skip_unless_mount(scratch: Path) -> None:
+    """Skip the test unless a folder under `scratch` can be bind-mounted (root on Linux)."""
+    if not sys.platform.startswith("linux") or os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("a mount point needs root on Linux (mount --bind)")
+    probe = scratch / "mount-probe"
+    probe.mkdir()
+    done = subprocess.run(["mount", "--bind", str(probe), str(probe)], capture_output=True, text=True)
+    subprocess.run(["umount", str(probe)], capture_output=True)
+    probe.rmdir()
+    if done.returncode != 0:
+        pytest.skip(f"cannot bind-mount here: {done.stderr.strip()}")
+
+
+@contextmanager
+def protecting(scratch: Path) -> Iterator[Callable[[Path, str], None]]:
+    """`protect(path, "i")` makes `path` immutable (`"a"`: append-only) with chattr, undone at the end; skips the test
+    where chattr cannot work (tried under `scratch`)."""
+    skip_unless_chattr(scratch)
+    done: list[tuple[Path, str]] = []
+
+    def protect(path: Path, flag: str = "i") -> None:
+        subprocess.run(["chattr", f"+{flag}", str(path)], check=True, capture_output=True)
+        done.append((path, flag))
+
+    try:
+        yield protect
+    finally:
+        for path, flag in reversed(done):
+            subprocess.run(["chattr", f"-{flag}", str(path)], capture_output=True)
+
+
+@contextmanager
+def mounting(scratch: Path) -> Iterator[Callable[[Path], None]]:
+    """`mount_point(folder)` bind-mounts `folder` onto itself, as a container volume is mounted, undone at the end;
+    skips the test where that is not possible (tried under `scratch`)."""
+    skip_unless_mount(scratch)
+    mounted: list[Path] = []
+
+    def mount_point(folder: Path) -> None:
+        subprocess.run(["mount", "--bind", str(folder), str(folder)], check=True, capture_output=True)
+        mounted.append(folder)
+
+    try:
+        yield mount_point
+    finally:
+        for folder in reversed(mounted):
+            subprocess.run(["umount", str(folder)], capture_output=True)
+
+
+@pytest.fixture
+def protect(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[Path, str], None]]:
+    with protecting(tmp_path_factory.mktemp("chattr")) as make:
+        yield make
+
+
+@pytest.fixture
+def mount_point(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[Path], None]]:
+    with mounting(tmp_path_factory.mktemp("mount")) as make:
+        yield make

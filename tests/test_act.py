@@ -34,7 +34,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT, copy_project, git, sh, tiny_raw, write_params
+from tests.conftest import ROOT, copy_project, git, processes, sh, tiny_raw, tree_bytes, write_params
 from tests.containers import require
 from tests.fake_github import REPO, Served, gh_available, serve
 
@@ -303,29 +303,14 @@ def isolated_env(root: Path) -> dict[str, str]:
     return env
 
 
-def tree_files(root: Path, paths: tuple[str, ...]) -> dict[str, bytes]:
-    out: dict[str, bytes] = {}
-    for name in paths:
-        path = root / name
-        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-        out.update({str(f.relative_to(root)): f.read_bytes() for f in files})
-    return out
-
-
 def training_process(workspace: Path, seed: int) -> int | None:
     """The pid of `python -m cxrstudy train --seed SEED` running in `workspace` (a job's copy), if any."""
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            args = (proc / "cmdline").read_bytes().split(b"\0")
-            cwd = os.readlink(proc / "cwd")
-        except OSError:
-            continue
-        wanted = [b"train", b"--seed", str(seed).encode()]
+    wanted = [b"train", b"--seed", str(seed).encode()]
+    for proc in processes():
+        args = proc.args
         if b"cxrstudy" in args and b"train" in args and args[args.index(b"train"):][:3] == wanted \
-                and cwd == os.path.realpath(workspace):
-            return int(proc.name)
+                and proc.cwd == os.path.realpath(workspace):
+            return proc.pid
     return None
 
 
@@ -499,7 +484,7 @@ def test_fanout_publishes_what_one_machine_computes(fanout, rerun):
     assert api.comments[pr["number"]][0]["body"].startswith("<!-- cxrstudy-ci:study -->")
     published = fanout.tmp / "published"
     git(fanout.tmp, "clone", "-q", "--branch", branch, str(fanout.origin), str(published))
-    expected, got = tree_files(fanout.reference, RESULTS), tree_files(published, RESULTS)
+    expected, got = tree_bytes(fanout.reference, RESULTS), tree_bytes(published, RESULTS)
     assert sorted(got) == sorted(expected)
     assert [name for name in expected if got[name] != expected[name]] == []
     assert any(name.startswith("predictions/val/") for name in got) and "reports/report.md" in got

@@ -18,8 +18,7 @@ import sys
 import tempfile
 import textwrap
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -482,80 +481,6 @@ def test_an_error_in_an_all_or_nothing_block_replaces_none_of_its_outputs(tmp_pa
 
     assert changed(before, snapshot(tmp_path)) == []
     assert leftovers(tmp_path) == []
-
-
-def skip_unless_chattr(scratch: Path) -> None:
-    """Skip the test unless `chattr +i` works under `scratch` (root, and a file system with Linux attributes)."""
-    if shutil.which("chattr") is None:
-        pytest.skip("needs chattr (e2fsprogs)")
-    probe = scratch / "chattr-probe"
-    probe.mkdir()
-    done = subprocess.run(["chattr", "+i", str(probe)], capture_output=True, text=True)
-    subprocess.run(["chattr", "-i", str(probe)], capture_output=True)
-    probe.rmdir()
-    if done.returncode != 0:
-        pytest.skip(f"chattr +i is not possible here ({done.stderr.strip()}): needs root and Linux file attributes")
-
-
-def skip_unless_mount(scratch: Path) -> None:
-    """Skip the test unless a folder under `scratch` can be bind-mounted (root on Linux)."""
-    if not sys.platform.startswith("linux") or os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("a mount point needs root on Linux (mount --bind)")
-    probe = scratch / "mount-probe"
-    probe.mkdir()
-    done = subprocess.run(["mount", "--bind", str(probe), str(probe)], capture_output=True, text=True)
-    subprocess.run(["umount", str(probe)], capture_output=True)
-    probe.rmdir()
-    if done.returncode != 0:
-        pytest.skip(f"cannot bind-mount here: {done.stderr.strip()}")
-
-
-@contextmanager
-def protecting(scratch: Path) -> Iterator[Callable[[Path, str], None]]:
-    """`protect(path, "i")` makes `path` immutable (`"a"`: append-only) with chattr, undone at the end; skips the test
-    where chattr cannot work (tried under `scratch`)."""
-    skip_unless_chattr(scratch)
-    done: list[tuple[Path, str]] = []
-
-    def protect(path: Path, flag: str = "i") -> None:
-        subprocess.run(["chattr", f"+{flag}", str(path)], check=True, capture_output=True)
-        done.append((path, flag))
-
-    try:
-        yield protect
-    finally:
-        for path, flag in reversed(done):
-            subprocess.run(["chattr", f"-{flag}", str(path)], capture_output=True)
-
-
-@contextmanager
-def mounting(scratch: Path) -> Iterator[Callable[[Path], None]]:
-    """`mount_point(folder)` bind-mounts `folder` onto itself, as a container volume is mounted, undone at the end;
-    skips the test where that is not possible (tried under `scratch`)."""
-    skip_unless_mount(scratch)
-    mounted: list[Path] = []
-
-    def mount_point(folder: Path) -> None:
-        subprocess.run(["mount", "--bind", str(folder), str(folder)], check=True, capture_output=True)
-        mounted.append(folder)
-
-    try:
-        yield mount_point
-    finally:
-        for folder in reversed(mounted):
-            subprocess.run(["umount", str(folder)], capture_output=True)
-
-
-@pytest.fixture
-def protect(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[Path, str], None]]:
-    with protecting(tmp_path_factory.mktemp("chattr")) as make:
-        yield make
-
-
-@pytest.fixture
-def mount_point(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[Path], None]]:
-    with mounting(tmp_path_factory.mktemp("mount")) as make:
-        yield make
 
 
 @pytest.mark.parametrize("flag", ["i", "a"], ids=["immutable", "append-only"])

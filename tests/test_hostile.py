@@ -55,6 +55,8 @@ from tests.conftest import (
     section,
     sh,
     shown,
+    skip_unless_chattr,
+    skip_unless_mount,
     snapshot,
     tiny_params,
     tiny_raw,
@@ -62,14 +64,7 @@ from tests.conftest import (
     write_params,
 )
 from tests.synthetic import NIH_NAMES, write_coverage, write_split
-from tests.test_atomic import (
-    earlier_evaluation,
-    mounting,
-    protecting,
-    random_model,
-    skip_unless_chattr,
-    skip_unless_mount,
-)
+from tests.test_atomic import earlier_evaluation, random_model
 from tests.test_monitoring import SlowGateway
 from tests.test_resume import (
     CHECKPOINT,
@@ -104,20 +99,6 @@ def read_only() -> Iterator[Callable[[Path], None]]:
     yield make
     for step in reversed(undo):
         step()
-
-
-@pytest.fixture
-def protect(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[Path, str], None]]:
-    """`protect(path, "i")`: chattr +i, undone afterwards (`tests.test_atomic.protecting`)."""
-    with protecting(tmp_path_factory.mktemp("chattr")) as make:
-        yield make
-
-
-@pytest.fixture
-def mount_point(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[Path], None]]:
-    """`mount_point(folder)`: a bind mount of the folder onto itself, undone afterwards."""
-    with mounting(tmp_path_factory.mktemp("mount")) as make:
-        yield make
 
 
 # --------------------------------------------------------------------------------------------------------------------

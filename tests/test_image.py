@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, copy_project, git, tiny_raw
+from tests.conftest import ROOT, copy_project, git, tiny_raw, tree_bytes
 from tests.containers import build, build_env, podman, require
 
 # The first test builds the base and the cpu image (about 7.5 minutes on a fresh machine), the cuda build fetches
@@ -154,10 +154,6 @@ def test_docker_smoke_script_passes_with_podman(cpu_image, tmp_path):
 # --------------------------------------------------------------------------
 
 
-def files_under(directory: Path) -> dict[str, bytes]:
-    return {p.relative_to(directory).as_posix(): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
-
-
 @pytest.fixture(scope="module")
 def tiny_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A clone of the project with the tiny parameters and no recorded outputs."""
@@ -196,8 +192,8 @@ def test_pipeline_in_the_container_equals_the_host_run(cpu_image, tiny_project, 
     proc = subprocess.run(["dvc", "repro"], cwd=host, capture_output=True, text=True, env=env, timeout=3600)
     assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-5000:]
 
-    expected = files_under(host / "metrics")
-    got = files_under(in_container / "metrics")
+    expected = tree_bytes(host / "metrics")
+    got = tree_bytes(in_container / "metrics")
     assert expected, "the host run wrote no metrics"
     assert sorted(got) == sorted(expected)
     differing = [name for name in expected if got[name] != expected[name]]

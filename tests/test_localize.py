@@ -22,7 +22,7 @@ from cxrstudy.errors import InputError
 from cxrstudy.learning import boxscore, localize
 from cxrstudy.params import Params
 from cxrstudy.reporting.overlays import plot_overlays, read_heatmaps
-from tests.conftest import ROOT, run_cli, tiny_params, workspace
+from tests.conftest import ROOT, control_params, run_cli, tiny_params, workspace
 
 # --------------------------------------------------------------------------------------------------------------------
 # The scores, on heatmaps and boxes made by hand
@@ -194,14 +194,16 @@ def test_the_heatmaps_file_has_fixed_bytes_and_loads_with_numpy(tmp_path: Path) 
 # The stage, end to end on the tiny phantom
 
 
-def localize_seed(params: Params, data: Path, out: Path, seed: int = 1, train_it: bool = True) -> dict[str, Any]:
-    """Train (unless done) and evaluate one seed on `data`, which localizes it too; the localisation metrics."""
+def localize_seed(params: Params, data: Path, out: Path, seed: int = 1, train_it: bool = True,
+                  model: Path | None = None) -> dict[str, Any]:
+    """Train (unless done, or `model` is given) and evaluate one seed on `data`, which localizes it too; the
+    localisation metrics."""
     from cxrstudy.learning import evaluate, train
 
     raw, processed, splits = data / "data/raw", data / "data/processed", data / "data/splits"
-    if train_it:
+    if model is None and train_it:
         train.run(params, seed, raw, processed, splits, out / "model", out / "history.csv", out / "ckpt")
-    evaluate.run(params, seed, raw, processed, splits, out / "model", out / "eval.json", out / "pred.csv",
+    evaluate.run(params, seed, raw, processed, splits, model or out / "model", out / "eval.json", out / "pred.csv",
                  out / "val.csv", out / "loc.json", out / "heat.npz")
     return json.loads((out / "loc.json").read_text())
 
@@ -313,40 +315,28 @@ def test_the_benchmark_times_the_stages_and_sweeps_the_layers(tiny_data: Path, t
 # The planted truth: the phantom draws each finding inside its box
 
 
-@pytest.fixture(scope="module")
-def learnable(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Params]:
-    """A small but learnable phantom (the size of tests/test_train.py's controls), at the default 64 px."""
-    from cxrstudy.data import ingest, preprocess, split
+# The controls' data and models are conftest's (shared with tests/test_train.py's controls); evaluated here with an
+# interval from at least 10 positive patients, 1,000 resamples, at denseblock2.
+LOCALIZE = {"report": {"min_positives": 10, "bootstrap": 1000}, "localize": {"layer": "denseblock2"}}
 
-    root = tmp_path_factory.mktemp("localize-control")
-    params = tiny_params(ingest={"phantom": {"n_images": 600, "image_size": 128}}, preprocess={"image_size": 64},
-                         train={"image_size": 64, "epochs": 5, "batch_size": 16, "lr": 0.002},
-                         numerics={"threads": 2}, report={"min_positives": 10, "bootstrap": 1000},
-                         localize={"layer": "denseblock2"})
-    ingest.run(params, "internal", root / "data/raw", workers=2)
-    preprocess.run(params, root / "data/raw", root / "data/processed")
-    split.run(params, root / "data/raw", root / "data/splits")
-    return root, params
+
+@pytest.mark.slow
+def test_a_model_trained_on_shuffled_labels_points_no_better_than_chance(control_data: Path,
+                                                                         shuffled_control_model: Path,
+                                                                         tmp_path: Path) -> None:
+    params = control_params(shuffled=True, **LOCALIZE)
+    point = localize_seed(params, control_data, tmp_path, model=shuffled_control_model)["pooled"]["pointing"]
+    # no evidence above chance: the interval of hit - chance reaches down to 0
+    assert point["excess_low"] <= 0, point
 
 
 @pytest.mark.slow
 def test_a_trained_model_points_inside_the_planted_boxes_and_shuffled_boxes_fall_to_chance(
-        learnable: tuple[Path, Params], tmp_path: Path) -> None:
-    data, params = learnable
-    pooled = localize_seed(params, data, tmp_path)["pooled"]
+        control_data: Path, control_model: Path, tmp_path: Path) -> None:
+    pooled = localize_seed(control_params(**LOCALIZE), control_data, tmp_path, model=control_model)["pooled"]
     point = pooled["pointing"]
     assert pooled["interval"] and pooled["patients"] >= 10
     # above a random point beyond test-sampling noise: the whole interval of hit - chance above 0
     assert point["excess_low"] > 0, point
     # the same heatmaps against another image's box of the same finding hit less often
     assert point["hit"] > point["shuffled"], point
-
-
-@pytest.mark.slow
-def test_a_model_trained_on_shuffled_labels_points_no_better_than_chance(learnable: tuple[Path, Params],
-                                                                         tmp_path: Path) -> None:
-    data, params = learnable
-    shuffled = params.model_copy(update={"train": params.train.model_copy(update={"shuffle_labels": True})})
-    point = localize_seed(shuffled, data, tmp_path)["pooled"]["pointing"]
-    # no evidence above chance: the interval of hit - chance reaches down to 0
-    assert point["excess_low"] <= 0, point

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import ROOT, UP_TO_DATE, copy_repro, git, sh, shown, table_rows, tiny_raw, write_params
+from tests.conftest import ROOT, UP_TO_DATE, copy_repro, git, sh, shown, table_rows, tiny_raw, tree_bytes, write_params
 
 pytestmark = pytest.mark.slow
 
@@ -175,7 +175,7 @@ def test_a_training_parameter_reruns_only_train_evaluate_and_report(project: Pat
 def test_a_bad_parameter_stops_repro_and_nothing_is_recorded(project: Path) -> None:
     _commit(project, "before")
     lock = (project / "dvc.lock").read_text()
-    before = _files(project, ("data/processed",))
+    before = tree_bytes(project, ("data/processed",))
     write_params(project / "params.yaml", tiny_raw(preprocess={"clip_limit": 0}))
     done = sh(["dvc", "repro"], project, check=False)
     assert done.returncode != 0
@@ -183,7 +183,7 @@ def test_a_bad_parameter_stops_repro_and_nothing_is_recorded(project: Path) -> N
     assert (project / "dvc.lock").read_text() == lock  # no half output recorded
     sh(["git", "checkout", "params.yaml"], project)
     sh(["dvc", "checkout"], project)  # DVC removed the stage's output before running it; the cache has it
-    assert _files(project, ("data/processed",)) == before
+    assert tree_bytes(project, ("data/processed",)) == before
     assert_up_to_date(project)
 
 
@@ -207,20 +207,11 @@ def test_an_unknown_top_level_key_stops_make_repro_even_when_nothing_is_stale(pr
 REPORT_OUTS = ("reports/report.md", "reports/figures", "plots/report", "metrics/report.json")
 
 
-def _files(project: Path, paths: tuple[str, ...]) -> dict[str, bytes]:
-    found: dict[str, bytes] = {}
-    for name in paths:
-        path = project / name
-        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-        found.update({str(f.relative_to(project)): f.read_bytes() for f in files})
-    return found
-
-
 def test_a_failed_report_stage_is_undone_by_git_checkout_not_by_dvc_checkout(project: Path) -> None:
     """The report's outputs are `cache: false`: DVC removes them before the stage runs and has no copy to bring
     back; they are committed to git, which has."""
     _commit(project, "before a failed report")
-    before = _files(project, REPORT_OUTS)
+    before = tree_bytes(project, REPORT_OUTS)
     predictions = project / "predictions/seed_1.csv"
     text = predictions.read_text()
     predictions.unlink()  # never write through a link into DVC's cache
@@ -234,7 +225,7 @@ def test_a_failed_report_stage_is_undone_by_git_checkout_not_by_dvc_checkout(pro
     assert not (project / "reports/report.md").exists(), "dvc checkout has no copy of a cache: false output"
     # The predictions are `cache: false` too (in git, for CI's base revision): git brings them back as well.
     git(project, "checkout", "--", "predictions/seed_1.csv", *REPORT_OUTS)
-    assert _files(project, REPORT_OUTS) == before
+    assert tree_bytes(project, REPORT_OUTS) == before
     assert_up_to_date(project)
 
 

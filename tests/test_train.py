@@ -14,13 +14,13 @@ import pandas as pd
 import pytest
 import torch
 
-from cxrstudy.data import ingest, preprocess, split
+from cxrstudy.data import ingest, preprocess
 from cxrstudy.data.dataset import read_info, read_table
 from cxrstudy.errors import InputError
 from cxrstudy.learning import evaluate, external, train
 from cxrstudy.metrics import per_class_auroc
 from cxrstudy.params import Params
-from tests.conftest import tiny_params
+from tests.conftest import control_params, tiny_params
 
 
 def run_seed(params: Params, data: Path, out: Path, seed: int = 1) -> dict[str, object]:
@@ -147,33 +147,23 @@ def test_without_an_external_site_the_stage_says_so(tiny_data: Path, tmp_path: P
     assert (tmp_path / "external.csv").read_text() == "image,patient\n"
 
 
-@pytest.fixture(scope="module")
-def control_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Params]:
-    """A small but learnable phantom, for the positive and negative controls."""
-    root = tmp_path_factory.mktemp("control")
-    params = tiny_params(ingest={"phantom": {"n_images": 600, "image_size": 128}},
-                         preprocess={"image_size": 64},
-                         train={"image_size": 64, "epochs": 5, "batch_size": 16, "lr": 0.002},
-                         numerics={"threads": 2})
-    ingest.run(params, "internal", root / "data/raw", workers=2)
-    preprocess.run(params, root / "data/raw", root / "data/processed")
-    split.run(params, root / "data/raw", root / "data/splits", root / "data/processed")
-    return root, params
+def evaluate_control(data: Path, model: Path, out: Path) -> dict[str, object]:
+    """Evaluate a control model (conftest's `control_model`, `shuffled_control_model`) on the controls' data."""
+    raw, processed, splits = data / "data/raw", data / "data/processed", data / "data/splits"
+    evaluate.run(control_params(), 1, raw, processed, splits, model, out / "metrics.json", out / "pred.csv")
+    return json.loads((out / "metrics.json").read_text())
 
 
 @pytest.mark.slow
-def test_positive_control_learns_the_phantom(control_data: tuple[Path, Params], tmp_path: Path) -> None:
-    data, params = control_data
-    metrics = run_seed(params, data, tmp_path)
+def test_positive_control_learns_the_phantom(control_data: Path, control_model: Path, tmp_path: Path) -> None:
+    metrics = evaluate_control(control_data, control_model, tmp_path)
     assert metrics["auroc_mean"] > 0.62  # type: ignore[operator]
 
 
 @pytest.mark.slow
-def test_negative_control_on_shuffled_labels_stays_near_chance(control_data: tuple[Path, Params],
+def test_negative_control_on_shuffled_labels_stays_near_chance(control_data: Path, shuffled_control_model: Path,
                                                               tmp_path: Path) -> None:
-    data, params = control_data
-    shuffled = params.model_copy(update={"train": params.train.model_copy(update={"shuffle_labels": True})})
-    metrics = run_seed(shuffled, data, tmp_path)
+    metrics = evaluate_control(control_data, shuffled_control_model, tmp_path)
     assert abs(metrics["auroc_mean"] - 0.5) < 0.08  # type: ignore[operator]
 
 

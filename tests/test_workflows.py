@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import BIN, find_tool, git
+from tests.conftest import BIN, find_tool, git, processes
 from tests.fake_github import SHA, Served, gh_available, serve
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -986,19 +986,12 @@ def _seen_devices(root: Path, done: threading.Event, seen: dict[str, set[str]]) 
     """What CUDA_VISIBLE_DEVICES each DVC queue worker and each training under `root` (processes this test started)
     had, by the worker's node name or `train --seed N`."""
     while not done.is_set():
-        for proc in Path("/proc").iterdir():
-            if not proc.name.isdigit():
+        for proc in processes():
+            if not proc.cwd.startswith(os.path.realpath(root)):
                 continue
-            try:
-                args = (proc / "cmdline").read_bytes().split(b"\0")
-                cwd = os.readlink(proc / "cwd")
-                environ = (proc / "environ").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if not cwd.startswith(os.path.realpath(root)):
-                continue
-            device = next((e.split(b"=", 1)[1].decode() for e in environ if e.startswith(b"CUDA_VISIBLE_DEVICES=")),
-                          "(unset)")
+            args = proc.args
+            device = next((e.split(b"=", 1)[1].decode() for e in proc.environ
+                           if e.startswith(b"CUDA_VISIBLE_DEVICES=")), "(unset)")
             if b"queue-worker" in args:
                 seen.setdefault(args[args.index(b"queue-worker") + 1].decode(), set()).add(device)
             elif b"cxrstudy" in args and b"train" in args:
