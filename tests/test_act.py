@@ -34,7 +34,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT, copy_project, git, processes, sh, tiny_raw, tree_bytes, write_params
+from tests.conftest import REPORTS, ROOT, copy_project, git, processes, sh, tiny_raw, tree_bytes, write_params
 from tests.containers import require
 from tests.fake_github import REPO, Served, gh_available, serve
 
@@ -390,7 +390,7 @@ def fanout(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FanOut]:
         boto3.client("s3", endpoint_url=s3.endpoint, region_name="us-east-1", aws_access_key_id=KEY_ID,
                      aws_secret_access_key=SECRET).create_bucket(Bucket=BUCKET)
         project = copy_project(tmp / "project", params=tiny_raw(),
-                               drop=("dvc.lock", "metrics", "plots", "predictions", "models", "data", "reports"))
+                               drop=("dvc.lock", "metrics", "plots", "predictions", "models", "data", *REPORTS))
         (project / FANOUT_PROFILE).write_text(FANOUT_PROFILE_TEXT)
         git(project, "add", "-A")
         git(project, "commit", "-q", "-m", "a profile for the fan-out test")

@@ -45,6 +45,7 @@ from cxrstudy.learning.train import (
 from cxrstudy.params import load_params, parse_params
 from cxrstudy.reporting import report
 from tests.conftest import (
+    REPORTS,
     ROOT,
     cli,
     copy_project,
@@ -844,7 +845,7 @@ def test_a_killed_runs_temporaries_go_when_dvc_restores_the_stage_from_its_run_c
     """DVC restored the killed stage's outputs from its run cache without running it, and nothing swept its
     temporaries (a 28 MB model folder per seed at the study's size). `make repro` re-runs the manifest stage first,
     every time (test_make_repro_runs_the_manifest_stage_before_the_pipeline), and every stage sweeps first."""
-    project = copy_project(tmp_path / "project", drop=("dvc.lock", "metrics", "predictions", "reports", "plots"),
+    project = copy_project(tmp_path / "project", drop=("dvc.lock", "metrics", "predictions", *REPORTS, "plots"),
                            params=tiny_raw(seeds=[1]))
     sh(["dvc", "repro", "train@1"], project)  # configuration A: its run goes into the run cache
     first = (project / "params.yaml").read_text()

@@ -209,13 +209,15 @@ def test_the_coverage_of_every_interval_is_shown_beside_its_nominal_level(tmp_pa
     assert "(measured coverage of that 95% interval in simulation: 87.1%)" in text
 
 
-@pytest.mark.parametrize("grid", ["apart", "overlap", None])
+@pytest.mark.parametrize("grid", ["apart", "overlap", "another run", None])
 def test_the_calibration_section_says_whether_the_loss_causes_it(tmp_path: Path, grid: str | None) -> None:
     study = make_study(tmp_path, seeds=[1, 2], bootstrap=50)
     path = None
     if grid is not None:
         focal = [0.18, 0.19] if grid == "apart" else [0.18, 0.035]
-        arms = [{"name": n, "loss_name": loss, "clahe": c, "seeds": {"1": {"ece": e[0]}, "2": {"ece": e[1]}}}
+        auroc = {s: study.metrics_of(s)["auroc_mean"] + (0.01 if grid == "another run" else 0.0) for s in (1, 2)}
+        arms = [{"name": n, "loss_name": loss, "clahe": c, "baseline": n == "a",
+                 "seeds": {str(s): {"ece": e[k], "auroc_mean": auroc[s]} for k, s in enumerate((1, 2))}}
                 for n, loss, c, e in (("a", "focal", "on", focal), ("b", "focal", "off", [0.17, 0.2]),
                                       ("c", "bce", "on", [0.03, 0.04]))]
         path = tmp_path / "experiments.json"
@@ -228,6 +230,10 @@ def test_the_calibration_section_says_whether_the_loss_causes_it(tmp_path: Path,
                      section)
     if grid is None:
         assert "no grid summary was given to this report, so it is not known here" in section
+    elif grid == "another run":  # a summary made before the run changed does not speak for it
+        assert re.search(r"the grid summary given \(reports/experiments\.json\) is of another run \(its baseline "
+                         r"arm's seed 1 has mean AUROC [\d.]+, this run's [\d.]+: re-run the grid", section)
+        assert "ECE by loss" not in section
     else:
         grid_line = "In the loss × CLAHE grid (3 arms, reports/experiments.md), the seed models' ECE by loss: focal"
         assert grid_line in section

@@ -164,20 +164,31 @@ def test_reliability_bins_pool_the_models_and_bracket_each_gap() -> None:
         assert not b.gap.has_interval or b.gap.low <= b.gap.value <= b.gap.high
 
 
+THIS_RUN = {0: 0.85, 1: 0.86}  # the baseline arm's seeds' mean AUROC in the grid below, as in this run
+
+
 def _grid(focal: list[float], bce: list[float], focal_off: list[float]) -> dict[str, object]:
     def arm(name: str, loss: str, clahe: str, ece: list[float]) -> dict[str, object]:
-        return {"name": name, "loss_name": loss, "clahe": clahe, "seeds": {str(i): {"ece": e} for i, e in
-                                                                           enumerate(ece)}}
+        return {"name": name, "loss_name": loss, "clahe": clahe, "baseline": name == "a",
+                "seeds": {str(i): {"ece": e, "auroc_mean": THIS_RUN.get(i)} for i, e in enumerate(ece)}}
     return {"arms": [arm("a", "focal", "on", focal), arm("b", "bce", "on", bce), arm("c", "focal", "off", focal_off)]}
 
 
 def test_the_loss_causes_the_miscalibration_only_when_its_models_lie_apart() -> None:
-    apart = reliability.loss_effect(_grid([0.18, 0.19], [0.03, 0.04], [0.17, 0.2]), "focal")
+    apart = reliability.loss_effect(_grid([0.18, 0.19], [0.03, 0.04], [0.17, 0.2]), "focal", THIS_RUN)
     assert apart is not None and apart.apart and apart.ece["focal"] == [0.17, 0.18, 0.19, 0.2]
-    assert apart.clahe_spread == pytest.approx(0.0)
-    overlap = reliability.loss_effect(_grid([0.18, 0.05], [0.03, 0.06], [0.17, 0.2]), "focal")
+    assert apart.clahe_spread == pytest.approx(0.0) and apart.other_run == ""
+    overlap = reliability.loss_effect(_grid([0.18, 0.05], [0.03, 0.06], [0.17, 0.2]), "focal", THIS_RUN)
     assert overlap is not None and not overlap.apart
-    assert reliability.loss_effect(None, "focal") is None
-    assert reliability.loss_effect(_grid([0.1], [0.1], [0.1]), "weighted_bce") is None
-    assert math.isnan(reliability.loss_effect({"arms": _grid([0.1], [0.2], [0.1])["arms"][:2]},  # type: ignore[index]
-                                              "focal").clahe_spread)  # type: ignore[union-attr]
+    assert reliability.loss_effect(None, "focal", THIS_RUN) is None
+    assert reliability.loss_effect(_grid([0.1, 0.1], [0.1, 0.1], [0.1, 0.1]), "weighted_bce", THIS_RUN) is None
+    assert math.isnan(reliability.loss_effect({"arms": _grid([0.1, 0.1], [0.2, 0.2], [0.1, 0.1])["arms"][:2]},  # type: ignore[index]
+                                              "focal", THIS_RUN).clahe_spread)  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(("this_run", "why"), [({0: 0.85, 1: 0.87}, "its baseline arm's seed 1 has mean AUROC 0.86, "
+                                                                   "this run's 0.870000"),
+                                               ({0: 0.85}, "its baseline arm has seeds [0, 1], this run [0]")])
+def test_a_grid_of_another_run_is_not_used(this_run: dict[int, float], why: str) -> None:
+    effect = reliability.loss_effect(_grid([0.18, 0.19], [0.03, 0.04], [0.17, 0.2]), "focal", this_run)
+    assert effect is not None and effect.other_run.startswith(why) and effect.ece == {} and not effect.apart

@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import BIN, find_tool, git, processes
+from tests.conftest import BIN, REPORTS, find_tool, git, processes
 from tests.fake_github import SHA, Served, gh_available, serve
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -1009,7 +1009,7 @@ def test_fanout_local_one_queue_worker_per_gpu_joins_without_training(tmp_path):
     from tests.conftest import copy_project, tiny_raw
 
     project = copy_project(tmp_path / "project", params=tiny_raw(),
-                           drop=("dvc.lock", "metrics", "plots", "predictions", "models", "data", "reports"))
+                           drop=("dvc.lock", "metrics", "plots", "predictions", "models", "data", *REPORTS))
     (project / "configs" / "local-study.yaml").write_text("train:\n  epochs: 3\n")
     git(project, "add", "-A")
     git(project, "commit", "-q", "-m", "a profile")
@@ -1068,7 +1068,7 @@ def test_fanout_local_grid_saves_each_arm_as_an_experiment_and_compares_them(tmp
     from tests.conftest import copy_project, tiny_raw
 
     project = copy_project(tmp_path / "project", params=tiny_raw(),
-                           drop=("dvc.lock", "metrics", "plots", "predictions", "models", "data", "reports"))
+                           drop=("dvc.lock", "metrics", "plots", "predictions", "models", "data", *REPORTS))
     env = {k: v for k, v in dvc_env().items() if k not in {"CUDA_VISIBLE_DEVICES", "PYTHONPATH"}}
     env.update({"TQDM_DISABLE": "1", "PYTHONPATH": str(project / "src"), "GIT_AUTHOR_NAME": "t",
                 "GIT_AUTHOR_EMAIL": "t@example.invalid", "GIT_COMMITTER_NAME": "t",

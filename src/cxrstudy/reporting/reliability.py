@@ -143,20 +143,46 @@ def shape(bins: Sequence[Bin]) -> Shape:
 @dataclass(frozen=True)
 class LossEffect:
     """From the grid: per loss, every seed model's ECE (all CLAHE settings), and whether the run's loss lies apart
-    from every other loss (`apart`), as against the spread between CLAHE settings within the run's loss."""
+    from every other loss (`apart`), as against the spread between CLAHE settings within the run's loss. `other_run`:
+    why the grid given is not this run's (then nothing else is filled in), else empty."""
 
     loss: str
     ece: dict[str, list[float]]
     apart: bool
     clahe_spread: float
     arms: int
+    other_run: str = ""
 
 
-def loss_effect(grid: Mapping[str, Any] | None, loss: str) -> LossEffect | None:
-    """`grid`: `reports/experiments.json` (`cxrstudy.reporting.experiments.grid_summary`); None without a grid or
-    without another loss in it."""
+GRID_TOLERANCE = 1e-6  # the grid summary rounds to 6 decimals
+
+
+def _other_run(grid: Mapping[str, Any], this_run: Mapping[int, float]) -> str:
+    """Why the grid's baseline arm is not this run (another seed or another mean AUROC), else empty: a summary
+    made before the run changed must not speak for it."""
+    base = next((a for a in grid.get("arms", []) if a.get("baseline")), None)
+    if base is None:
+        return "it marks no baseline arm"
+    seeds = {int(s): v.get("auroc_mean") for s, v in base["seeds"].items()}
+    if sorted(seeds) != sorted(this_run):
+        return f"its baseline arm has seeds {sorted(seeds)}, this run {sorted(this_run)}"
+    for seed, value in sorted(this_run.items()):
+        theirs = seeds[seed]
+        if theirs is None or math.isnan(value) or abs(float(theirs) - value) > GRID_TOLERANCE:
+            return (f"its baseline arm's seed {seed} has mean AUROC {theirs}, this run's {value:.6f}: re-run the grid "
+                    "on this commit (docs/experiments.md)")
+    return ""
+
+
+def loss_effect(grid: Mapping[str, Any] | None, loss: str, this_run: Mapping[int, float]) -> LossEffect | None:
+    """`grid`: `reports/experiments.json` (`cxrstudy.reporting.experiments.grid_summary`); `this_run`: each seed's
+    mean AUROC in this run, which the grid's baseline arm must repeat. None without a grid or without another loss
+    in it."""
     if not grid:
         return None
+    other = _other_run(grid, this_run)
+    if other:
+        return LossEffect(loss, {}, False, math.nan, len(grid.get("arms", [])), other)
     by_loss: dict[str, list[float]] = {}
     by_clahe: dict[str, list[float]] = {}
     for arm in grid.get("arms", []):

@@ -132,7 +132,8 @@ def context(params: Params, seeds: list[SeedMetrics], split: dict[str, Any] | No
                  coverage_difference=tables.coverage_table(coverage, "difference", cover.counts))
     calib = None
     if study is not None and preds is not None and study.settings.resamples:
-        effect = loss_effect(read_grid(inputs.grid), words.loss_key(params.train.loss))
+        effect = loss_effect(read_grid(inputs.grid), words.loss_key(params.train.loss),
+                             {s.seed: s.auroc_mean for s in seeds})
         calib = words.calibration_facts(study, preds, effect, words.loss_key(params.train.loss))
     notes = run_caveats(params, refs, seeds, preds, inputs, parts.site.name if parts.site else "")
     if notes.prevalence:
