@@ -14,7 +14,8 @@ import pytest
 
 from tests.test_dvc_graph import PACKAGE, imported_modules
 
-CORE = {"errors", "params", "ingestschema", "yamlfile", "labels", "atomic", "numerics", "metrics", "calibration"}
+CORE = {"errors", "params", "ingestschema", "yamlfile", "labels", "atomic", "numerics", "metrics", "calibration",
+        "closure"}
 LAYER = {"core": 0, "data": 1, "learning": 2, "reporting": 2, "command line": 3}
 MAX_LINES = 400
 

@@ -29,7 +29,7 @@ import torch
 import yaml
 from torch import nn
 
-from cxrstudy import atomic, numerics
+from cxrstudy import atomic, closure, numerics
 from cxrstudy.learning import checkpoint
 from cxrstudy.learning.checkpoint import EpochRecord, TrainState, fingerprint, load_checkpoint, save_checkpoint
 from cxrstudy.learning.train import make_optimizer, make_scheduler
@@ -485,15 +485,27 @@ def test_changed_code_invalidates_the_checkpoint(data_copy: Path, monkeypatch: p
     monkeypatch.setattr(numerics, "versions", lambda: {**real(), "torch": "0.0.1"})
     assert _changed(base, _fingerprint(tiny_params(), data_copy)) == ["code"]
     monkeypatch.setattr(numerics, "versions", real)
-    for n, module in enumerate(("metrics.py", "learning/train.py")):  # the core, and the training loop
-        monkeypatch.setattr(checkpoint, "SOURCES", _package_copy(data_copy.parent / f"copy{n}", module))
-        assert _changed(base, _fingerprint(tiny_params(), data_copy)) == ["code"], module
+    try:
+        for n, module in enumerate(("metrics.py", "learning/train.py", "reporting/report.py")):
+            copy = _package_copy(PACKAGE, data_copy.parent / f"copy{n}", module)
+            monkeypatch.setattr(closure, "PACKAGE", copy)
+            monkeypatch.setattr(checkpoint, "SOURCES", copy)
+            closure.stage_closure.cache_clear()
+            # the core and the training loop are the train stage's code; the report is not: no retrain follows it
+            expected = [] if module.startswith("reporting/") else ["code"]
+            assert _changed(base, _fingerprint(tiny_params(), data_copy)) == expected, module
+    finally:
+        monkeypatch.undo()
+        closure.stage_closure.cache_clear()
 
 
-def _package_copy(root: Path, changed: str) -> Path:
+PACKAGE = closure.PACKAGE
+
+
+def _package_copy(package: Path, root: Path, changed: str) -> Path:
     """A copy of the package's sources under `root`, with one comment added to its file `changed`."""
     copy = root / "cxrstudy"
-    shutil.copytree(checkpoint.SOURCES, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(package, copy, ignore=shutil.ignore_patterns("__pycache__"))
     with (copy / changed).open("a") as handle:
         handle.write("\n# changed\n")
     return copy
@@ -503,9 +515,6 @@ def test_the_code_digest_covers_the_train_stages_own_imports_only(monkeypatch: p
     """The model file records the code version: the files dvc.yaml lists for train (its import closure, kept equal
     to its deps by test_dvc_graph), so a reporting change neither changes a retrained model's bytes nor blocks a
     resume, while a change to the training code does."""
-    from cxrstudy import closure
-    from cxrstudy.learning import checkpoint
-
     digested: list[list[Path]] = []
     real = checkpoint._digest
     monkeypatch.setattr(checkpoint, "_digest", lambda files, root: digested.append(list(files)) or real(files, root))
