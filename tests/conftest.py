@@ -357,8 +357,9 @@ def copy_repro(repro_project: Path, dest: Path) -> Path:
 # The learning controls: a small but learnable phantom, and two models trained on it for 5 epochs at 64 px, one on its
 # labels and one on shuffled labels. Made once per test run and shared by the positive and negative controls of
 # tests/test_train.py (AUROC) and tests/test_localize.py (where the model looks): training, not the checks, is
-# what costs. One thread, as every test: beside the other test process, two threads ran each training 2.7 times
-# slower (143 s against 53 s alone on 2 cores); 3 epochs are too few for the localisation control.
+# what costs. One thread, as every test: beside the other test process on 2 cores, each training took 143 s with two
+# threads and 54-58 s with one; 3 epochs are too few for the localisation control (it then hits the box less often
+# than the shuffled boxes do).
 
 CONTROL: dict[str, Any] = {"ingest": {"phantom": {"n_images": 600, "image_size": 128}},
                            "preprocess": {"image_size": 64},
