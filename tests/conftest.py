@@ -207,9 +207,7 @@ def copy_project(dest: Path, drop: Iterable[str] = (), params: dict[str, Any] | 
 
 def snapshot(path: Path) -> dict[str, bytes]:
     """Every file under `path` (or `path` itself), by relative name: what "byte-identical" is checked against."""
-    if path.is_file():
-        return {"": path.read_bytes()}
-    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+    return {"": path.read_bytes()} if path.is_file() else tree_bytes(path)
 
 
 def changed(before: dict[str, bytes], after: dict[str, bytes]) -> list[str]:
@@ -303,7 +301,8 @@ def processes() -> Iterator[Process]:
 
 def tree_bytes(root: Path, paths: Iterable[str] = (".",)) -> dict[str, bytes]:
     """The bytes of every file at or under each of `paths` (relative to `root`; default: all of it), by its path
-    relative to `root`: two trees compare equal exactly when they hold the same files with the same bytes."""
+    relative to `root`: two trees compare equal exactly when they hold the same files with the same bytes
+    (`snapshot` for one file or folder)."""
     found: dict[str, bytes] = {}
     for name in paths:
         path = root / name

@@ -12,10 +12,9 @@ from typing import Any
 import pytest
 import yaml
 
-from cxrstudy.closure import DISCOVERING, imported_modules, module_file, stage_closure, stage_module
+from cxrstudy.closure import DISCOVERING, PACKAGE, imported_modules, module_file, stage_closure, stage_module
 from tests.conftest import ROOT
 
-PACKAGE = ROOT / "src" / "cxrstudy"
 DATA_FOLDERS = ("resources", "templates")  # package data, read through importlib.resources / jinja2
 CMD = re.compile(r"python -m cxrstudy (\w+)")
 

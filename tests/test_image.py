@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, copy_project, git, tiny_raw, tree_bytes
+from tests.conftest import ROOT, copy_project, git, snapshot, tiny_raw
 from tests.containers import build, build_env, podman, require
 
 # The first test builds the base and the cpu image (about 7.5 minutes on a fresh machine), the cuda build fetches
@@ -192,8 +192,8 @@ def test_pipeline_in_the_container_equals_the_host_run(cpu_image, tiny_project, 
     proc = subprocess.run(["dvc", "repro"], cwd=host, capture_output=True, text=True, env=env, timeout=3600)
     assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-5000:]
 
-    expected = tree_bytes(host / "metrics")
-    got = tree_bytes(in_container / "metrics")
+    expected = snapshot(host / "metrics")
+    got = snapshot(in_container / "metrics")
     assert expected, "the host run wrote no metrics"
     assert sorted(got) == sorted(expected)
     differing = [name for name in expected if got[name] != expected[name]]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_dvc_graph import PACKAGE, imported_modules
+from cxrstudy.closure import PACKAGE, imported_modules
 
 CORE = {"errors", "params", "ingestschema", "yamlfile", "labels", "atomic", "numerics", "metrics", "calibration",
         "closure"}

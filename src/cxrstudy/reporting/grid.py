@@ -21,7 +21,7 @@ from cxrstudy.reporting import naming, scoring
 from cxrstudy.reporting.cells import Diff, MeanSd, Table, WithCI, pvalue
 from cxrstudy.reporting.inference import Stat, Tested, estimate, estimate_difference, mean_of, paired_contrasts
 from cxrstudy.reporting.naming import Contrast
-from cxrstudy.reporting.results import Predictions, SeedMetrics
+from cxrstudy.reporting.results import Predictions, SeedMetrics, rounded
 from cxrstudy.reporting.stats import mean_sd
 from cxrstudy.reporting.study import Settings
 from cxrstudy.reporting.variance import SeedMean, VarianceComponents, variance_components, with_training
@@ -170,17 +170,13 @@ def grid_summary(arms: list[Arm], base: Arm) -> dict[str, Any]:
     """`reports/experiments.json`: each arm's per-seed calibration and AUROC, for the report's calibration
     section (does the loss cause the miscalibration?)."""
     def seeds(e: ArmInfo) -> dict[str, Any]:
-        return {str(s.seed): {"ece": _clean(s.ece_mean), "brier": _clean(s.brier_mean),
-                              "mean_prob": _clean(s.mean_prob), "prevalence": _clean(s.prevalence),
-                              "auroc_mean": _clean(s.auroc_mean)} for s in e.seeds}
+        return {str(s.seed): {"ece": rounded(s.ece_mean), "brier": rounded(s.brier_mean),
+                              "mean_prob": rounded(s.mean_prob), "prevalence": rounded(s.prevalence),
+                              "auroc_mean": rounded(s.auroc_mean)} for s in e.seeds}
 
     return {"arms": [{"name": a.info.name, "rev": a.info.rev, "baseline": a is base,
                       "loss_name": str(a.info.params.get("train.loss.name", a.info.loss)), "loss": a.info.loss,
                       "clahe": a.info.clahe, "seeds": seeds(a.info)} for a in arms]}
-
-
-def _clean(value: float) -> float | None:
-    return None if math.isnan(value) else round(float(value), 6)
 
 
 def load_arm(info: ArmInfo, preds: list[Predictions], settings: Settings, columns: list[int]) -> Arm:

@@ -19,13 +19,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cxrstudy.reporting import naming, scoring
+from cxrstudy.reporting import naming
 from cxrstudy.reporting.cells import Diff, Table, WithCI, pvalue
 from cxrstudy.reporting.grid import Arm
 from cxrstudy.reporting.inference import Stat, Tested, estimate, mean_of, paired_contrasts
 from cxrstudy.reporting.naming import Contrast
-from cxrstudy.reporting.results import Predictions
-from cxrstudy.reporting.sites import EXTERNAL, EXTERNAL_STREAM, INTERNAL, enough, independent, scores_at
+from cxrstudy.reporting.results import Predictions, rounded
+from cxrstudy.reporting.sites import (
+    EXTERNAL,
+    EXTERNAL_STREAM,
+    INTERNAL,
+    enough,
+    independent,
+    scores_at,
+    shared_counts,
+)
 from cxrstudy.reporting.stats import mean_sd
 from cxrstudy.reporting.study import Settings
 from cxrstudy.reporting.variance import SeedMean, variance_components, with_training
@@ -63,15 +71,8 @@ def _seed_mean(stats: Sequence[Stat], settings: Settings) -> SeedMean:
 
 
 def shared_eligible(internal: Predictions, external: Predictions, settings: Settings) -> tuple[list[str], list[str]]:
-    """The findings both label spaces share (in the model's order), and those with enough positive patients at
-    both sites."""
-    names = [n for n in internal.findings if n in set(external.findings)]
-
-    def counts(pred: Predictions) -> scoring.Counts:
-        cols = [pred.findings.index(n) for n in names]
-        return scoring.counts(tuple(names), pred.labels[:, cols], pred.patients)
-
-    at_home, away = counts(internal), counts(external)
+    """The findings both label spaces share, and those with enough positive patients at both sites."""
+    names, at_home, away = shared_counts(internal, external)
     return names, [n for n in names if enough(at_home, n, settings.min_positives)
                    and enough(away, n, settings.min_positives)]
 
@@ -149,13 +150,10 @@ def summary(study: GridSites | None) -> dict[str, Any] | None:
     if study is None:
         return None
 
-    def clean(value: float) -> float | None:
-        return None if math.isnan(value) else round(float(value), 6)
-
     return {"site": study.site, "eligible_findings": study.eligible,
-            "arms": {r.arm.info.name: {"internal": clean(r.internal.stat.point),
-                                       "external": clean(r.external.stat.point), "drop": clean(r.drop.stat.point)}
+            "arms": {r.arm.info.name: {"internal": rounded(r.internal.stat.point),
+                                       "external": rounded(r.external.stat.point), "drop": rounded(r.drop.stat.point)}
                      for r in study.arms},
             "clahe_drop": [{"on": t.contrast.first.arm, "off": t.contrast.second.arm,
-                            "difference": clean(t.difference.value), "low": clean(t.difference.low),
-                            "high": clean(t.difference.high), "p_holm": clean(t.p_holm)} for _, t in study.clahe]}
+                            "difference": rounded(t.difference.value), "low": rounded(t.difference.low),
+                            "high": rounded(t.difference.high), "p_holm": rounded(t.p_holm)} for _, t in study.clahe]}

@@ -11,7 +11,6 @@ word it (`render`). Nothing on this side imports torch.
 from __future__ import annotations
 
 import json
-import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +42,7 @@ from cxrstudy.reporting.results import (
     in_order,
     load_seed_metrics,
     read_split_summary,
+    rounded,
 )
 from cxrstudy.reporting.sections import SectionInputs, Sections
 from cxrstudy.reporting.stats import mean_sd, min_max
@@ -162,33 +162,30 @@ def coverage_summary(coverage: Coverage | None) -> dict[str, Any]:
 
 def summary_metrics(seeds: list[SeedMetrics], study: SeedStudy | None) -> dict[str, Any]:
     """`metrics/report.json`: the report's headline numbers, so `dvc exp show` / `dvc metrics diff` list them."""
-    def clean(value: float) -> float | None:
-        return None if math.isnan(value) else round(float(value), 6)
-
     auroc = [s.auroc_mean for s in seeds]
     out: dict[str, Any] = {
         "seeds": len(seeds),
-        "seed_auroc": {"mean": clean(mean_sd(auroc)[0]), "sd": clean(mean_sd(auroc)[1]),
-                       "min": clean(min_max(auroc)[0]), "max": clean(min_max(auroc)[1])},
-        "seed_f1": {"mean": clean(mean_sd([s.f1_mean for s in seeds])[0]),
-                    "sd": clean(mean_sd([s.f1_mean for s in seeds])[1])},
+        "seed_auroc": {"mean": rounded(mean_sd(auroc)[0]), "sd": rounded(mean_sd(auroc)[1]),
+                       "min": rounded(min_max(auroc)[0]), "max": rounded(min_max(auroc)[1])},
+        "seed_f1": {"mean": rounded(mean_sd([s.f1_mean for s in seeds])[0]),
+                    "sd": rounded(mean_sd([s.f1_mean for s in seeds])[1])},
     }
     if study is not None:
         out["eligible_findings"] = len(study.eligible)
-        out["test_sampling_sd"] = clean(study.variance.test) if study.variance else None
+        out["test_sampling_sd"] = rounded(study.variance.test) if study.variance else None
         if study.variance:
             v = study.variance
-            out["training_sd"] = {"value": clean(v.seed), "ci_low": clean(v.seed_low), "ci_high": clean(v.seed_high),
-                                  "p": clean(v.p)}
+            out["training_sd"] = {"value": rounded(v.seed), "ci_low": rounded(v.seed_low),
+                                  "ci_high": rounded(v.seed_high), "p": rounded(v.p)}
         if study.ensemble is not None:
             ens = study.ensemble
-            out["ensemble_auroc"] = {"value": clean(ens.auroc_mean), "eligible": clean(ens.mean.value),
-                                     "ci_low": clean(ens.mean.low), "ci_high": clean(ens.mean.high)}
-            out["ensemble_f1"] = {"validation_thresholds": clean(ens.f1_val_mean),
-                                  "test_tuned": clean(ens.f1_tuned_mean)}
-            out["ensemble_calibration"] = {"brier": clean(ens.calibration.brier_mean),
-                                           "ece": clean(ens.calibration.ece_mean),
-                                           "brier_skill": clean(ens.skill)}
+            out["ensemble_auroc"] = {"value": rounded(ens.auroc_mean), "eligible": rounded(ens.mean.value),
+                                     "ci_low": rounded(ens.mean.low), "ci_high": rounded(ens.mean.high)}
+            out["ensemble_f1"] = {"validation_thresholds": rounded(ens.f1_val_mean),
+                                  "test_tuned": rounded(ens.f1_tuned_mean)}
+            out["ensemble_calibration"] = {"brier": rounded(ens.calibration.brier_mean),
+                                           "ece": rounded(ens.calibration.ece_mean),
+                                           "brier_skill": rounded(ens.skill)}
     return out
 
 

@@ -30,6 +30,11 @@ def num(value: Any) -> float:
     return math.nan if value is None else float(value)
 
 
+def rounded(value: float) -> float | None:
+    """A statistic as the summary files store it (`num` reads it back): 6 decimals, null where undefined."""
+    return None if math.isnan(value) else round(float(value), 6)
+
+
 @dataclass(frozen=True)
 class SeedMetrics:
     seed: int

@@ -37,7 +37,7 @@ from cxrstudy.reporting.inference import (
     none,
 )
 from cxrstudy.reporting.naming import Contrast, Model
-from cxrstudy.reporting.results import AUROC_TOLERANCE, Predictions, make_ensemble, num, read_predictions
+from cxrstudy.reporting.results import AUROC_TOLERANCE, Predictions, make_ensemble, num, read_predictions, rounded
 from cxrstudy.reporting.stats import bootstrap_auroc
 from cxrstudy.reporting.study import Scored, Settings
 from cxrstudy.reporting.tables import METHOD_NAMES
@@ -205,21 +205,27 @@ def _pairs(counts: scoring.Counts, name: str) -> int:
     return min(counts.patients[name], counts.negative_patients[name])
 
 
+def shared_counts(internal: Predictions, external: Predictions) -> tuple[list[str], scoring.Counts, scoring.Counts]:
+    """The findings both label spaces share (in the model's order), and their positive counts on each test set."""
+    names = [n for n in internal.findings if n in set(external.findings)]
+
+    def counts(pred: Predictions) -> scoring.Counts:
+        return scoring.counts(tuple(names), pred.labels[:, [pred.findings.index(n) for n in names]], pred.patients)
+
+    return names, counts(internal), counts(external)
+
+
 def external_study(internal: Sequence[Predictions], external: Sequence[Predictions], seeds: Sequence[int],
                    site: Site, settings: Settings) -> ExternalStudy:
     """Internal vs external AUROC per seed and for the ensemble (the mean of the seeds' probabilities at each site),
     per shared finding and over the findings eligible at both sites, with the drops tested."""
-    names = [n for n in internal[0].findings if n in set(external[0].findings)]
+    names, counts_int, counts_ext = shared_counts(internal[0], external[0])
     models: list[tuple[Model, Predictions, Predictions]] = [
         (naming.seed(s), i, e) for s, i, e in zip(seeds, internal, external, strict=True)]
     ens_int, ens_ext = make_ensemble(internal)[0], make_ensemble(external)[0]
     if ens_int is not None and ens_ext is not None:
         models.append((naming.ensemble(len(seeds)), ens_int, ens_ext))
     first_int, first_ext = internal[0], external[0]
-    cols_int = [first_int.findings.index(n) for n in names]
-    cols_ext = [first_ext.findings.index(n) for n in names]
-    counts_int = scoring.counts(tuple(names), first_int.labels[:, cols_int], first_int.patients)
-    counts_ext = scoring.counts(tuple(names), first_ext.labels[:, cols_ext], first_ext.patients)
     ok_int = [enough(counts_int, n, settings.min_positives) for n in names]
     ok_ext = [enough(counts_ext, n, settings.min_positives) for n in names]
     both = [k for k in range(len(names)) if ok_int[k] and ok_ext[k]]
@@ -261,10 +267,6 @@ def external_study(internal: Sequence[Predictions], external: Sequence[Predictio
                          (len(first_ext.images), len(set(first_ext.patients.tolist()))), model_rows, finding_rows)
 
 
-def _clean(value: float) -> float | None:
-    return None if math.isnan(value) else round(float(value), 6)
-
-
 def external_summary(study: ExternalStudy | None) -> dict[str, Any]:
     """`metrics/report.json`'s `external`: per model the two means, the drop with its interval and Holm-adjusted p,
     and per shared finding the internal and external AUROC and the drop (points); null without an external site."""
@@ -272,17 +274,17 @@ def external_summary(study: ExternalStudy | None) -> dict[str, Any]:
         return {"external": None}
     out: dict[str, Any] = {"site": study.site.name, "eligible_findings": len(study.eligible), "models": {}}
     for row in study.models:
-        entry: dict[str, Any] = {"internal": _clean(row.internal.value), "external": _clean(row.external.value)}
+        entry: dict[str, Any] = {"internal": rounded(row.internal.value), "external": rounded(row.external.value)}
         if row.drop is not None:
             d = row.drop.difference
-            entry.update(drop=_clean(d.value), drop_low=_clean(d.low), drop_high=_clean(d.high),
-                         p_holm=_clean(row.drop.p_holm))
+            entry.update(drop=rounded(d.value), drop_low=rounded(d.low), drop_high=rounded(d.high),
+                         p_holm=rounded(row.drop.p_holm))
         out["models"][_key(row.model)] = entry
     for f in study.findings:
         model = out["models"].setdefault(_key(f.model), {})
-        model.setdefault("findings", {})[f.finding] = {"internal": _clean(f.internal.value),
-                                                       "external": _clean(f.external.value),
-                                                       "drop": _clean(f.drop_point)}
+        model.setdefault("findings", {})[f.finding] = {"internal": rounded(f.internal.value),
+                                                       "external": rounded(f.external.value),
+                                                       "drop": rounded(f.drop_point)}
     return {"external": out}
 
 

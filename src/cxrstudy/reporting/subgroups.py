@@ -50,7 +50,7 @@ from cxrstudy.reporting.inference import (
     none,
 )
 from cxrstudy.reporting.naming import Contrast, Model
-from cxrstudy.reporting.results import Predictions, make_ensemble
+from cxrstudy.reporting.results import Predictions, make_ensemble, rounded
 from cxrstudy.reporting.stats import patient_counts, patient_jackknife_auroc, patient_weighted_auroc
 from cxrstudy.reporting.study import Settings
 
@@ -266,10 +266,6 @@ def _gaps(models: Sequence[tuple[Model, Predictions, Predictions]], found: list[
 SUBGROUPS_FILE = "metrics/subgroups.json"
 
 
-def _clean(value: float) -> float | None:
-    return None if math.isnan(value) else round(float(value), 6)
-
-
 def _key(model: Model) -> str:
     return "ensemble" if model.kind == naming.ENSEMBLE else f"seed_{model.seed}"
 
@@ -290,8 +286,8 @@ def summary(study: SubgroupStudy) -> dict[str, Any]:
                            "findings": {axis: len(names) for axis, names in study.axis_findings.items()}}
     out["groups"] = {f"{g.axis}.{_ascii(g.name)}": {
         "patients": study.counts[g.name].patients, "patients_with_finding": study.counts[g.name].with_finding_patients,
-        "auroc": _clean(study.result(head, g.name).auroc.value),
-        "underdiagnosis": _clean(study.result(head, g.name).underdiagnosis.value)} for g in study.groups}
+        "auroc": rounded(study.result(head, g.name).auroc.value),
+        "underdiagnosis": rounded(study.result(head, g.name).underdiagnosis.value)} for g in study.groups}
     out["gaps"] = {}
     for gap in study.gaps:
         if gap.auroc is None:
@@ -299,12 +295,12 @@ def summary(study: SubgroupStudy) -> dict[str, Any]:
         entry = out["gaps"].setdefault(f"{gap.axis}.{_ascii(gap.first)}-vs-{_ascii(gap.second)}", {})
         if gap.model == head:
             d = gap.auroc.difference
-            entry.update(auroc=_clean(d.value), low=_clean(d.low), high=_clean(d.high),
-                         p_holm=_clean(gap.auroc.p_holm))
+            entry.update(auroc=rounded(d.value), low=rounded(d.low), high=rounded(d.high),
+                         p_holm=rounded(gap.auroc.p_holm))
             if gap.underdiagnosis is not None:
-                entry["underdiagnosis"] = _clean(gap.underdiagnosis.difference.value)
+                entry["underdiagnosis"] = rounded(gap.underdiagnosis.difference.value)
         else:
-            entry[_key(gap.model)] = _clean(gap.auroc.difference.value)
+            entry[_key(gap.model)] = rounded(gap.auroc.difference.value)
     return {"subgroups": out}
 
 
